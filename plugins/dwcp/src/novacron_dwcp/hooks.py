@@ -1,0 +1,22 @@
+"""The plugin module named by the ``dwcp`` entry point: each subpackage's hook implementations.
+
+Importing this module must stay cheap: registrations are lazy ``"module:Class"`` references,
+so zstandard, lz4 and the optional extras load only when a migration uses them.
+"""
+
+from novacron_dwcp.encoding.hooks import novacron_choose_codec, novacron_register_codecs
+from novacron_dwcp.placement.hooks import novacron_register_placement_policies
+from novacron_dwcp.prediction.hooks import novacron_register_predictors
+from novacron_dwcp.transport.hooks import (
+    novacron_choose_stream_count,
+    novacron_register_transports,
+)
+
+__all__ = [
+    "novacron_choose_codec",
+    "novacron_choose_stream_count",
+    "novacron_register_codecs",
+    "novacron_register_placement_policies",
+    "novacron_register_predictors",
+    "novacron_register_transports",
+]

@@ -1,0 +1,1 @@
+"""The embedded defaults, registered as essential plugins: enough to run the main job alone."""

@@ -1,0 +1,1 @@
+"""Public-cloud compute drivers: the contract and its hooks."""

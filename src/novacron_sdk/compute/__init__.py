@@ -1,0 +1,1 @@
+"""The compute-driver contract shared by hypervisor and cloud drivers."""

@@ -1,0 +1,50 @@
+"""The core's own config sections (plugins add theirs through ``novacron_add_config_sections``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class AgentSettings(BaseModel):
+    """``agent``: the host agent's control API and migration endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(default=None, description="Host name; default: host:port.")
+    host: str = Field(default="127.0.0.1", description="Address the control API binds to.")
+    port: int = Field(default=8470, ge=0, le=65535, description="Control API port; 0 = any.")
+    migration_host: str = Field(default="127.0.0.1", description="Migration endpoint address.")
+    migration_port: int = Field(default=0, ge=0, le=65535, description="0 = any free port.")
+    driver: str = Field(default="sim", description="Hypervisor driver this agent manages.")
+    vcpus: int = Field(default=8, ge=1, description="Capacity announced for placement.")
+    memory_mib: int = Field(default=16384, ge=1, description="Capacity announced for placement.")
+
+
+class DriversSettings(BaseModel):
+    """``drivers``: the default compute driver and per-driver settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: str = Field(default="sim", description="Driver used when none is named.")
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Driver name -> that driver's settings."
+    )
+
+
+class StateSettings(BaseModel):
+    """``state``: where cluster state lives."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = Field(default="sqlite", description="State store name.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Store settings.")
+
+
+class LoggingSettings(BaseModel):
+    """``logging``: log level of the CLI and the agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"

@@ -1,0 +1,1 @@
+"""Cluster state: a revisioned key-value store with transactions, leases and watches."""

@@ -1,0 +1,1 @@
+"""Hypervisor drivers: the contract, its migration source/sink, and its hooks."""

@@ -1,0 +1,1 @@
+"""The live-migration engine: plan, pre-copy rounds, switch-over, verification, report."""

@@ -1,0 +1,129 @@
+"""Settings, events and the report of a live migration."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MigrationSettings(BaseModel):
+    """How to migrate. Every field has a sensible default; all are in the ``migration`` config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    downtime_limit_ms: float = Field(default=300.0, gt=0, description="Max pause at switch-over.")
+    max_bandwidth_bps: float | None = Field(
+        default=None, gt=0, description="Cap on wire bits per second; None = no cap."
+    )
+    auto_converge: bool = Field(default=True, description="Throttle the guest when rounds stall.")
+    throttle_initial: float = Field(default=0.2, ge=0, lt=1)
+    throttle_increment: float = Field(default=0.2, gt=0, lt=1)
+    throttle_max: float = Field(default=0.99, gt=0, lt=1)
+    stall_rounds: int = Field(
+        default=6, ge=1, description="Rounds without progress before throttling steps up/aborts."
+    )
+    max_rounds: int = Field(default=40, ge=1, description="Abort after this many pre-copy rounds.")
+    timeout_s: float = Field(default=900.0, gt=0, description="Abort after this long.")
+    on_stall: Literal["throttle", "abort", "force"] = Field(
+        default="throttle",
+        description="When rounds stop shrinking: throttle (auto-converge), abort, or "
+        "force the switch-over regardless of the downtime limit.",
+    )
+    batch_pages: int = Field(default=256, ge=1, le=4096)
+    transport: str | None = Field(default=None, description="Transport name; None = default.")
+    codec: str | None = Field(default=None, description="Codec name; None = default.")
+    predictor: str | None = Field(default=None, description="Predictor name; None = default.")
+    streams: int | None = Field(default=None, ge=1, le=64, description="None = transport decides.")
+    verify: Literal["pages", "full"] = Field(
+        default="pages",
+        description="pages: compare per-page digests of every page sent; full: also hash "
+        "all memory at both ends during the pause (longer downtime).",
+    )
+    multifd_channels: int = Field(default=0, ge=0, le=64, description="QEMU multifd (stream).")
+    postcopy: bool = Field(default=False, description="QEMU postcopy (stream sources only).")
+
+
+class MigrationPhase(StrEnum):
+    """Where a migration is."""
+
+    PLANNING = "planning"
+    PRECOPY = "precopy"
+    SWITCHOVER = "switchover"
+    VERIFYING = "verifying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    CANCELLED = "cancelled"
+
+
+class MigrationEvent(BaseModel):
+    """Broadcast through ``novacron_migration_event`` as a migration progresses."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    migration_id: str
+    vm: str
+    kind: Literal[
+        "planned",
+        "round_started",
+        "round_finished",
+        "progress",
+        "throttled",
+        "switchover",
+        "verified",
+        "completed",
+        "failed",
+        "rolled_back",
+    ]
+    phase: MigrationPhase
+    round: int = 0
+    pages_total: int = 0
+    pages_sent: int = 0
+    pages_remaining: int = 0
+    bytes_on_wire: int = 0
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class RoundReport(BaseModel):
+    """One pre-copy round."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    round: int
+    pages: int
+    wire_bytes: int
+    seconds: float
+    throttle: float
+
+
+class MigrationReport(BaseModel):
+    """What happened, with the figures a user needs to judge the migration."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    migration_id: str
+    vm: str
+    source: str
+    destination: str
+    outcome: MigrationPhase
+    error: str | None = None
+    transport: str
+    codec: str
+    predictor: str
+    streams: int = 1
+    memory_bytes: int
+    page_size: int
+    rounds: list[RoundReport] = Field(default_factory=list)
+    total_s: float = 0.0
+    downtime_ms: float = 0.0
+    downtime_limit_ms: float
+    pages_sent: int = 0
+    bytes_on_wire: int = 0
+    wire_ratio: float = Field(default=0.0, description="bytes_on_wire / memory_bytes.")
+    max_throttle: float = 0.0
+    predicted_bps: float | None = None
+    measured_bps: float | None = None
+    verification: dict[str, Any] = Field(default_factory=dict)

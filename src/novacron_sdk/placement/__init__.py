@@ -1,0 +1,1 @@
+"""Placement: choose hosts for VMs (single requests and batches)."""

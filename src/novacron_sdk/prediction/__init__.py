@@ -1,0 +1,1 @@
+"""Bandwidth predictors: observe throughput samples, predict the next horizon."""

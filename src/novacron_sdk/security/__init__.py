@@ -1,0 +1,1 @@
+"""Security providers: key exchange, node identity and sealing of transport frames."""

@@ -1,0 +1,1 @@
+"""Transports: channels of ordered, integrity-checked frames between two hosts."""
