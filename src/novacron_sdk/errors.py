@@ -64,7 +64,14 @@ class InitError(NovaCronError):
 
 
 class MigrationError(NovaCronError):
-    """A live migration failed. Before switch-over the VM keeps running at the source."""
+    """A live migration failed. Before switch-over the VM keeps running at the source.
+
+    ``report`` holds the migration's report (a MigrationReport) when one was made.
+    """
+
+    def __init__(self, message: str, *, report: object | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class MigrationAbortedError(MigrationError):

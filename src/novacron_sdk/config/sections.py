@@ -17,6 +17,12 @@ class AgentSettings(BaseModel):
     port: int = Field(default=8470, ge=0, le=65535, description="Control API port; 0 = any.")
     migration_host: str = Field(default="127.0.0.1", description="Migration endpoint address.")
     migration_port: int = Field(default=0, ge=0, le=65535, description="0 = any free port.")
+    migration_advertise: str | None = Field(
+        default=None,
+        pattern=r"^[^:\s]+:\d{1,5}$",
+        description="host:port that sources should connect to, when it differs from the bound "
+        "migration endpoint (NAT, a proxy); default: the bound address.",
+    )
     driver: str = Field(default="sim", description="Hypervisor driver this agent manages.")
     vcpus: int = Field(default=8, ge=1, description="Capacity announced for placement.")
     memory_mib: int = Field(default=16384, ge=1, description="Capacity announced for placement.")
@@ -47,4 +53,6 @@ class LoggingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="WARNING", description="Log level of the agent (the CLI uses -v instead)."
+    )

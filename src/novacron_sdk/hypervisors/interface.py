@@ -86,7 +86,7 @@ class MigrationSink(ABC):
 
     @abstractmethod
     async def page_digests(self, indices: Sequence[int]) -> list[bytes]:
-        """Content digests of ``indices`` as stored here, for verification."""
+        """blake2b digests (``digest_size=16``) of ``indices`` as stored here, for verification."""
 
     @abstractmethod
     async def set_device_state(self, state: bytes) -> None:

@@ -18,9 +18,15 @@ class MigrationSettings(BaseModel):
         default=None, gt=0, description="Cap on wire bits per second; None = no cap."
     )
     auto_converge: bool = Field(default=True, description="Throttle the guest when rounds stall.")
-    throttle_initial: float = Field(default=0.2, ge=0, lt=1)
-    throttle_increment: float = Field(default=0.2, gt=0, lt=1)
-    throttle_max: float = Field(default=0.99, gt=0, lt=1)
+    throttle_initial: float = Field(
+        default=0.2, ge=0, lt=1, description="First auto-converge step: share of guest speed taken."
+    )
+    throttle_increment: float = Field(
+        default=0.2, gt=0, lt=1, description="Added to the throttle at each further stall."
+    )
+    throttle_max: float = Field(
+        default=0.99, gt=0, lt=1, description="Highest throttle; beyond it a stall aborts."
+    )
     stall_rounds: int = Field(
         default=6, ge=1, description="Rounds without progress before throttling steps up/aborts."
     )
@@ -31,7 +37,9 @@ class MigrationSettings(BaseModel):
         description="When rounds stop shrinking: throttle (auto-converge), abort, or "
         "force the switch-over regardless of the downtime limit.",
     )
-    batch_pages: int = Field(default=256, ge=1, le=4096)
+    batch_pages: int = Field(
+        default=256, ge=1, le=4096, description="Pages per encoded batch (one frame each)."
+    )
     transport: str | None = Field(default=None, description="Transport name; None = default.")
     codec: str | None = Field(default=None, description="Codec name; None = default.")
     predictor: str | None = Field(default=None, description="Predictor name; None = default.")

@@ -1,0 +1,160 @@
+"""An async httpx client for one agent's control API; errors map back to the SDK hierarchy."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from novacron_sdk.errors import (
+    DriverError,
+    FeatureNotSupportedError,
+    InvalidStateError,
+    MigrationError,
+    NotFoundError,
+    NovaCronError,
+    QuotaExceededError,
+)
+from novacron_sdk.hypervisors.interface import MigrationSourceInfo
+from novacron_sdk.models import VM, Host, VMSpec
+
+_BY_KIND: dict[str, type[NovaCronError]] = {
+    "NotFoundError": NotFoundError,
+    "InvalidStateError": InvalidStateError,
+    "QuotaExceededError": QuotaExceededError,
+    "FeatureNotSupportedError": FeatureNotSupportedError,
+    "MigrationError": MigrationError,
+    "DriverError": DriverError,
+}
+
+
+class AgentClient:
+    """Talks to ``http(s)://host:port`` of one agent. Use as an async context manager."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool."""
+        await self._http.aclose()
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            msg = f"agent {self.url} is unreachable ({type(exc).__name__}: {exc}); is it running?"
+            raise NovaCronError(msg) from exc
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"error": response.text}
+            kind = _BY_KIND.get(str(body.get("kind")), NovaCronError)
+            text = body.get("error") or body
+            msg = f"agent {self.url}: {text}"
+            raise kind(msg)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    async def health(self) -> dict[str, Any]:
+        """The unauthenticated health check."""
+        return dict(await self._call("GET", "/health"))
+
+    async def status(self) -> dict[str, Any]:
+        """Host, components and counts."""
+        return dict(await self._call("GET", "/v1/status"))
+
+    async def host(self) -> Host:
+        """The agent's host."""
+        return Host.model_validate(await self._call("GET", "/v1/host"))
+
+    async def list_vms(self) -> list[VM]:
+        """VMs on the host."""
+        return [VM.model_validate(v) for v in await self._call("GET", "/v1/vms")]
+
+    async def get_vm(self, vm_id: str) -> VM:
+        """One VM."""
+        return VM.model_validate(await self._call("GET", f"/v1/vms/{vm_id}"))
+
+    async def create_vm(self, spec: VMSpec) -> VM:
+        """Create a VM on the host."""
+        return VM.model_validate(
+            await self._call("POST", "/v1/vms", json=spec.model_dump(mode="json"))
+        )
+
+    async def vm_action(self, vm_id: str, action: str) -> VM:
+        """start, stop, reboot, pause or resume."""
+        return VM.model_validate(await self._call("POST", f"/v1/vms/{vm_id}/{action}"))
+
+    async def destroy_vm(self, vm_id: str) -> None:
+        """Destroy a VM."""
+        await self._call("DELETE", f"/v1/vms/{vm_id}")
+
+    async def vm_digest(self, vm_id: str) -> str:
+        """Digest of the VM's whole memory."""
+        return str((await self._call("GET", f"/v1/vms/{vm_id}/digest"))["digest"])
+
+    async def start_migration(
+        self, vm: str, destination: str, settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Start migrating ``vm`` to the agent at ``destination``; returns the migration."""
+        body = {"vm": vm, "destination": destination, "settings": settings or {}}
+        return dict(await self._call("POST", "/v1/migrations", json=body))
+
+    async def migration(self, migration_id: str) -> dict[str, Any]:
+        """A migration's state and, when done, its report."""
+        return dict(await self._call("GET", f"/v1/migrations/{migration_id}"))
+
+    async def migration_events(
+        self, migration_id: str, *, after: int = 0, wait_s: float = 5.0
+    ) -> dict[str, Any]:
+        """Events after number ``after``, waiting up to ``wait_s`` for new ones."""
+        return dict(
+            await self._call(
+                "GET",
+                f"/v1/migrations/{migration_id}/events",
+                params={"after": after, "wait": wait_s},
+                timeout=wait_s + 30,
+            )
+        )
+
+    async def cancel_migration(self, migration_id: str) -> dict[str, Any]:
+        """Cancel a running migration (it rolls back)."""
+        return dict(await self._call("DELETE", f"/v1/migrations/{migration_id}"))
+
+    async def prepare_incoming(
+        self,
+        *,
+        migration_id: str,
+        info: MigrationSourceInfo,
+        transport: str,
+        codec: str,
+        verify: str,
+    ) -> dict[str, Any]:
+        """Ask this agent to receive a VM; returns its migration endpoint and a token."""
+        body = {
+            "migration_id": migration_id,
+            "info": info.model_dump(mode="json"),
+            "transport": transport,
+            "codec": codec,
+            "verify": verify,
+        }
+        return dict(await self._call("POST", "/v1/incoming", json=body))
+
+    async def incoming_state(self, migration_id: str) -> dict[str, Any]:
+        """State of an incoming migration: pending, active or aborted."""
+        return dict(await self._call("GET", f"/v1/incoming/{migration_id}"))

@@ -1,0 +1,148 @@
+"""The agent's init components: driver, service, control API (started by the orchestrator)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from novacron_sdk.config.sections import AgentSettings, DriversSettings
+from novacron_sdk.errors import InitError
+from novacron_sdk.init.interface import Component
+from novacron_sdk.migration.models import MigrationSettings
+
+if TYPE_CHECKING:
+    from novacron_sdk.agent.service import AgentService
+    from novacron_sdk.hypervisors.interface import HypervisorDriver
+    from novacron_sdk.plugin.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class DriverComponent(Component):
+    """Connects the hypervisor driver named by ``agent.driver``."""
+
+    name: ClassVar[str] = "agent.driver"
+    timeout_s: ClassVar[float] = 30.0
+    retries: ClassVar[int] = 2
+
+    async def start(self) -> None:
+        """Build the driver with its ``drivers.settings`` entry."""
+        agent = self.context.config.get("agent", AgentSettings)
+        drivers = self.context.config.get("drivers", DriversSettings)
+        cls = self.context.plugins.hypervisors.get(agent.driver)
+        settings = dict(drivers.settings.get(agent.driver, {}))
+        if agent.name and agent.driver == "sim":
+            settings.setdefault("host_name", agent.name)
+        self.driver: HypervisorDriver = cls(settings)
+        try:
+            await self.driver.list_hosts()  # fail here, not at the first request
+        except BaseException:
+            await self.driver.close()  # stop() only runs for components that started
+            raise
+        self.context.values["driver"] = self.driver
+
+    async def stop(self) -> None:
+        """Close the driver."""
+        await self.driver.close()
+
+
+class ServiceComponent(Component):
+    """The agent service: VMs, migrations, migration listeners."""
+
+    name: ClassVar[str] = "agent.service"
+    depends_on: ClassVar[tuple[str, ...]] = ("agent.driver",)
+
+    async def start(self) -> None:
+        """Create the service."""
+        from novacron_sdk.agent.service import AgentService
+
+        agent = self.context.config.get("agent", AgentSettings)
+        self.service = AgentService(
+            plugins=self.context.plugins,
+            driver=self.context.values["driver"],
+            name=agent.name or f"{agent.host}:{agent.port}",
+            migration_host=agent.migration_host,
+            migration_port=agent.migration_port,
+            migration_advertise=agent.migration_advertise,
+            migration_defaults=self.context.config.get("migration", MigrationSettings),
+            capacity=(agent.vcpus, agent.memory_mib),
+        )
+        await self.service.start()
+        self.context.values["service"] = self.service
+
+    async def stop(self) -> None:
+        """Cancel migrations and close listeners."""
+        await self.service.close()
+
+
+class ControlApiComponent(Component):
+    """Serves the HTTP control API with uvicorn; writes ``ready_file`` once listening."""
+
+    name: ClassVar[str] = "agent.api"
+    depends_on: ClassVar[tuple[str, ...]] = ("agent.service",)
+
+    async def start(self) -> None:
+        """Bind and serve in the background."""
+        import uvicorn
+
+        from novacron_sdk.agent.app import create_app
+
+        agent = self.context.config.get("agent", AgentSettings)
+        service: AgentService = self.context.values["service"]
+        status = self.context.values.get("status_provider")
+        app = create_app(service, status)
+        config = uvicorn.Config(
+            app, host=agent.host, port=agent.port, log_level="warning", lifespan="off",
+            access_log=False,
+        )
+        self.server = _Server(config)
+        self.task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.task.done():
+                exc = self.task.exception()
+                msg = f"control API could not listen on {agent.host}:{agent.port}: {exc}"
+                raise InitError(msg)
+            await asyncio.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        service.url = f"http://{agent.host}:{port}"
+        if agent.name is None:
+            service.name = f"{agent.host}:{port}"
+        ready = self.context.values.get("ready_file")
+        if ready:
+            info: dict[str, Any] = {"url": service.url, "name": service.name}
+            tmp = Path(f"{ready}.tmp")
+            tmp.write_text(json.dumps(info))
+            tmp.replace(ready)  # atomic: a reader never sees a half-written file
+        log.info("agent %s listening at %s", service.name, service.url)
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(self.task, 10)
+
+
+class _Server:
+    """uvicorn's Server without its signal capture: the agent handles signals itself."""
+
+    def __new__(cls, config: Any) -> Any:  # noqa: D102 - factory keeping uvicorn lazy
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Generator[None, None, None]:
+                yield
+
+        return Server(config)
+
+
+def register_components(registry: Registry[type[Component]]) -> None:
+    """Register the agent's components."""
+    registry.register("agent.driver", DriverComponent, description="Hypervisor driver")
+    registry.register("agent.service", ServiceComponent, description="VMs and migrations")
+    registry.register("agent.api", ControlApiComponent, description="HTTP control API")

@@ -1,0 +1,415 @@
+"""The host agent's logic: its VMs, outgoing migrations and the incoming migration endpoint.
+
+The HTTP layer (``agent/app.py``) is a thin shell over :class:`AgentService`, so the same
+service can be embedded in another process or driven directly in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from novacron_sdk.agent.client import AgentClient
+from novacron_sdk.agent.metrics import AgentMetrics
+from novacron_sdk.errors import (
+    FeatureNotSupportedError,
+    InvalidStateError,
+    MigrationError,
+    NovaCronError,
+)
+from novacron_sdk.hypervisors.interface import HypervisorDriver, MigrationSourceInfo
+from novacron_sdk.migration import protocol
+from novacron_sdk.migration.engine import MigrationEngine
+from novacron_sdk.migration.models import MigrationEvent, MigrationReport, MigrationSettings
+from novacron_sdk.migration.planner import plan_migration
+from novacron_sdk.migration.protocol import Msg
+from novacron_sdk.migration.receiver import MigrationReceiver
+from novacron_sdk.models import VM, DriverFeature, Host, VMState
+from novacron_sdk.plugin.manager import NovaCronPluginManager
+from novacron_sdk.transport.interface import Channel, Endpoint, Listener
+
+log = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+INCOMING_CONNECT_TIMEOUT_S = 60.0
+MAX_EVENTS_KEPT = 2000
+
+
+@dataclass
+class OutgoingMigration:
+    """A migration this agent runs as the source."""
+
+    id: str
+    vm: str
+    destination: str
+    engine: MigrationEngine
+    events: list[MigrationEvent] = field(default_factory=list)
+    report: MigrationReport | None = None
+    error: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    task: asyncio.Task[None] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the API."""
+        report = self.report or self.engine.report
+        return {
+            "id": self.id,
+            "vm": self.vm,
+            "destination": self.destination,
+            "phase": self.engine.phase.value,
+            "done": self.done.is_set(),
+            "events": len(self.events),
+            "error": self.error,
+            "report": report.model_dump(mode="json") if report else None,
+        }
+
+
+@dataclass
+class IncomingMigration:
+    """A migration this agent receives."""
+
+    id: str
+    token: str
+    info: MigrationSourceInfo
+    transport: str
+    receiver: MigrationReceiver
+    created: float = field(default_factory=time.monotonic)
+    connected: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form for the API (never includes the token)."""
+        vm = self.receiver.vm
+        return {
+            "id": self.id,
+            "state": self.receiver.state,
+            "error": self.receiver.error,
+            "vm": vm.model_dump(mode="json") if vm else None,
+            "pages_written": self.receiver.pages_written,
+        }
+
+
+class AgentService:
+    """One host: a hypervisor driver, its migrations, and its migration listeners."""
+
+    def __init__(
+        self,
+        *,
+        plugins: NovaCronPluginManager,
+        driver: HypervisorDriver,
+        name: str,
+        migration_host: str = "127.0.0.1",
+        migration_port: int = 0,
+        migration_advertise: str | None = None,
+        migration_defaults: MigrationSettings | None = None,
+        capacity: tuple[int, int] = (8, 16384),
+    ) -> None:
+        self.plugins = plugins
+        self.driver = driver
+        self.name = name
+        self.url = ""
+        self.migration_host = migration_host
+        self.migration_port = migration_port
+        self.migration_advertise = migration_advertise
+        self.migration_defaults = migration_defaults or MigrationSettings()
+        self.capacity = capacity
+        self.metrics = AgentMetrics()
+        self.outgoing: dict[str, OutgoingMigration] = {}
+        self.incoming: dict[str, IncomingMigration] = {}
+        self._listeners: dict[str, Listener] = {}
+        self._listener_lock = asyncio.Lock()
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start background housekeeping (abandoned incoming migrations)."""
+        self._reaper = asyncio.create_task(self._reap_incoming())
+
+    async def close(self) -> None:
+        """Cancel migrations, close listeners and the driver."""
+        if self._reaper:
+            self._reaper.cancel()
+        for mig in self.outgoing.values():
+            mig.engine.cancel()
+        tasks = [m.task for m in self.outgoing.values() if m.task and not m.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for listener in self._listeners.values():
+            await listener.close()
+        await self.driver.close()
+
+    # -- host and VMs ----------------------------------------------------------------------
+    async def host(self) -> Host:
+        """This host, as placement sees it."""
+        hosts = await self.driver.list_hosts()
+        base = hosts[0] if hosts else None
+        return Host(
+            id=self.name,
+            name=self.name,
+            driver=self.driver.name,
+            address=self.url or None,
+            vcpus=base.vcpus if base else self.capacity[0],
+            memory_mib=base.memory_mib if base else self.capacity[1],
+            labels=dict(base.labels) if base else {},
+        )
+
+    async def vm_digest(self, vm_id: str) -> str:
+        """Digest of a VM's whole memory, for drivers that offer ``ex_memory_digest``."""
+        vm = await self.driver.get_vm(vm_id)
+        digest = getattr(self.driver, "ex_memory_digest", None)
+        if digest is None:
+            msg = f"driver {self.driver.name!r} cannot digest VM memory (no ex_memory_digest)"
+            raise FeatureNotSupportedError(msg)
+        return str(await digest(vm.id))
+
+    # -- outgoing ----------------------------------------------------------------------------
+    async def start_migration(
+        self, vm_ref: str, destination: str, overrides: dict[str, Any] | None = None
+    ) -> OutgoingMigration:
+        """Validate, prepare the destination, then migrate in the background."""
+        self.driver.require(DriverFeature.LIVE_MIGRATION_SOURCE)
+        settings = MigrationSettings.model_validate(
+            self.migration_defaults.model_dump() | (overrides or {})
+        )
+        dest_url = _check_url(destination)
+        if dest_url.rstrip("/") == self.url.rstrip("/"):
+            msg = f"destination {destination} is this agent; choose another host"
+            raise MigrationError(msg)
+        vm = await self.driver.get_vm(vm_ref)
+        if vm.state != VMState.RUNNING:
+            msg = f"VM {vm.name} is {vm.state.value}; only running VMs can be live-migrated"
+            raise InvalidStateError(msg)
+        if any(m.vm == vm.id and not m.done.is_set() for m in self.outgoing.values()):
+            msg = f"VM {vm.name} is already being migrated"
+            raise InvalidStateError(msg)
+        migration_id = uuid.uuid4().hex[:12]
+        plan = plan_migration(self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname
+                                                               or "127.0.0.1"))
+        source = await self.driver.open_migration_source(vm.id)
+        try:
+            async with AgentClient(dest_url) as dest:
+                prepared = await dest.prepare_incoming(
+                    migration_id=migration_id,
+                    info=source.info(),
+                    transport=plan.transport_name,
+                    codec=plan.codec_name,
+                    verify=settings.verify,
+                )
+        except BaseException:
+            await source.rollback()
+            raise
+        engine = MigrationEngine(
+            plugins=self.plugins,
+            settings=settings,
+            plan=plan,
+            vm=vm.name,
+            source_name=self.name,
+            destination_name=str(prepared.get("host", dest_url)),
+            migration_id=migration_id,
+        )
+        mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=engine)
+        engine._on_event = lambda event: self._record_event(mig, event)  # noqa: SLF001
+        self.outgoing[migration_id] = mig
+        endpoint = Endpoint.model_validate(prepared["endpoint"])
+        if plan.streams:
+            endpoint = endpoint.model_copy(
+                update={"options": endpoint.options | {"streams": str(plan.streams)}}
+            )
+
+        async def run() -> None:
+            try:
+                try:
+                    channel = await plan.transport.connect(endpoint)
+                except BaseException:
+                    await source.rollback()
+                    raise
+                try:
+                    mig.report = await engine.run(
+                        source,
+                        channel,
+                        hello={"token": prepared["token"]},
+                        check_destination=lambda: self._destination_runs(dest_url, migration_id),
+                    )
+                    self.metrics.migration_done(mig.report)
+                finally:
+                    await channel.close()
+            except (NovaCronError, OSError) as exc:
+                mig.error = str(exc)
+                self.metrics.migration_failed()
+                log.warning("migration %s of %s failed: %s", migration_id, vm.name, exc)
+            finally:
+                mig.done.set()
+                async with mig.changed:
+                    mig.changed.notify_all()
+
+        mig.task = asyncio.create_task(run())
+        return mig
+
+    def _record_event(self, mig: OutgoingMigration, event: MigrationEvent) -> None:
+        mig.events.append(event)
+        if len(mig.events) > MAX_EVENTS_KEPT:
+            del mig.events[: len(mig.events) - MAX_EVENTS_KEPT]
+
+        async def notify() -> None:
+            async with mig.changed:
+                mig.changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(notify())
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def events(
+        self, migration_id: str, after: int, wait_s: float
+    ) -> tuple[list[MigrationEvent], int]:
+        """Events numbered > ``after`` (long-poll up to ``wait_s``); and the newest number."""
+        mig = self.get_outgoing(migration_id)
+
+        def ready() -> bool:
+            return len(mig.events) > after or mig.done.is_set()
+
+        if not ready() and wait_s > 0:
+            async with mig.changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(mig.changed.wait_for(ready), wait_s)
+        return mig.events[after:], len(mig.events)
+
+    def get_outgoing(self, migration_id: str) -> OutgoingMigration:
+        """An outgoing migration by id."""
+        from novacron_sdk.errors import NotFoundError
+
+        try:
+            return self.outgoing[migration_id]
+        except KeyError:
+            msg = f"no migration {migration_id!r} on agent {self.name}"
+            raise NotFoundError(msg) from None
+
+    async def _destination_runs(self, dest_url: str, migration_id: str) -> bool | None:
+        try:
+            async with AgentClient(dest_url, timeout=5) as dest:
+                state = await dest.incoming_state(migration_id)
+        except (NovaCronError, OSError):
+            return None
+        if state.get("state") == "active":
+            return True
+        if state.get("state") == "aborted":
+            return False
+        return None
+
+    # -- incoming ----------------------------------------------------------------------------
+    async def prepare_incoming(
+        self,
+        *,
+        migration_id: str,
+        info: MigrationSourceInfo,
+        transport: str,
+        codec: str,
+        verify: str,
+    ) -> dict[str, Any]:
+        """Open a sink and make sure a listener for ``transport`` runs; return where to connect."""
+        self.driver.require(DriverFeature.LIVE_MIGRATION_SINK)
+        if migration_id in self.incoming:
+            msg = f"migration {migration_id} is already being received here"
+            raise InvalidStateError(msg)
+        codec_cls = self.plugins.codecs.get(codec)
+        listener = await self._listener(transport)
+        sink = await self.driver.open_migration_sink(info)
+        receiver = MigrationReceiver(
+            sink, info, codec_cls().new_decoder(info.page_size), verify=verify
+        )
+        token = secrets.token_hex(16)
+        self.incoming[migration_id] = IncomingMigration(
+            id=migration_id, token=token, info=info, transport=transport, receiver=receiver
+        )
+        self.metrics.incoming.inc()
+        endpoint = listener.endpoint
+        if self.migration_advertise:
+            host, _, port = self.migration_advertise.rpartition(":")
+            endpoint = endpoint.model_copy(update={"host": host, "port": int(port)})
+        return {
+            "endpoint": endpoint.model_dump(mode="json"),
+            "token": token,
+            "host": self.name,
+        }
+
+    def get_incoming(self, migration_id: str) -> IncomingMigration:
+        """An incoming migration by id."""
+        from novacron_sdk.errors import NotFoundError
+
+        try:
+            return self.incoming[migration_id]
+        except KeyError:
+            msg = f"no incoming migration {migration_id!r} on agent {self.name}"
+            raise NotFoundError(msg) from None
+
+    async def _listener(self, transport: str) -> Listener:
+        async with self._listener_lock:
+            if transport not in self._listeners:
+                cls = self.plugins.transports.get(transport)
+                self._listeners[transport] = await cls().listen(
+                    Endpoint(host=self.migration_host, port=self.migration_port),
+                    self._accept,
+                )
+            return self._listeners[transport]
+
+    async def _accept(self, channel: Channel) -> None:
+        """A source connected: route it to its prepared incoming migration by id and token."""
+        try:
+            hello = await asyncio.wait_for(
+                protocol.expect_json(channel, Msg.HELLO), HELLO_TIMEOUT_S
+            )
+            incoming = self.incoming.get(str(hello.get("migration_id")))
+            if hello.get("protocol") != protocol.PROTOCOL_VERSION:
+                msg = f"protocol version {hello.get('protocol')} is not supported"
+                raise MigrationError(msg)
+            if incoming is None or not hmac.compare_digest(
+                str(hello.get("token", "")), incoming.token
+            ):
+                msg = "unknown migration id or wrong token"
+                raise MigrationError(msg)
+            if incoming.connected:
+                msg = "this migration is already connected"
+                raise MigrationError(msg)
+            incoming.connected = True
+        except (NovaCronError, OSError, TimeoutError) as exc:
+            log.warning("rejected a migration connection: %s", exc)
+            with contextlib.suppress(NovaCronError, OSError):
+                await channel.send(protocol.pack_json(Msg.ERROR, {"reason": str(exc)}))
+            await channel.close()
+            return
+        try:
+            await incoming.receiver.run(channel)
+        finally:
+            await channel.close()
+
+    async def _reap_incoming(self) -> None:
+        """Abort prepared migrations whose source never connected."""
+        while True:
+            await asyncio.sleep(5)
+            now = time.monotonic()
+            for inc in list(self.incoming.values()):
+                stale = now - inc.created > INCOMING_CONNECT_TIMEOUT_S
+                if not inc.connected and stale and inc.receiver.state == "pending":
+                    log.warning("incoming migration %s: source never connected", inc.id)
+                    inc.receiver.state = "aborted"
+                    inc.receiver.error = "source never connected"
+                    with contextlib.suppress(NovaCronError):
+                        await inc.receiver.sink.abort()
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"destination {url!r} is not an agent URL like http://127.0.0.1:8471"
+        raise MigrationError(msg)
+    return url.rstrip("/")
+
+
+def vm_summary(vm: VM) -> dict[str, Any]:
+    """JSON form of a VM."""
+    return vm.model_dump(mode="json")

@@ -1,0 +1,493 @@
+"""The source side of a live migration: pre-copy rounds, switch-over, verification, commit.
+
+The engine is built only on the contracts: a :class:`MigrationSource` (pages and dirty
+tracking), a transport :class:`Channel` to the destination's receiver, a page codec and a
+bandwidth predictor chosen by the planner. Until the destination confirms it runs the VM,
+any failure rolls back: the source VM keeps running, untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+from novacron_sdk.encoding.interface import PageBatch, PageEncoder
+from novacron_sdk.errors import (
+    MigrationAbortedError,
+    MigrationError,
+    NovaCronError,
+    VerificationError,
+)
+from novacron_sdk.hypervisors.interface import MigrationSource
+from novacron_sdk.migration import protocol
+from novacron_sdk.migration.digests import DigestTable, page_digests
+from novacron_sdk.migration.models import (
+    MigrationEvent,
+    MigrationPhase,
+    MigrationReport,
+    MigrationSettings,
+    RoundReport,
+)
+from novacron_sdk.migration.pacing import TokenBucket
+from novacron_sdk.migration.planner import MigrationPlan, should_switch_over
+from novacron_sdk.migration.protocol import Msg
+from novacron_sdk.plugin.manager import NovaCronPluginManager
+from novacron_sdk.prediction.interface import BandwidthSample
+from novacron_sdk.transport.interface import Channel
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal[
+    "planned",
+    "round_started",
+    "round_finished",
+    "progress",
+    "throttled",
+    "switchover",
+    "verified",
+    "completed",
+    "failed",
+    "rolled_back",
+]
+EventCallback = Callable[[MigrationEvent], None]
+DestinationCheck = Callable[[], Awaitable[bool | None]]
+"""After a lost ACTIVATED: True if the destination runs the VM, False if not, None unknown."""
+
+MIN_SAMPLE_BYTES = 256 * 1024
+PIPELINE_DEPTH = 4
+PROGRESS_INTERVAL_S = 0.25
+
+
+class MigrationEngine:
+    """Migrates one VM from a source to a destination receiver over one channel."""
+
+    def __init__(
+        self,
+        *,
+        plugins: NovaCronPluginManager,
+        settings: MigrationSettings,
+        plan: MigrationPlan,
+        vm: str,
+        source_name: str,
+        destination_name: str,
+        migration_id: str | None = None,
+        on_event: EventCallback | None = None,
+    ) -> None:
+        self.plugins = plugins
+        self.settings = settings
+        self.plan = plan
+        self.vm = vm
+        self.source_name = source_name
+        self.destination_name = destination_name
+        self.migration_id = migration_id or uuid.uuid4().hex[:12]
+        self._on_event = on_event
+        self._cancelled = False
+        self.report: MigrationReport | None = None
+        self._phase = MigrationPhase.PLANNING
+        self._round = 0
+        self._pages_total = 0
+        self._pages_sent = 0
+        self._wire_bytes = 0
+        self._bucket = (
+            TokenBucket(settings.max_bandwidth_bps) if settings.max_bandwidth_bps else None
+        )
+
+    # -- public ------------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the migration to stop at the next batch; it rolls back if not yet committed."""
+        self._cancelled = True
+
+    @property
+    def phase(self) -> MigrationPhase:
+        """Where the migration is now."""
+        return self._phase
+
+    async def run(
+        self,
+        source: MigrationSource,
+        channel: Channel,
+        *,
+        hello: dict[str, Any] | None = None,
+        check_destination: DestinationCheck | None = None,
+    ) -> MigrationReport:
+        """Migrate; returns the report or raises MigrationError after rolling back.
+
+        ``hello`` adds fields to the HELLO frame (the agent puts its routing token there).
+        ``check_destination`` is asked only when the commit's answer was lost.
+        """
+        info = source.info()
+        self._pages_total = info.page_count
+        report = MigrationReport(
+            migration_id=self.migration_id,
+            vm=self.vm,
+            source=self.source_name,
+            destination=self.destination_name,
+            outcome=MigrationPhase.PLANNING,
+            transport=self.plan.transport_name,
+            codec=self.plan.codec_name,
+            predictor=self.plan.predictor_name,
+            streams=channel.stats().streams,
+            memory_bytes=info.page_count * info.page_size,
+            page_size=info.page_size,
+            downtime_limit_ms=self.settings.downtime_limit_ms,
+        )
+        self.report = report
+        started = time.monotonic()
+        committed = False
+        try:
+            await self._handshake(channel, info.model_dump(mode="json"), hello or {})
+            self._emit("planned", message=f"{info.page_count} pages via {report.transport}")
+            encoder = self.plan.codec.new_encoder(info.page_size)
+            table = DigestTable(info.page_count)
+            await source.start_tracking()
+            pending = await self._precopy(source, channel, encoder, table, report, started)
+            committed = await self._switch_over(
+                source, channel, encoder, table, pending, report, check_destination
+            )
+        except BaseException as exc:
+            await self._fail(source, channel, report, exc, committed=committed)
+            raise self._as_migration_error(exc) from exc
+        finally:
+            report.total_s = time.monotonic() - started
+            report.pages_sent = self._pages_sent
+            report.bytes_on_wire = channel.stats().wire_bytes_sent
+            report.wire_ratio = report.bytes_on_wire / max(1, report.memory_bytes)
+            report.streams = channel.stats().streams
+        report.outcome = MigrationPhase.COMPLETED
+        self._phase = MigrationPhase.COMPLETED
+        self._emit("completed", message=f"downtime {report.downtime_ms:.0f} ms")
+        return report
+
+    # -- steps -------------------------------------------------------------------------------
+    async def _handshake(
+        self, channel: Channel, info: dict[str, Any], hello: dict[str, Any]
+    ) -> None:
+        body = {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "migration_id": self.migration_id,
+            "info": info,
+            "codec": self.plan.codec_name,
+            "verify": self.settings.verify,
+            **hello,
+        }
+        await channel.send(protocol.pack_json(Msg.HELLO, body))
+        await protocol.expect_json(channel, Msg.READY)
+
+    async def _precopy(
+        self,
+        source: MigrationSource,
+        channel: Channel,
+        encoder: PageEncoder,
+        table: DigestTable,
+        report: MigrationReport,
+        started: float,
+    ) -> list[int]:
+        """Send rounds until the remaining dirty set fits the downtime limit; return it."""
+        settings = self.settings
+        self._phase = MigrationPhase.PRECOPY
+        pending = await source.collect_dirty()
+        best = len(pending)
+        stalled = 0
+        throttle = 0.0
+        while True:
+            self._check_cancel(started)
+            self._round += 1
+            self._emit("round_started", pages_remaining=len(pending))
+            t0 = time.monotonic()
+            stats_before = encoder.stats()
+            bytes_before, in_before = stats_before.bytes_out, stats_before.bytes_in
+            await self._send_pages(source, channel, encoder, table, pending, started)
+            await channel.send(protocol.pack_json(Msg.ROUND_END, {"round": self._round}))
+            await protocol.expect_json(channel, Msg.ROUND_ACK)
+            seconds = time.monotonic() - t0
+            stats = encoder.stats()
+            wire = stats.bytes_out - bytes_before
+            ratio = wire / max(1, stats.bytes_in - in_before)
+            if wire >= MIN_SAMPLE_BYTES:
+                self.plan.predictor.observe(
+                    [BandwidthSample(t=time.monotonic(), bits_per_second=8 * wire / seconds,
+                                     duration_s=seconds)]
+                )
+            report.rounds.append(
+                RoundReport(round=self._round, pages=len(pending), wire_bytes=wire,
+                            seconds=seconds, throttle=throttle)
+            )
+            self._emit("round_finished", pages_remaining=len(pending),
+                       data={"seconds": seconds, "wire_bytes": wire})
+            pending = await source.collect_dirty()
+            estimate = self.plan.predictor.predict(max(0.1, settings.downtime_limit_ms / 1000))
+            if estimate is not None:
+                report.predicted_bps = estimate.mean_bps
+                encoder.set_bandwidth_hint(estimate.mean_bps)
+            remaining = int(len(pending) * info_page_size(source) * max(ratio, 0.01))
+            if should_switch_over(self.plugins, remaining, estimate, settings):
+                return pending
+            if len(pending) < best * 0.95:
+                best, stalled = len(pending), 0
+            else:
+                stalled += 1
+            over_rounds = self._round >= settings.max_rounds
+            if stalled >= settings.stall_rounds or over_rounds:
+                if settings.on_stall == "force":
+                    report.verification["forced_switchover"] = True
+                    return pending
+                can_throttle = (
+                    settings.on_stall == "throttle"
+                    and settings.auto_converge
+                    and throttle < settings.throttle_max
+                )
+                if can_throttle and not over_rounds:
+                    throttle = min(
+                        settings.throttle_max,
+                        settings.throttle_initial if throttle == 0 else
+                        throttle + settings.throttle_increment,
+                    )
+                    await source.set_throttle(throttle)
+                    report.max_throttle = throttle
+                    stalled = 0
+                    best = len(pending)
+                    self._emit("throttled", data={"throttle": throttle},
+                               message=f"guest throttled to {100 * (1 - throttle):.0f}% speed")
+                    continue
+                why = (
+                    f"{settings.max_rounds} rounds" if over_rounds
+                    else f"{settings.stall_rounds} rounds without progress"
+                )
+                msg = (
+                    f"migration did not converge after {why} (dirty set {len(pending)} pages, "
+                    f"throttle {throttle:.2f}); raise downtime_limit_ms, allow throttling "
+                    "(on_stall: throttle) or force the switch-over (on_stall: force)"
+                )
+                raise MigrationAbortedError(msg)
+
+    async def _switch_over(
+        self,
+        source: MigrationSource,
+        channel: Channel,
+        encoder: PageEncoder,
+        table: DigestTable,
+        pending: Sequence[int],
+        report: MigrationReport,
+        check_destination: DestinationCheck | None,
+    ) -> bool:
+        """Pause, send the rest, verify, commit. Returns True once COMMIT was sent."""
+        self._check_cancel(None)
+        self._phase = MigrationPhase.SWITCHOVER
+        paused_at = time.monotonic()
+        await source.pause()
+        final = sorted(set(pending) | set(await source.collect_dirty()))
+        self._emit("switchover", pages_remaining=len(final))
+        await self._send_pages(source, channel, encoder, table, final, None)
+        await channel.send(protocol.pack_bytes(Msg.DEVICE, await source.device_state()))
+        self._phase = MigrationPhase.VERIFYING
+        if self.settings.verify == "full":
+            await self._rehash_all(source, table)
+        await channel.send(
+            protocol.pack_json(Msg.VERIFY, {"table": table.summary(), "final_pages": len(final)})
+        )
+        result = await protocol.expect_json(channel, Msg.VERIFIED)
+        report.verification.update(
+            {k: v for k, v in result.items() if k != "ok"} | {"table_digest": table.summary()}
+        )
+        if not result.get("ok"):
+            _, body = await protocol.expect(channel, Msg.TABLE)
+            bad = table.mismatches(bytes(body))
+            msg = (
+                f"destination memory differs from the source ({result.get('reason', '')}); "
+                f"first mismatching pages: {bad}; the VM keeps running at the source"
+            )
+            raise VerificationError(msg)
+        self._emit("verified", message=f"{table.page_count} page digests match")
+        await channel.send(protocol.pack_json(Msg.COMMIT, {}))
+        try:
+            await protocol.expect_json(channel, Msg.ACTIVATED)
+        except (NovaCronError, OSError) as exc:
+            confirmed = await check_destination() if check_destination else None
+            if confirmed is not True:
+                raise _AmbiguousCommitError(confirmed, exc) from exc
+        report.downtime_ms = (time.monotonic() - paused_at) * 1000
+        await source.release()
+        precopy_s = sum(r.seconds for r in report.rounds)
+        if precopy_s > 0:
+            report.measured_bps = 8 * sum(r.wire_bytes for r in report.rounds) / precopy_s
+        return True
+
+    async def _send_pages(
+        self,
+        source: MigrationSource,
+        channel: Channel,
+        encoder: PageEncoder,
+        table: DigestTable,
+        pages: Sequence[int],
+        started: float | None,
+    ) -> None:
+        """Read, digest, encode and send ``pages``, overlapping CPU work with the network."""
+        page_size = info_page_size(source)
+        batch = self.settings.batch_pages
+        queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+
+        async def produce() -> None:
+            for off in range(0, len(pages), batch):
+                if started is not None:
+                    self._check_cancel(started)
+                indices = pages[off : off + batch]
+                data = await source.read_pages(indices)
+                payload = await asyncio.to_thread(
+                    _digest_and_encode, encoder, table, indices, data, page_size
+                )
+                await queue.put((payload, len(indices)))
+            await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        last_progress = time.monotonic()
+        try:
+            while (item := await queue.get()) is not None:
+                payload, count = item
+                frame = protocol.pack_bytes(Msg.PAGES, payload)
+                if self._bucket is not None:
+                    await self._bucket.consume(len(frame))
+                await channel.send(frame)
+                self._pages_sent += count
+                self._wire_bytes += len(frame)
+                if time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
+                    last_progress = time.monotonic()
+                    self._emit("progress")
+            await producer
+        finally:
+            if not producer.done():
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
+
+    async def _rehash_all(self, source: MigrationSource, table: DigestTable) -> None:
+        """verify=full: digest all memory again while paused, replacing the sent digests."""
+        info = source.info()
+        step = 1024
+        for off in range(0, info.page_count, step):
+            indices = list(range(off, min(off + step, info.page_count)))
+            data = await source.read_pages(indices)
+            table.update(indices, await asyncio.to_thread(page_digests, data, info.page_size))
+
+    # -- failure -----------------------------------------------------------------------------
+    async def _fail(
+        self,
+        source: MigrationSource,
+        channel: Channel,
+        report: MigrationReport,
+        exc: BaseException,
+        *,
+        committed: bool,
+    ) -> None:
+        report.error = str(exc) or type(exc).__name__
+        if isinstance(exc, _AmbiguousCommitError) and exc.confirmed is None:
+            report.outcome = MigrationPhase.FAILED
+            self._phase = MigrationPhase.FAILED
+            self._emit("failed", message=report.error)
+            return  # the source stays paused: the destination may own the VM
+        try:
+            await asyncio.wait_for(
+                channel.send(protocol.pack_json(Msg.ABORT, {"reason": report.error})), 2
+            )
+        except (NovaCronError, OSError, TimeoutError):
+            log.debug("could not tell the destination to abort", exc_info=True)
+        try:
+            await source.rollback()
+        except Exception:
+            log.exception("rollback of %s failed", self.vm)
+            report.outcome = MigrationPhase.FAILED
+            self._emit("failed", message=f"{report.error}; rollback failed too")
+            return
+        cancelled = isinstance(exc, (MigrationAbortedError, asyncio.CancelledError))
+        report.outcome = MigrationPhase.CANCELLED if self._cancelled else (
+            MigrationPhase.ROLLED_BACK
+        )
+        self._phase = report.outcome
+        self._emit(
+            "rolled_back",
+            message=f"{'aborted' if cancelled else 'failed'}: {report.error}; "
+            "the VM keeps running at the source",
+        )
+
+    def _as_migration_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, _AmbiguousCommitError):
+            return MigrationError(str(exc))
+        if isinstance(exc, (MigrationError, asyncio.CancelledError)):
+            return exc
+        return MigrationError(f"migration of {self.vm} failed and was rolled back: {exc}")
+
+    def _check_cancel(self, started: float | None) -> None:
+        if self._cancelled:
+            msg = f"migration {self.migration_id} was cancelled; the VM keeps running at the source"
+            raise MigrationAbortedError(msg)
+        if started is not None and time.monotonic() - started > self.settings.timeout_s:
+            msg = (
+                f"migration {self.migration_id} exceeded timeout_s={self.settings.timeout_s:.0f}"
+                "; the VM keeps running at the source"
+            )
+            raise MigrationAbortedError(msg)
+
+    def _emit(
+        self,
+        kind: EventKind,
+        *,
+        pages_remaining: int = 0,
+        message: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        event = MigrationEvent(
+            migration_id=self.migration_id,
+            vm=self.vm,
+            kind=kind,
+            phase=self._phase,
+            round=self._round,
+            pages_total=self._pages_total,
+            pages_sent=self._pages_sent,
+            pages_remaining=pages_remaining,
+            bytes_on_wire=self._wire_bytes,
+            message=message,
+            data=data or {},
+        )
+        self.plugins.emit_migration_event(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("migration event callback failed")
+
+
+class _AmbiguousCommitError(MigrationError):
+    """COMMIT was sent but ACTIVATED never came back."""
+
+    def __init__(self, confirmed: bool | None, cause: BaseException) -> None:
+        self.confirmed = confirmed
+        if confirmed is False:
+            text = (
+                f"the destination did not confirm the switch-over ({cause}) and reports it does "
+                "not run the VM; rolled back to the source"
+            )
+        else:
+            text = (
+                f"the destination did not confirm the switch-over ({cause}) and could not be "
+                "asked; the source VM is kept PAUSED (not destroyed) to avoid running twice: "
+                "check the destination, then resume or destroy the source"
+            )
+        super().__init__(text)
+
+
+def info_page_size(source: MigrationSource) -> int:
+    """The page size of ``source``."""
+    return source.info().page_size
+
+
+def _digest_and_encode(
+    encoder: PageEncoder,
+    table: DigestTable,
+    indices: Sequence[int],
+    data: bytes,
+    page_size: int,
+) -> bytes:
+    table.update(indices, page_digests(data, page_size))
+    return encoder.encode(PageBatch(indices=list(indices), data=data, page_size=page_size))

@@ -1,0 +1,50 @@
+"""Drive a migration between two agents over their control APIs, following its events."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from novacron_sdk.agent.client import AgentClient
+from novacron_sdk.errors import MigrationError
+from novacron_sdk.migration.models import (
+    MigrationEvent,
+    MigrationPhase,
+    MigrationReport,
+    MigrationSettings,
+)
+
+
+async def migrate_via_agents(
+    vm: str,
+    *,
+    source: str,
+    destination: str,
+    settings: MigrationSettings | None = None,
+    progress: Callable[[MigrationEvent], None] | None = None,
+    poll_wait_s: float = 2.0,
+) -> MigrationReport:
+    """Migrate ``vm`` from the agent at ``source`` to the agent at ``destination``.
+
+    Returns the report of a completed migration; raises MigrationError (with the report's
+    error) when the migration failed or rolled back.
+    """
+    overrides = settings.model_dump(exclude_unset=True) if settings is not None else {}
+    async with AgentClient(source) as agent:
+        started = await agent.start_migration(vm, destination, overrides)
+        migration_id = str(started["id"])
+        after = 0
+        while True:
+            batch = await agent.migration_events(migration_id, after=after, wait_s=poll_wait_s)
+            for raw in batch["events"]:
+                if progress is not None:
+                    progress(MigrationEvent.model_validate(raw))
+            after = int(batch["next"])
+            if batch["done"]:
+                break
+        final = await agent.migration(migration_id)
+    report = MigrationReport.model_validate(final["report"]) if final.get("report") else None
+    if report is None or report.outcome is not MigrationPhase.COMPLETED:
+        outcome = report.outcome.value if report else "failed"
+        msg = f"migration {migration_id} of {vm} {outcome}: {final.get('error')}"
+        raise MigrationError(msg, report=report)
+    return report

@@ -1,0 +1,297 @@
+"""The migration engine in one process: two real sim drivers, the real TCP transport on loopback.
+
+Nothing is mocked. The recording wrappers below only observe (they pass every call through),
+and the faulty codec is a deliberate fault injector, said where it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from novacron_sdk.builtin.sim.driver import SimDriver
+from novacron_sdk.encoding.interface import PageBatch, PageCodec, PageDecoder, PageEncoder
+from novacron_sdk.errors import MigrationAbortedError, VerificationError
+from novacron_sdk.hypervisors.interface import MigrationSource
+from novacron_sdk.migration.inprocess import migrate_between
+from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
+from novacron_sdk.migration.planner import builtin_should_switch_over, plan_migration
+from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.prediction.interface import BandwidthEstimate
+from novacron_sdk.transport.interface import Endpoint
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def plugins():
+    return build_plugin_manager(autoload=False)
+
+
+@pytest.fixture
+async def drivers() -> AsyncIterator[tuple[SimDriver, SimDriver]]:
+    src = SimDriver({"host_name": "src"})
+    dst = SimDriver({"host_name": "dst"})
+    yield src, dst
+    await src.close()
+    await dst.close()
+
+
+def busy_spec(name: str = "vm1", *, memory_mib: int = 64, **workload: Any) -> VMSpec:
+    work = {"pattern": "hot-set", "rate_mbps": 20, "hot_fraction": 0.05, "seed": 7} | workload
+    return VMSpec(name=name, memory_mib=memory_mib, extra={"fill": "mixed", "workload": work})
+
+
+def tcp_settings(**kwargs: Any) -> MigrationSettings:
+    return MigrationSettings(transport="tcp", codec="zlib", predictor="ewma", **kwargs)
+
+
+async def test_migration_completes_and_memory_matches(plugins, drivers) -> None:
+    """The VM moves while its workload dirties pages; memory at pause equals memory at resume."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec())
+    await asyncio.sleep(0.3)
+    written_before = (await src.ex_workload(vm.id)).pages_written
+    assert written_before > 0
+    digests: dict[str, str] = {}
+    open_source, open_sink = src.open_migration_source, dst.open_migration_sink
+
+    async def observed_source(vm_id: str) -> MigrationSource:
+        source = await open_source(vm_id)
+        real = source.device_state
+
+        async def device_state() -> bytes:
+            # Called while paused, after the final dirty set was collected and sent.
+            digests["source"] = await src.ex_memory_digest(vm_id)
+            return await real()
+
+        source.device_state = device_state  # type: ignore[method-assign]
+        return source
+
+    async def observed_sink(info: Any) -> Any:
+        sink = await open_sink(info)
+        real = sink.activate
+
+        async def activate() -> Any:
+            (incoming,) = [v for v in await dst.list_vms() if v.name == "vm1"]
+            digests["destination"] = await dst.ex_memory_digest(incoming.id)
+            return await real()
+
+        sink.activate = activate  # type: ignore[method-assign]
+        return sink
+
+    src.open_migration_source = observed_source  # type: ignore[method-assign]
+    dst.open_migration_sink = observed_sink  # type: ignore[method-assign]
+    events: list[MigrationEvent] = []
+    report = await migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=tcp_settings(), on_event=events.append
+    )
+    assert report.outcome is MigrationPhase.COMPLETED
+    assert digests["source"] == digests["destination"]
+    moved = await dst.get_vm("vm1")
+    assert moved.state is VMState.RUNNING
+    assert [v for v in await src.list_vms() if v.name == "vm1"] == []
+    # The guest wrote during pre-copy, so pages dirtied after their first copy were re-sent.
+    assert report.pages_sent > report.memory_bytes // report.page_size
+    assert report.verification["mismatches"] == 0
+    kinds = {e.kind for e in events}
+    assert {"planned", "round_started", "switchover", "verified", "completed"} <= kinds
+    # The workload moved with the VM and keeps writing at the destination.
+    workload = await dst.ex_workload(moved.id)
+    count = workload.pages_written
+    assert count >= written_before
+    await asyncio.sleep(0.2)
+    assert workload.pages_written > count
+
+
+async def test_memory_identical_at_switchover(plugins, drivers) -> None:
+    """With verify=full, digests of all memory at both ends are compared during the pause."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(rate_mbps=10))
+    report = await migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=tcp_settings(verify="full")
+    )
+    assert report.verification["sink_pages_checked"] == 64 * MIB // 4096
+    assert report.verification["mismatches"] == 0
+
+
+async def test_idle_vm_memory_identical_after_move(plugins, drivers) -> None:
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    before = await src.ex_memory_digest(vm.id)
+    await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+    moved = await dst.get_vm("vm1")
+    assert await dst.ex_memory_digest(moved.id) == before
+
+
+async def test_non_converging_workload_aborts_and_keeps_source(plugins, drivers) -> None:
+    """A workload dirtying far more than fits the limit, with throttling off, aborts cleanly."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="uniform", rate_mbps=400, memory_mib=64))
+    settings = tcp_settings(
+        downtime_limit_ms=1, on_stall="abort", stall_rounds=2, max_rounds=6,
+        max_bandwidth_bps=200e6,
+    )
+    with pytest.raises(MigrationAbortedError, match="did not converge"):
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings)
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+    assert await dst.list_vms() == []
+    workload = await src.ex_workload(vm.id)
+    count = workload.pages_written
+    await asyncio.sleep(0.2)
+    assert workload.pages_written > count  # the guest still runs, unthrottled
+
+
+async def test_stalled_workload_is_throttled(plugins, drivers) -> None:
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="uniform", rate_mbps=300, memory_mib=64))
+    events: list[MigrationEvent] = []
+    settings = tcp_settings(
+        downtime_limit_ms=30, on_stall="throttle", stall_rounds=1, max_rounds=40,
+        throttle_initial=0.5, throttle_increment=0.2, max_bandwidth_bps=400e6,
+    )
+    report = await migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=settings, on_event=events.append
+    )
+    assert report.max_throttle >= 0.5
+    assert any(e.kind == "throttled" for e in events)
+
+
+async def test_cancel_rolls_back(plugins, drivers) -> None:
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    before = await src.ex_memory_digest(vm.id)
+    sending = asyncio.Event()
+
+    def on_event(event: MigrationEvent) -> None:
+        if event.kind == "progress":
+            sending.set()
+
+    task = asyncio.create_task(
+        migrate_between(src, dst, vm.id, plugins=plugins,
+                        settings=tcp_settings(max_bandwidth_bps=40e6), on_event=on_event)
+    )
+    await asyncio.wait_for(sending.wait(), 30)
+    task.cancel()  # the engine rolls back on cancellation too
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+    assert await src.ex_memory_digest(vm.id) == before
+    assert await dst.list_vms() == []
+
+
+class _CorruptingEncoder(PageEncoder):
+    def __init__(self, inner: PageEncoder, page_size: int) -> None:
+        self.inner = inner
+        self.page_size = page_size
+        self.batches = 0
+
+    def encode(self, batch: PageBatch) -> bytes:
+        self.batches += 1
+        if self.batches == 3:
+            data = bytearray(batch.data)
+            data[17] ^= 0xFF
+            batch = PageBatch(batch.indices, bytes(data), batch.page_size)
+            # The digest was taken of the true data; only the wire content is wrong.
+        return self.inner.encode(batch)
+
+    def stats(self):  # type: ignore[no-untyped-def]
+        return self.inner.stats()
+
+
+class CorruptingCodec(PageCodec):
+    """Fault injector: flips one byte of one page after the source digested it."""
+
+    name = "corrupting"
+
+    def __init__(self, inner: PageCodec) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def new_encoder(self, page_size: int = 4096) -> PageEncoder:
+        return _CorruptingEncoder(self.inner.new_encoder(page_size), page_size)
+
+    def new_decoder(self, page_size: int = 4096) -> PageDecoder:
+        return self.inner.new_decoder(page_size)
+
+
+async def test_wrong_memory_never_resumes(plugins, drivers) -> None:
+    """A page corrupted between digest and wire is caught by verification before resume."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    settings = tcp_settings()
+    plan = plan_migration(plugins, settings, Endpoint())
+    plan.codec = CorruptingCodec(plan.codec)
+    with pytest.raises(VerificationError, match="mismatching pages"):
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+    assert await dst.list_vms() == []
+
+
+async def test_unknown_codec_is_a_clear_error(plugins, drivers) -> None:
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    with pytest.raises(Exception, match="no codec named 'nope'; known:"):
+        await migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=tcp_settings().model_copy(
+                update={"codec": "nope"})
+        )
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+
+
+async def test_destination_without_capacity_leaves_source_running(plugins) -> None:
+    src = SimDriver({"host_name": "src"})
+    dst = SimDriver({"host_name": "dst", "memory_mib": 32})
+    try:
+        vm = await src.create_vm(busy_spec(pattern="idle"))
+        with pytest.raises(Exception, match="(?i)capacity|memory"):
+            await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+        assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+    finally:
+        await src.close()
+        await dst.close()
+
+
+@pytest.mark.parametrize(
+    ("remaining", "lower_bps", "limit_ms", "expected"),
+    [
+        (0, None, 300, True),
+        (10 * MIB, None, 300, False),
+        (100 * 1024, None, 300, True),
+        (1 * MIB, 100e6, 300, True),  # 84 ms at 100 Mbit/s
+        (10 * MIB, 100e6, 300, False),  # 839 ms
+        (10 * MIB, 1e9, 300, True),  # 84 ms at 1 Gbit/s
+    ],
+)
+def test_builtin_switchover_rule(remaining, lower_bps, limit_ms, expected) -> None:
+    estimate = None
+    if lower_bps is not None:
+        estimate = BandwidthEstimate(
+            horizon_s=1, mean_bps=lower_bps * 1.2, lower_bps=lower_bps, coverage=0.9,
+            predictor="t", samples=3,
+        )
+    settings = MigrationSettings(downtime_limit_ms=limit_ms)
+    assert builtin_should_switch_over(remaining, estimate, settings) is expected
+
+
+def test_switchover_hook_overrides_builtin_rule(plugins) -> None:
+    class AlwaysWait:
+        @staticmethod
+        def novacron_should_switch_over(remaining_bytes: int, estimate: object,
+                                        settings: object) -> bool:
+            return False
+
+    from novacron_sdk.migration.planner import should_switch_over
+    from novacron_sdk.plugin import hookimpl
+
+    AlwaysWait.novacron_should_switch_over = hookimpl(  # type: ignore[attr-defined]
+        AlwaysWait.novacron_should_switch_over
+    )
+    manager = build_plugin_manager(autoload=False, plugins=[("always-wait", AlwaysWait())])
+    assert should_switch_over(plugins, 0, None, MigrationSettings()) is True
+    assert should_switch_over(manager, 0, None, MigrationSettings()) is False
+
