@@ -80,7 +80,9 @@ async def test_downtime_within_limit_for_converging_workload(hosts, clients) -> 
     ca, cb = clients
     vm = await ca.create_vm(spec("calm", memory_mib=128, rate_mbps=10))
     report = await migrate_via_agents(
-        vm.id, source=a.url, destination=b.url,
+        vm.id,
+        source=a.url,
+        destination=b.url,
         settings=MigrationSettings(downtime_limit_ms=300),
     )
     assert report.downtime_ms <= report.downtime_limit_ms == 300
@@ -110,8 +112,12 @@ async def test_non_converging_workload_is_throttled(hosts, clients) -> None:
     ca, cb = clients
     vm = await ca.create_vm(spec("throttled", pattern="uniform", rate_mbps=30))
     settings = MigrationSettings(
-        max_bandwidth_bps=40e6, on_stall="throttle", stall_rounds=1, downtime_limit_ms=100,
-        throttle_initial=0.5, throttle_increment=0.25,
+        max_bandwidth_bps=40e6,
+        on_stall="throttle",
+        stall_rounds=1,
+        downtime_limit_ms=100,
+        throttle_initial=0.5,
+        throttle_increment=0.25,
     )
     report = await migrate_via_agents(vm.id, source=a.url, destination=b.url, settings=settings)
     assert report.max_throttle >= 0.5
@@ -124,9 +130,7 @@ async def test_killing_destination_leaves_source_running_intact() -> None:
         async with AgentClient(a.url) as ca:
             vm = await ca.create_vm(spec("survivor", memory_mib=128, pattern="idle"))
             before = await ca.vm_digest(vm.id)
-            started = await ca.start_migration(
-                vm.id, b.url, {"max_bandwidth_bps": 40e6}
-            )
+            started = await ca.start_migration(vm.id, b.url, {"max_bandwidth_bps": 40e6})
             mid = started["id"]
             while True:
                 batch = await ca.migration_events(mid, wait_s=2)
@@ -157,8 +161,9 @@ async def assert_discarded(client: AgentClient, name: str) -> None:
 class FaultyProxy:
     """A TCP relay on 127.0.0.1 that corrupts or cuts the source-to-destination byte stream."""
 
-    def __init__(self, target_port: int, *, corrupt_at: int | None = None,
-                 cut_at: int | None = None) -> None:
+    def __init__(
+        self, target_port: int, *, corrupt_at: int | None = None, cut_at: int | None = None
+    ) -> None:
         self.target_port = target_port
         self.corrupt_at = corrupt_at
         self.cut_at = cut_at
@@ -214,18 +219,23 @@ async def test_bad_frames_never_resume_wrong_memory(fault: str) -> None:
     port = free_port()
     kwargs = {"corrupt_at": 3_000_000} if fault == "corrupt" else {"cut_at": 3_000_000}
     async with FaultyProxy(port, **kwargs) as proxy:
-        dst_settings = [f"agent.migration_port={port}",
-                        f"agent.migration_advertise=127.0.0.1:{proxy.port}"]
-        with LocalAgent("src", env=CORE_ONLY) as a, \
-                LocalAgent("dst", env=CORE_ONLY, settings=dst_settings) as b:
+        dst_settings = [
+            f"agent.migration_port={port}",
+            f"agent.migration_advertise=127.0.0.1:{proxy.port}",
+        ]
+        with (
+            LocalAgent("src", env=CORE_ONLY) as a,
+            LocalAgent("dst", env=CORE_ONLY, settings=dst_settings) as b,
+        ):
             async with AgentClient(a.url) as ca, AgentClient(b.url) as cb:
                 vm = await ca.create_vm(spec("fragile", memory_mib=64))
                 with pytest.raises(MigrationError) as info:
                     await migrate_via_agents(vm.id, source=a.url, destination=b.url)
                 assert proxy.faults == 1
                 text = str(info.value).lower()
-                assert any(w in text for w in ("frame", "checksum", "crc", "truncated", "closed",
-                                               "peer")), text
+                assert any(
+                    w in text for w in ("frame", "checksum", "crc", "truncated", "closed", "peer")
+                ), text
                 assert (await ca.get_vm("fragile")).state is VMState.RUNNING
                 await assert_discarded(cb, "fragile")
 
@@ -248,15 +258,20 @@ async def test_bad_api_input_gets_clear_4xx(hosts) -> None:
         r = await http.post("/v1/migrations", json={"vm": "x", "destination": "not a url"})
         assert r.status_code == 422
         assert "destination" in r.json()["error"]
-        vm = (await http.post("/v1/vms", json={"name": "api-vm", "memory_mib": 64,
-                                                 "extra": {"workload": {"pattern": "idle"}}}))
+        vm = await http.post(
+            "/v1/vms",
+            json={"name": "api-vm", "memory_mib": 64, "extra": {"workload": {"pattern": "idle"}}},
+        )
         assert vm.status_code == 201
-        r = await http.post("/v1/migrations", json={
-            "vm": "api-vm", "destination": b.url, "settings": {"downtime_limit_ms": -1}})
+        r = await http.post(
+            "/v1/migrations",
+            json={"vm": "api-vm", "destination": b.url, "settings": {"downtime_limit_ms": -1}},
+        )
         assert r.status_code == 422
         assert "downtime_limit_ms" in r.json()["error"]
-        r = await http.post("/v1/migrations", json={
-            "vm": "api-vm", "destination": b.url, "settings": {"bogus": 1}})
+        r = await http.post(
+            "/v1/migrations", json={"vm": "api-vm", "destination": b.url, "settings": {"bogus": 1}}
+        )
         assert r.status_code == 422
         assert "bogus" in r.json()["error"]
         r = await http.post("/v1/migrations", json={"vm": "api-vm", "destination": a.url})
@@ -288,7 +303,9 @@ async def test_garbage_on_migration_endpoint_is_rejected(hosts, clients) -> None
     prepared = await cb.prepare_incoming(
         migration_id="probe1",
         info=MigrationSourceInfo(spec=VMSpec(name="probe-in", memory_mib=64), page_count=16384),
-        transport="tcp", codec="zlib", verify="pages",
+        transport="tcp",
+        codec="zlib",
+        verify="pages",
     )
     port = prepared["endpoint"]["port"]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -317,6 +334,5 @@ async def test_openapi_metrics_and_status(hosts, clients) -> None:
         assert health == {"status": "ok"}
     status = await ca.status()
     names = {c["name"]: c["state"] for c in status["components"]}
-    assert names == {"agent.driver": "running", "agent.service": "running",
-                     "agent.api": "running"}
+    assert names == {"agent.driver": "running", "agent.service": "running", "agent.api": "running"}
     assert status["host"]["name"] == "host-a"

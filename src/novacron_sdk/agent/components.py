@@ -97,7 +97,11 @@ class ControlApiComponent(Component):
         status = self.context.values.get("status_provider")
         app = create_app(service, status)
         config = uvicorn.Config(
-            app, host=agent.host, port=agent.port, log_level="warning", lifespan="off",
+            app,
+            host=agent.host,
+            port=agent.port,
+            log_level="warning",
+            lifespan="off",
             access_log=False,
         )
         self.server = _Server(config)
@@ -130,7 +134,7 @@ class ControlApiComponent(Component):
 class _Server:
     """uvicorn's Server without its signal capture: the agent handles signals itself."""
 
-    def __new__(cls, config: Any) -> Any:  # noqa: D102 - factory keeping uvicorn lazy
+    def __new__(cls, config: Any) -> Any:
         import uvicorn
 
         class Server(uvicorn.Server):

@@ -50,8 +50,17 @@ class LocalAgent:
         cmd = [sys.executable, "-m", "novacron_sdk"]
         for item in self.settings:
             cmd += ["--set", item]
-        cmd += ["agent", "--host", self.host, "--port", str(self.port), "--name", self.name,
-                "--ready-file", str(ready)]
+        cmd += [
+            "agent",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--name",
+            self.name,
+            "--ready-file",
+            str(ready),
+        ]
         env = dict(os.environ if self.env is None else self.env)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -64,8 +73,10 @@ class LocalAgent:
                 raise NovaCronError(msg)
             if time.monotonic() > deadline:
                 self.kill()
-                msg = f"agent {self.name} did not start within {START_TIMEOUT_S:.0f}s: " \
-                      f"{self.log_tail()}"
+                msg = (
+                    f"agent {self.name} did not start within {START_TIMEOUT_S:.0f}s: "
+                    f"{self.log_tail()}"
+                )
                 raise NovaCronError(msg)
             time.sleep(0.05)
         time.sleep(0.01)

@@ -13,29 +13,36 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.migrations = Counter(
-            "novacron_migrations", "Outgoing migrations by outcome", ["outcome"],
+            "novacron_migrations",
+            "Outgoing migrations by outcome",
+            ["outcome"],
             registry=self.registry,
         )
         self.incoming = Counter(
             "novacron_incoming_migrations", "Incoming migrations prepared", registry=self.registry
         )
         self.wire_bytes = Counter(
-            "novacron_migration_wire_bytes", "Bytes sent by completed migrations",
+            "novacron_migration_wire_bytes",
+            "Bytes sent by completed migrations",
             registry=self.registry,
         )
         self.downtime = Histogram(
-            "novacron_migration_downtime_seconds", "Switch-over downtime",
+            "novacron_migration_downtime_seconds",
+            "Switch-over downtime",
             buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
             registry=self.registry,
         )
         self.duration = Histogram(
-            "novacron_migration_duration_seconds", "Total migration time",
+            "novacron_migration_duration_seconds",
+            "Total migration time",
             buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300),
             registry=self.registry,
         )
         self.vms = Gauge("novacron_vms", "VMs on this host", registry=self.registry)
         self.requests = Counter(
-            "novacron_api_requests", "Control API requests", ["method", "status"],
+            "novacron_api_requests",
+            "Control API requests",
+            ["method", "status"],
             registry=self.registry,
         )
 

@@ -190,8 +190,9 @@ class AgentService:
             msg = f"VM {vm.name} is already being migrated"
             raise InvalidStateError(msg)
         migration_id = uuid.uuid4().hex[:12]
-        plan = plan_migration(self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname
-                                                               or "127.0.0.1"))
+        plan = plan_migration(
+            self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1")
+        )
         source = await self.driver.open_migration_source(vm.id)
         try:
             async with AgentClient(dest_url) as dest:
@@ -215,7 +216,7 @@ class AgentService:
             migration_id=migration_id,
         )
         mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=engine)
-        engine._on_event = lambda event: self._record_event(mig, event)  # noqa: SLF001
+        engine._on_event = lambda event: self._record_event(mig, event)
         self.outgoing[migration_id] = mig
         endpoint = Endpoint.model_validate(prepared["endpoint"])
         if plan.streams:

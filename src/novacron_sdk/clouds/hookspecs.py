@@ -16,7 +16,8 @@ def novacron_register_clouds(registry: Registry[type[CloudDriver]]) -> None:
     """Register cloud driver classes (subclasses of CloudDriver).
 
     Called once per plugin, the first time the plugin manager needs this registry (never
-    at import time), with the shared registry. Call ``registry.register(name, "package.module:Class")``; a lazy
-    reference keeps third-party SDKs unimported until the entry is used. A name already taken
+    at import time), with the shared registry. Call
+    ``registry.register(name, "package.module:Class")``; a lazy reference keeps third-party
+    SDKs unimported until the entry is used. A name already taken
     raises DuplicateNameError, and the plugin is reported as failed while others keep working.
     """

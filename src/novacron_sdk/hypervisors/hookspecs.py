@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from novacron_sdk.plugin._spec import hookspec
 
 if TYPE_CHECKING:
-    from novacron_sdk.models import VMEvent
     from novacron_sdk.hypervisors.interface import HypervisorDriver
+    from novacron_sdk.models import VMEvent
     from novacron_sdk.plugin.registry import Registry
 
 
@@ -17,8 +17,9 @@ def novacron_register_hypervisors(registry: Registry[type[HypervisorDriver]]) ->
     """Register hypervisor driver classes (subclasses of HypervisorDriver).
 
     Called once per plugin, the first time the plugin manager needs this registry (never
-    at import time), with the shared registry. Call ``registry.register(name, "package.module:Class")``; a lazy
-    reference keeps third-party SDKs unimported until the entry is used. A name already taken
+    at import time), with the shared registry. Call
+    ``registry.register(name, "package.module:Class")``; a lazy reference keeps third-party
+    SDKs unimported until the entry is used. A name already taken
     raises DuplicateNameError, and the plugin is reported as failed while others keep working.
     """
 

@@ -48,14 +48,19 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
     )
     async with AgentClient(source) as a, AgentClient(destination) as b:
         vm = await a.create_vm(spec)
-        print(f"created {vm.name} ({vm.id}) on {source}: {vm.memory_mib} MiB, "
-              f"{options.pattern} workload writing {options.rate_mbps:g} MB/s")
+        print(
+            f"created {vm.name} ({vm.id}) on {source}: {vm.memory_mib} MiB, "
+            f"{options.pattern} workload writing {options.rate_mbps:g} MB/s"
+        )
         await asyncio.sleep(options.warmup_s)
         settings = MigrationSettings.model_validate(options.settings)
         with ProgressDisplay(enabled=options.progress) as display:
             try:
                 report = await migrate_via_agents(
-                    vm.id, source=source, destination=destination, settings=settings,
+                    vm.id,
+                    source=source,
+                    destination=destination,
+                    settings=settings,
                     progress=display,
                 )
             except MigrationError as exc:
@@ -66,12 +71,16 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
         moved = await b.get_vm(vm.name)
         left = [v for v in await a.list_vms() if v.name == vm.name]
         if moved.state is not VMState.RUNNING or left:
-            msg = f"after migration the VM is {moved.state.value} at the destination and " \
-                  f"{'still' if left else 'no longer'} at the source"
+            msg = (
+                f"after migration the VM is {moved.state.value} at the destination and "
+                f"{'still' if left else 'no longer'} at the source"
+            )
             raise MigrationError(msg, report=report)
         print(verification_line(report))
-        print(f"the VM now runs on {report.destination} ({moved.state.value}); "
-              f"the source copy is released")
+        print(
+            f"the VM now runs on {report.destination} ({moved.state.value}); "
+            f"the source copy is released"
+        )
     if options.json_path is not None:
         options.json_path.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
         print(f"report written to {options.json_path}")
@@ -80,7 +89,9 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
 
 def run_demo(options: DemoOptions) -> MigrationReport:
     """Start two agents, migrate a busy VM between them, stop the agents."""
-    with LocalAgent("host-a", settings=options.agent_settings) as a, \
-            LocalAgent("host-b", settings=options.agent_settings) as b:
+    with (
+        LocalAgent("host-a", settings=options.agent_settings) as a,
+        LocalAgent("host-b", settings=options.agent_settings) as b,
+    ):
         print(f"started agents host-a at {a.url} and host-b at {b.url}")
         return asyncio.run(_run(a.url, b.url, options))

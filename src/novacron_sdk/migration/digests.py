@@ -53,9 +53,7 @@ class DigestTable:
         """How many pages have no digest yet (never sent or written)."""
         view = memoryview(self._table)
         return sum(
-            1
-            for off in range(0, len(view), DIGEST_SIZE)
-            if view[off : off + DIGEST_SIZE] == _EMPTY
+            1 for off in range(0, len(view), DIGEST_SIZE) if view[off : off + DIGEST_SIZE] == _EMPTY
         )
 
     def summary(self) -> str:

@@ -71,14 +71,21 @@ class ProgressDisplay:
         elif event.kind == "switchover":
             self._round_start_sent = event.pages_sent
             self._progress.update(
-                self._task, description="switch-over", total=max(1, event.pages_remaining),
-                completed=0, wire=wire,
+                self._task,
+                description="switch-over",
+                total=max(1, event.pages_remaining),
+                completed=0,
+                wire=wire,
             )
         elif event.kind in ("throttled", "rolled_back", "failed", "verified") and self._enabled:
             self.console.log(f"{event.kind}: {event.message}")
         elif event.kind == "completed":
-            self._progress.update(self._task, description="completed",
-                                  completed=self._progress.tasks[0].total or 0, wire=wire)
+            self._progress.update(
+                self._task,
+                description="completed",
+                completed=self._progress.tasks[0].total or 0,
+                wire=wire,
+            )
 
 
 def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
@@ -86,23 +93,38 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
     rows = [
         ("outcome", report.outcome.value),
         ("vm", f"{report.vm}: {report.source} -> {report.destination}"),
-        ("memory", f"{report.memory_bytes / MIB:.0f} MiB ({report.memory_bytes // report.page_size}"
-                   f" pages of {report.page_size} B)"),
-        ("transport / codec / predictor",
-         f"{report.transport} ({report.streams} stream(s)) / {report.codec} / {report.predictor}"),
+        (
+            "memory",
+            f"{report.memory_bytes / MIB:.0f} MiB ({report.memory_bytes // report.page_size}"
+            f" pages of {report.page_size} B)",
+        ),
+        (
+            "transport / codec / predictor",
+            f"{report.transport} ({report.streams} stream(s)) / {report.codec}"
+            f" / {report.predictor}",
+        ),
         ("total time", f"{report.total_s:.2f} s"),
         ("downtime", f"{report.downtime_ms:.1f} ms (limit {report.downtime_limit_ms:.0f} ms)"),
         ("pre-copy rounds", str(len(report.rounds))),
-        ("pages sent", f"{report.pages_sent} ({report.pages_sent * report.page_size / MIB:.0f} MiB"
-                       " before encoding)"),
-        ("bytes on the wire", f"{report.bytes_on_wire / MIB:.1f} MiB = {report.wire_ratio:.3f}x"
-                              " memory size"),
+        (
+            "pages sent",
+            f"{report.pages_sent} ({report.pages_sent * report.page_size / MIB:.0f} MiB"
+            " before encoding)",
+        ),
+        (
+            "bytes on the wire",
+            f"{report.bytes_on_wire / MIB:.1f} MiB = {report.wire_ratio:.3f}x memory size",
+        ),
         ("max guest throttle", f"{report.max_throttle:.0%}"),
     ]
     if report.measured_bps is not None:
         predicted = f"{report.predicted_bps / 1e6:.0f}" if report.predicted_bps else "n/a"
-        rows.append(("bandwidth predicted / measured",
-                     f"{predicted} / {report.measured_bps / 1e6:.0f} Mbit/s"))
+        rows.append(
+            (
+                "bandwidth predicted / measured",
+                f"{predicted} / {report.measured_bps / 1e6:.0f} Mbit/s",
+            )
+        )
     if report.error:
         rows.append(("error", report.error))
     return rows

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from novacron_sdk.encoding.interface import PageBatch, PageEncoder
@@ -141,16 +142,21 @@ class MigrationEngine:
         try:
             await self._handshake(channel, info.model_dump(mode="json"), hello or {})
             self._emit("planned", message=f"{info.page_count} pages via {report.transport}")
-            encoder = self.plan.codec.new_encoder(info.page_size)
-            table = DigestTable(info.page_count)
+            run = _Run(
+                source=source,
+                channel=channel,
+                encoder=self.plan.codec.new_encoder(info.page_size),
+                table=DigestTable(info.page_count),
+                report=report,
+                started=started,
+                page_size=info.page_size,
+            )
             await source.start_tracking()
             if self.settings.precopy:
-                pending = await self._precopy(source, channel, encoder, table, report, started)
+                pending = await self._precopy(run)
             else:
                 pending = await source.collect_dirty()  # every page: stop-and-copy
-            committed = await self._switch_over(
-                source, channel, encoder, table, pending, report, check_destination
-            )
+            committed = await self._switch_over(run, pending, check_destination)
         except BaseException as exc:
             await self._fail(source, channel, report, exc, committed=committed)
             raise self._as_migration_error(exc) from exc
@@ -180,115 +186,122 @@ class MigrationEngine:
         await channel.send(protocol.pack_json(Msg.HELLO, body))
         await protocol.expect_json(channel, Msg.READY)
 
-    async def _precopy(
-        self,
-        source: MigrationSource,
-        channel: Channel,
-        encoder: PageEncoder,
-        table: DigestTable,
-        report: MigrationReport,
-        started: float,
-    ) -> list[int]:
+    async def _precopy(self, run: _Run) -> list[int]:
         """Send rounds until the remaining dirty set fits the downtime limit; return it."""
-        settings = self.settings
         self._phase = MigrationPhase.PRECOPY
-        pending = await source.collect_dirty()
+        pending = await run.source.collect_dirty()
         best = len(pending)
         stalled = 0
-        throttle = 0.0
         while True:
-            self._check_cancel(started)
-            self._round += 1
-            self._emit("round_started", pages_remaining=len(pending))
-            t0 = time.monotonic()
-            stats_before = encoder.stats()
-            bytes_before, in_before = stats_before.bytes_out, stats_before.bytes_in
-            await self._send_pages(source, channel, encoder, table, pending, started)
-            await channel.send(protocol.pack_json(Msg.ROUND_END, {"round": self._round}))
-            await protocol.expect_json(channel, Msg.ROUND_ACK)
-            seconds = time.monotonic() - t0
-            stats = encoder.stats()
-            wire = stats.bytes_out - bytes_before
-            ratio = wire / max(1, stats.bytes_in - in_before)
-            if wire >= MIN_SAMPLE_BYTES:
-                self.plan.predictor.observe(
-                    [BandwidthSample(t=time.monotonic(), bits_per_second=8 * wire / seconds,
-                                     duration_s=seconds)]
-                )
-            report.rounds.append(
-                RoundReport(round=self._round, pages=len(pending), wire_bytes=wire,
-                            seconds=seconds, throttle=throttle)
-            )
-            self._emit("round_finished", pages_remaining=len(pending),
-                       data={"seconds": seconds, "wire_bytes": wire})
-            pending = await source.collect_dirty()
-            estimate = self.plan.predictor.predict(max(0.1, settings.downtime_limit_ms / 1000))
+            self._check_cancel(run.started)
+            ratio = await self._round_trip(run, pending)
+            pending = await run.source.collect_dirty()
+            estimate = self.plan.predictor.predict(max(0.1, self.settings.downtime_limit_ms / 1000))
             if estimate is not None:
-                report.predicted_bps = estimate.mean_bps
-                encoder.set_bandwidth_hint(estimate.mean_bps)
-            remaining = int(len(pending) * info_page_size(source) * max(ratio, 0.01))
-            if should_switch_over(self.plugins, remaining, estimate, settings):
+                run.report.predicted_bps = estimate.mean_bps
+                run.encoder.set_bandwidth_hint(estimate.mean_bps)
+            remaining = int(len(pending) * run.page_size * max(ratio, 0.01))
+            if should_switch_over(self.plugins, remaining, estimate, self.settings):
                 return pending
             if len(pending) < best * 0.95:
                 best, stalled = len(pending), 0
             else:
                 stalled += 1
-            over_rounds = self._round >= settings.max_rounds
-            if stalled >= settings.stall_rounds or over_rounds:
-                if settings.on_stall == "force":
-                    report.verification["forced_switchover"] = True
-                    return pending
-                can_throttle = (
-                    settings.on_stall == "throttle"
-                    and settings.auto_converge
-                    and throttle < settings.throttle_max
-                )
-                if can_throttle and not over_rounds:
-                    throttle = min(
-                        settings.throttle_max,
-                        settings.throttle_initial if throttle == 0 else
-                        throttle + settings.throttle_increment,
-                    )
-                    await source.set_throttle(throttle)
-                    report.max_throttle = throttle
-                    stalled = 0
-                    best = len(pending)
-                    self._emit("throttled", data={"throttle": throttle},
-                               message=f"guest throttled to {100 * (1 - throttle):.0f}% speed")
-                    continue
-                why = (
-                    f"{settings.max_rounds} rounds" if over_rounds
-                    else f"{settings.stall_rounds} rounds without progress"
-                )
-                msg = (
-                    f"migration did not converge after {why} (dirty set {len(pending)} pages, "
-                    f"throttle {throttle:.2f}); raise downtime_limit_ms, allow throttling "
-                    "(on_stall: throttle) or force the switch-over (on_stall: force)"
-                )
-                raise MigrationAbortedError(msg)
+            over_rounds = self._round >= self.settings.max_rounds
+            if stalled >= self.settings.stall_rounds or over_rounds:
+                if await self._on_stall(run, len(pending), over_rounds=over_rounds):
+                    return pending  # forced switch-over
+                stalled, best = 0, len(pending)
+
+    async def _round_trip(self, run: _Run, pending: Sequence[int]) -> float:
+        """One pre-copy round, acknowledged by the destination; returns its wire ratio."""
+        self._round += 1
+        self._emit("round_started", pages_remaining=len(pending))
+        t0 = time.monotonic()
+        before = run.encoder.stats()
+        bytes_before, in_before = before.bytes_out, before.bytes_in
+        await self._send_pages(run, pending, timed=True)
+        await run.channel.send(protocol.pack_json(Msg.ROUND_END, {"round": self._round}))
+        await protocol.expect_json(run.channel, Msg.ROUND_ACK)
+        seconds = time.monotonic() - t0
+        stats = run.encoder.stats()
+        wire = stats.bytes_out - bytes_before
+        if wire >= MIN_SAMPLE_BYTES:
+            sample = BandwidthSample(
+                t=time.monotonic(), bits_per_second=8 * wire / seconds, duration_s=seconds
+            )
+            self.plan.predictor.observe([sample])
+        run.report.rounds.append(
+            RoundReport(
+                round=self._round,
+                pages=len(pending),
+                wire_bytes=wire,
+                seconds=seconds,
+                throttle=run.throttle,
+            )
+        )
+        self._emit(
+            "round_finished",
+            pages_remaining=len(pending),
+            data={"seconds": seconds, "wire_bytes": wire},
+        )
+        return wire / max(1, stats.bytes_in - in_before)
+
+    async def _on_stall(self, run: _Run, dirty: int, *, over_rounds: bool) -> bool:
+        """Rounds stopped shrinking: throttle, force (returns True) or abort (raises)."""
+        settings = self.settings
+        if settings.on_stall == "force":
+            run.report.verification["forced_switchover"] = True
+            return True
+        can_throttle = (
+            settings.on_stall == "throttle"
+            and settings.auto_converge
+            and run.throttle < settings.throttle_max
+            and not over_rounds
+        )
+        if can_throttle:
+            step = (
+                settings.throttle_initial
+                if run.throttle == 0
+                else (run.throttle + settings.throttle_increment)
+            )
+            run.throttle = min(settings.throttle_max, step)
+            await run.source.set_throttle(run.throttle)
+            run.report.max_throttle = run.throttle
+            self._emit(
+                "throttled",
+                data={"throttle": run.throttle},
+                message=f"guest throttled to {100 * (1 - run.throttle):.0f}% speed",
+            )
+            return False
+        why = (
+            f"{settings.max_rounds} rounds"
+            if over_rounds
+            else f"{settings.stall_rounds} rounds without progress"
+        )
+        msg = (
+            f"migration did not converge after {why} (dirty set {dirty} pages, "
+            f"throttle {run.throttle:.2f}); raise downtime_limit_ms, allow throttling "
+            "(on_stall: throttle) or force the switch-over (on_stall: force)"
+        )
+        raise MigrationAbortedError(msg)
 
     async def _switch_over(
-        self,
-        source: MigrationSource,
-        channel: Channel,
-        encoder: PageEncoder,
-        table: DigestTable,
-        pending: Sequence[int],
-        report: MigrationReport,
-        check_destination: DestinationCheck | None,
+        self, run: _Run, pending: Sequence[int], check_destination: DestinationCheck | None
     ) -> bool:
         """Pause, send the rest, verify, commit. Returns True once COMMIT was sent."""
         self._check_cancel(None)
         self._phase = MigrationPhase.SWITCHOVER
         paused_at = time.monotonic()
+        source, channel, table, report = run.source, run.channel, run.table, run.report
         await source.pause()
         final = sorted(set(pending) | set(await source.collect_dirty()))
         self._emit("switchover", pages_remaining=len(final))
-        await self._send_pages(source, channel, encoder, table, final, None)
+        await self._send_pages(run, final, timed=False)
         await channel.send(protocol.pack_bytes(Msg.DEVICE, await source.device_state()))
         self._phase = MigrationPhase.VERIFYING
         if self.settings.verify == "full":
-            await self._rehash_all(source, table)
+            await self._rehash_all(run)
         await channel.send(
             protocol.pack_json(Msg.VERIFY, {"table": table.summary(), "final_pages": len(final)})
         )
@@ -319,24 +332,17 @@ class MigrationEngine:
             report.measured_bps = 8 * sum(r.wire_bytes for r in report.rounds) / precopy_s
         return True
 
-    async def _send_pages(
-        self,
-        source: MigrationSource,
-        channel: Channel,
-        encoder: PageEncoder,
-        table: DigestTable,
-        pages: Sequence[int],
-        started: float | None,
-    ) -> None:
+    async def _send_pages(self, run: _Run, pages: Sequence[int], *, timed: bool) -> None:
         """Read, digest, encode and send ``pages``, overlapping CPU work with the network."""
-        page_size = info_page_size(source)
+        source, channel, encoder, table = run.source, run.channel, run.encoder, run.table
+        page_size = run.page_size
         batch = self.settings.batch_pages
         queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
 
         async def produce() -> None:
             for off in range(0, len(pages), batch):
-                if started is not None:
-                    self._check_cancel(started)
+                if timed:
+                    self._check_cancel(run.started)
                 indices = pages[off : off + batch]
                 data = await source.read_pages(indices)
                 payload = await asyncio.to_thread(
@@ -365,8 +371,9 @@ class MigrationEngine:
                 producer.cancel()
                 await asyncio.gather(producer, return_exceptions=True)
 
-    async def _rehash_all(self, source: MigrationSource, table: DigestTable) -> None:
+    async def _rehash_all(self, run: _Run) -> None:
         """verify=full: digest all memory again while paused, replacing the sent digests."""
+        source, table = run.source, run.table
         info = source.info()
         step = 1024
         for off in range(0, info.page_count, step):
@@ -404,8 +411,8 @@ class MigrationEngine:
             self._emit("failed", message=f"{report.error}; rollback failed too")
             return
         cancelled = isinstance(exc, (MigrationAbortedError, asyncio.CancelledError))
-        report.outcome = MigrationPhase.CANCELLED if self._cancelled else (
-            MigrationPhase.ROLLED_BACK
+        report.outcome = (
+            MigrationPhase.CANCELLED if self._cancelled else (MigrationPhase.ROLLED_BACK)
         )
         self._phase = report.outcome
         self._emit(
@@ -480,9 +487,18 @@ class _AmbiguousCommitError(MigrationError):
         super().__init__(text)
 
 
-def info_page_size(source: MigrationSource) -> int:
-    """The page size of ``source``."""
-    return source.info().page_size
+@dataclass
+class _Run:
+    """What one migration run works with."""
+
+    source: MigrationSource
+    channel: Channel
+    encoder: PageEncoder
+    table: DigestTable
+    report: MigrationReport
+    started: float
+    page_size: int
+    throttle: float = 0.0
 
 
 def _digest_and_encode(

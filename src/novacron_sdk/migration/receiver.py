@@ -109,9 +109,10 @@ class MigrationReceiver:
         if self.verify == "full":
             check = list(range(self.info.page_count))
         else:
-            rng = random.Random(self.info.page_count)  # noqa: S311 - sampling, not security
-            sample = rng.sample(range(self.info.page_count), min(SPOT_CHECK_PAGES,
-                                                                 self.info.page_count))
+            rng = random.Random(self.info.page_count)
+            sample = rng.sample(
+                range(self.info.page_count), min(SPOT_CHECK_PAGES, self.info.page_count)
+            )
             check = sorted(self._since_round | set(sample))
         stored = await self.sink.page_digests(check)
         bad_stored = [i for i, d in zip(check, stored, strict=True) if d != self.table.get(i)]

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 from novacron_sdk.plugin._spec import hookspec
 
 if TYPE_CHECKING:
-    from novacron_sdk.placement.interface import HostUsage, PlacementRequest
-    from novacron_sdk.placement.interface import PlacementPolicy
+    from novacron_sdk.placement.interface import HostUsage, PlacementPolicy, PlacementRequest
     from novacron_sdk.plugin.registry import Registry
 
 
@@ -17,8 +16,9 @@ def novacron_register_placement_policies(registry: Registry[type[PlacementPolicy
     """Register placement policy classes (subclasses of PlacementPolicy).
 
     Called once per plugin, the first time the plugin manager needs this registry (never
-    at import time), with the shared registry. Call ``registry.register(name, "package.module:Class")``; a lazy
-    reference keeps third-party SDKs unimported until the entry is used. A name already taken
+    at import time), with the shared registry. Call
+    ``registry.register(name, "package.module:Class")``; a lazy reference keeps third-party
+    SDKs unimported until the entry is used. A name already taken
     raises DuplicateNameError, and the plugin is reported as failed while others keep working.
     """
 

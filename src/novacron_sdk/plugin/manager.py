@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 
@@ -190,7 +190,7 @@ class NovaCronPluginManager:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+            except Exception as exc:
                 info = PluginInfo(ep.name, dist, version, "failed")
                 self._infos[ep.name] = info
                 self._fail(info, f"import of {ep.value!r} failed: {type(exc).__name__}: {exc}")
@@ -235,11 +235,11 @@ class NovaCronPluginManager:
             if only is not None and impl.plugin is not only:
                 continue
             name = impl.plugin_name
-            registry._set_plugin(name)  # noqa: SLF001 - the registry records provenance
+            registry._set_plugin(name)
             try:
-                impl.function(**{arg: registry for arg in impl.argnames})
-            except Exception as exc:  # noqa: BLE001 - reported per plugin; others go on
-                registry._drop_plugin(name)  # noqa: SLF001
+                impl.function(**dict.fromkeys(impl.argnames, registry))
+            except Exception as exc:
+                registry._drop_plugin(name)
                 info = self._infos.setdefault(name, PluginInfo(name, None, None, "loaded"))
                 if info.essential:
                     raise
@@ -247,12 +247,11 @@ class NovaCronPluginManager:
                 self._pm.unregister(name=name)
                 continue
             finally:
-                registry._set_plugin("<direct>")  # noqa: SLF001
-            info = self._infos.get(name)
-            if info is not None:
-                names = registry.by_plugin(name)
-                if names:
-                    info.registered[kind] = names
+                registry._set_plugin("<direct>")
+            names = registry.by_plugin(name)
+            known = self._infos.get(name)
+            if known is not None and names:
+                known.registered[kind] = names
 
     @property
     def hypervisors(self) -> Registry[type[HypervisorDriver]]:
@@ -366,7 +365,7 @@ def build_plugin_manager(
     for name, module in BUILTIN_PLUGINS:
         mod: ModuleType = importlib.import_module(module)
         manager.register_plugin(name, mod, distribution="novacron-sdk", essential=True)
-        manager._infos[name].version = _core_version()  # noqa: SLF001
+        manager._infos[name].version = _core_version()
     if autoload:
         manager.load_entry_points(disabled=disabled_list)
     for name, plugin in plugins:
@@ -378,4 +377,4 @@ def build_plugin_manager(
 def _core_version() -> str:
     from novacron_sdk.__about__ import __version__
 
-    return cast("str", __version__)
+    return __version__

@@ -17,8 +17,9 @@ def novacron_register_predictors(registry: Registry[type[BandwidthPredictor]]) -
     """Register bandwidth predictor classes (subclasses of BandwidthPredictor).
 
     Called once per plugin, the first time the plugin manager needs this registry (never
-    at import time), with the shared registry. Call ``registry.register(name, "package.module:Class")``; a lazy
-    reference keeps third-party SDKs unimported until the entry is used. A name already taken
+    at import time), with the shared registry. Call
+    ``registry.register(name, "package.module:Class")``; a lazy reference keeps third-party
+    SDKs unimported until the entry is used. A name already taken
     raises DuplicateNameError, and the plugin is reported as failed while others keep working.
     """
 

@@ -8,10 +8,9 @@ from novacron_sdk.plugin._spec import hookspec
 
 if TYPE_CHECKING:
     from novacron_sdk.migration.models import MigrationSettings
-    from novacron_sdk.prediction.interface import BandwidthEstimate
-    from novacron_sdk.transport.interface import Endpoint
     from novacron_sdk.plugin.registry import Registry
-    from novacron_sdk.transport.interface import Transport
+    from novacron_sdk.prediction.interface import BandwidthEstimate
+    from novacron_sdk.transport.interface import Endpoint, Transport
 
 
 @hookspec
@@ -19,16 +18,15 @@ def novacron_register_transports(registry: Registry[type[Transport]]) -> None:
     """Register transport classes (subclasses of Transport).
 
     Called once per plugin, the first time the plugin manager needs this registry (never
-    at import time), with the shared registry. Call ``registry.register(name, "package.module:Class")``; a lazy
-    reference keeps third-party SDKs unimported until the entry is used. A name already taken
+    at import time), with the shared registry. Call
+    ``registry.register(name, "package.module:Class")``; a lazy reference keeps third-party
+    SDKs unimported until the entry is used. A name already taken
     raises DuplicateNameError, and the plugin is reported as failed while others keep working.
     """
 
 
 @hookspec(firstresult=True)
-def novacron_choose_transport(
-    destination: Endpoint, settings: MigrationSettings
-) -> str | None:
+def novacron_choose_transport(destination: Endpoint, settings: MigrationSettings) -> str | None:
     """Name the transport for a migration to ``destination``.
 
     Called by the migration planner when ``settings.transport`` is not set; stops at the first

@@ -1,0 +1,1 @@
+"""The embedded ``sim`` hypervisor: simulated VMs with real memory bytes, for demos and tests."""
