@@ -50,10 +50,15 @@ async def migrate_once(
     a: str, b: str, name: str, memory_mib: int, rate: float, settings: dict[str, Any]
 ) -> MigrationReport:
     """Create a busy VM on ``a``, migrate it to ``b``, destroy it there."""
-    workload = {"pattern": "hot-set" if rate > 0 else "idle", "rate_mbps": rate,
-                "hot_fraction": 0.1, "seed": 11}
-    spec = VMSpec(name=name, memory_mib=memory_mib, vcpus=1,
-                  extra={"fill": "mixed", "workload": workload})
+    workload = {
+        "pattern": "hot-set" if rate > 0 else "idle",
+        "rate_mbps": rate,
+        "hot_fraction": 0.1,
+        "seed": 11,
+    }
+    spec = VMSpec(
+        name=name, memory_mib=memory_mib, vcpus=1, extra={"fill": "mixed", "workload": workload}
+    )
     async with AgentClient(a) as ca, AgentClient(b) as cb:
         vm = await ca.create_vm(spec)
         await asyncio.sleep(0.5)
@@ -67,8 +72,9 @@ async def migrate_once(
     return result
 
 
-async def run(a: str, b: str, sizes: list[int], rates: list[float]) -> tuple[list[Figure],
-                                                                          list[dict[str, Any]]]:
+async def run(
+    a: str, b: str, sizes: list[int], rates: list[float]
+) -> tuple[list[Figure], list[dict[str, Any]]]:
     """Every (size, rate, plane) beside its stop-and-copy baseline."""
     figures: list[Figure] = []
     rows: list[dict[str, Any]] = []
@@ -78,7 +84,11 @@ async def run(a: str, b: str, sizes: list[int], rates: list[float]) -> tuple[lis
             for plane, settings in data_planes().items():
                 n += 1
                 base = await migrate_once(
-                    a, b, f"base{n}", size, rate,
+                    a,
+                    b,
+                    f"base{n}",
+                    size,
+                    rate,
                     {"transport": settings["transport"], "codec": "raw", "precopy": False},
                 )
                 pre = await migrate_once(a, b, f"pre{n}", size, rate, settings)
@@ -86,15 +96,32 @@ async def run(a: str, b: str, sizes: list[int], rates: list[float]) -> tuple[lis
                 base_label = f"stop-and-copy raw over {settings['transport']}"
                 figures += [
                     Figure(f"{label}: total time", pre.total_s, "s", base_label, base.total_s),
-                    Figure(f"{label}: downtime", pre.downtime_ms, "ms", base_label,
-                           base.downtime_ms, target=f"<= {pre.downtime_limit_ms:.0f} ms limit",
-                           met=pre.downtime_ms <= pre.downtime_limit_ms),
-                    Figure(f"{label}: bytes on wire", pre.bytes_on_wire / MIB, "MiB", base_label,
-                           base.bytes_on_wire / MIB),
+                    Figure(
+                        f"{label}: downtime",
+                        pre.downtime_ms,
+                        "ms",
+                        base_label,
+                        base.downtime_ms,
+                        target=f"<= {pre.downtime_limit_ms:.0f} ms limit",
+                        met=pre.downtime_ms <= pre.downtime_limit_ms,
+                    ),
+                    Figure(
+                        f"{label}: bytes on wire",
+                        pre.bytes_on_wire / MIB,
+                        "MiB",
+                        base_label,
+                        base.bytes_on_wire / MIB,
+                    ),
                 ]
-                rows.append({"plane": plane, "size_mib": size, "rate_mbps": rate,
-                             "precopy": pre.model_dump(mode="json"),
-                             "baseline": base.model_dump(mode="json")})
+                rows.append(
+                    {
+                        "plane": plane,
+                        "size_mib": size,
+                        "rate_mbps": rate,
+                        "precopy": pre.model_dump(mode="json"),
+                        "baseline": base.model_dump(mode="json"),
+                    }
+                )
     return figures, rows
 
 
@@ -106,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     with LocalAgent("bench-a", env=env) as a, LocalAgent("bench-b", env=env) as b:
         figures, rows = asyncio.run(run(a.url, b.url, sizes, rates))
-    return report("migration", "Live migration vs stop-and-copy (same run, same transport)",
-                  args, figures, {"migrations": rows})
+    return report(
+        "migration",
+        "Live migration vs stop-and-copy (same run, same transport)",
+        args,
+        figures,
+        {"migrations": rows},
+    )
 
 
 if __name__ == "__main__":

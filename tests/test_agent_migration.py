@@ -292,9 +292,8 @@ async def test_bad_api_input_gets_clear_4xx(hosts) -> None:
         assert (await http.delete("/v1/vms/api-vm")).status_code == 204
 
 
-async def test_garbage_on_migration_endpoint_is_rejected(hosts, clients) -> None:
+async def test_garbage_on_migration_endpoint_is_rejected(clients) -> None:
     """A peer that is not a migration source gets dropped; the agent keeps serving."""
-    a, b = hosts
     ca, cb = clients
     vm = await ca.create_vm(spec("probe", pattern="idle"))
     # Preparing an incoming migration opens the destination's TCP listener.

@@ -272,7 +272,7 @@ async def test_destination_without_capacity_leaves_source_running(plugins) -> No
     dst = SimDriver({"host_name": "dst", "memory_mib": 32})
     try:
         vm = await src.create_vm(busy_spec(pattern="idle"))
-        with pytest.raises(Exception, match="(?i)capacity|memory"):
+        with pytest.raises(Exception, match=r"(?i)capacity|memory"):
             await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
         assert (await src.get_vm(vm.id)).state is VMState.RUNNING
     finally:

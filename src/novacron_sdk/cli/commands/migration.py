@@ -57,8 +57,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     for key in ("host", "port", "name", "driver"):
         if getattr(args, key) is not None:
             overrides[f"agent.{key}"] = getattr(args, key)
-    asyncio.run(run_agent(config_path=args.config, overrides=overrides,
-                          ready_file=args.ready_file))
+    asyncio.run(run_agent(config_path=args.config, overrides=overrides, ready_file=args.ready_file))
     return 0
 
 
@@ -67,7 +66,10 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vm", help="VM id or name on the source host")
     parser.add_argument("--to", required=True, metavar="URL", help="destination agent URL")
     parser.add_argument(
-        "--from", dest="source", default=None, metavar="URL",
+        "--from",
+        dest="source",
+        default=None,
+        metavar="URL",
         help="source agent URL (default: http://<agent.host>:<agent.port> from the config)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
@@ -94,9 +96,11 @@ def _run_migrate(args: argparse.Namespace) -> int:
     settings = MigrationSettings.model_validate(base | _settings_from(args))
     with ProgressDisplay(enabled=not args.no_progress) as display:
         try:
-            report = asyncio.run(migrate_via_agents(
-                args.vm, source=source, destination=args.to, settings=settings, progress=display
-            ))
+            report = asyncio.run(
+                migrate_via_agents(
+                    args.vm, source=source, destination=args.to, settings=settings, progress=display
+                )
+            )
         except MigrationError as exc:
             if isinstance(exc.report, MigrationReport):
                 print_report(exc.report)
@@ -117,11 +121,14 @@ def _write(path: str | None, report: Any) -> None:
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--memory-mib", type=int, default=512, help="VM memory (default 512)")
     parser.add_argument(
-        "--pattern", default="hot-set", choices=["hot-set", "uniform", "sequential", "idle"],
+        "--pattern",
+        default="hot-set",
+        choices=["hot-set", "uniform", "sequential", "idle"],
         help="how the workload dirties memory",
     )
-    parser.add_argument("--rate-mbps", type=float, default=40.0,
-                        help="MB/s the workload writes (default 40)")
+    parser.add_argument(
+        "--rate-mbps", type=float, default=40.0, help="MB/s the workload writes (default 40)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_settings_args(parser)
@@ -130,28 +137,47 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from novacron_sdk.migration.demo import DemoOptions, run_demo
 
-    agent_settings = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
-                      for k, v in (getattr(args, "overrides", {}) or {}).items()]
-    run_demo(DemoOptions(
-        memory_mib=args.memory_mib,
-        pattern=args.pattern,
-        rate_mbps=args.rate_mbps,
-        settings=_settings_from(args),
-        agent_settings=agent_settings,
-        json_path=Path(args.json) if args.json else None,
-        progress=not args.no_progress,
-    ))
+    agent_settings = [
+        f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+        for k, v in (getattr(args, "overrides", {}) or {}).items()
+    ]
+    run_demo(
+        DemoOptions(
+            memory_mib=args.memory_mib,
+            pattern=args.pattern,
+            rate_mbps=args.rate_mbps,
+            settings=_settings_from(args),
+            agent_settings=agent_settings,
+            json_path=Path(args.json) if args.json else None,
+            progress=not args.no_progress,
+        )
+    )
     return 0
 
 
 def register(registry: Registry[CliCommand]) -> None:
     """Register agent, migrate and demo."""
-    registry.register("agent", CliCommand(
-        help="run the host agent (control API + migration endpoint)",
-        configure=_configure_agent, run=_run_agent))
-    registry.register("migrate", CliCommand(
-        help="live-migrate a VM between two agents, with a progress bar and a report",
-        configure=_configure_migrate, run=_run_migrate))
-    registry.register("demo", CliCommand(
-        help="start two local agents and live-migrate a busy sim VM between them",
-        configure=_configure_demo, run=_run_demo))
+    registry.register(
+        "agent",
+        CliCommand(
+            help="run the host agent (control API + migration endpoint)",
+            configure=_configure_agent,
+            run=_run_agent,
+        ),
+    )
+    registry.register(
+        "migrate",
+        CliCommand(
+            help="live-migrate a VM between two agents, with a progress bar and a report",
+            configure=_configure_migrate,
+            run=_run_migrate,
+        ),
+    )
+    registry.register(
+        "demo",
+        CliCommand(
+            help="start two local agents and live-migrate a busy sim VM between them",
+            configure=_configure_demo,
+            run=_run_demo,
+        ),
+    )
