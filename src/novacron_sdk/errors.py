@@ -82,6 +82,10 @@ class VerificationError(MigrationError):
     """Destination memory did not match the source: the destination VM was not resumed."""
 
 
+class PredictionError(NovaCronError):
+    """A bandwidth predictor got unusable input (infinite samples, bad settings)."""
+
+
 class TransportError(NovaCronError):
     """A transport channel failed (connection lost, timeout)."""
 

@@ -20,7 +20,7 @@ def novacron_register_transports(registry: Registry[type[Transport]]) -> None:
     registry.register(
         "tcp",
         "novacron_sdk.builtin.tcp_transport:TcpTransport",
-        description="One TCP connection, length-prefixed frames with a CRC32C-style checksum",
+        description="One TCP connection; 20-byte headers with sequence number and CRC-32",
     )
 
 

@@ -120,7 +120,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def watch(self, prefix: str, *, start_revision: int | None = None) -> AsyncIterator[WatchEvent]:
-        """Changes under ``prefix`` after ``start_revision`` (default: from now), in order."""
+        """Changes under ``prefix`` from ``start_revision`` (inclusive, like etcd; default now)."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -27,6 +27,6 @@ def novacron_register_placement_policies(registry: Registry[type[PlacementPolicy
 def novacron_filter_host(request: PlacementRequest, host: HostUsage) -> str | None:
     """Reject ``host`` for ``request`` by returning the reason, or return None to accept.
 
-    Called by placement policies for every candidate host after their own filters; stops at
-    the first non-None result (the first plugin that rejects the host wins).
+    Called by ``novacron_sdk.placement.service.place`` for every candidate host before the
+    policy runs; stops at the first non-None result (the first plugin that rejects it wins).
     """

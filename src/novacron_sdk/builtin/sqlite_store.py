@@ -1,0 +1,450 @@
+"""The builtin ``sqlite`` state store: etcd-like revisions, transactions, leases and watches
+in one SQLite file (WAL mode), safe to share between processes on one machine.
+
+Settings (all optional):
+
+- ``path``: the database file; default ``$XDG_STATE_HOME/novacron/state.db`` or
+  ``~/.local/state/novacron/state.db``. ``:memory:`` is refused: other processes could not
+  see it.
+- ``poll_interval_s`` (default 0.05): how often a watch looks for new changes.
+- ``sweep_interval_s`` (default 0 = off): also expire leases from a background task. Expired
+  leases are swept at the start of every operation and every idle watch poll anyway.
+- ``busy_timeout_s`` (default 10): how long to wait for another process's write lock.
+- ``history_revisions`` (default 100000): revisions of change history kept for watches.
+
+Every write runs in ``BEGIN IMMEDIATE`` so compares and operations are atomic across
+processes. SQLite calls run in a worker thread (one connection per store, behind a lock) so
+the event loop never blocks on the file lock. Lease expiry uses wall-clock time
+(``time.time()``), shared by every process and valid across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from novacron_sdk.consensus.interface import (
+    Compare,
+    KeyValue,
+    Op,
+    StateStore,
+    TxnResult,
+    WatchEvent,
+)
+from novacron_sdk.errors import StateStoreError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0), ('compacted', 0);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY, value BLOB NOT NULL, create_revision INTEGER NOT NULL,
+    mod_revision INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER);
+CREATE INDEX IF NOT EXISTS kv_lease ON kv (lease) WHERE lease IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changelog (
+    revision INTEGER NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+    value BLOB NOT NULL, PRIMARY KEY (revision, seq));
+CREATE TABLE IF NOT EXISTS leases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, ttl REAL NOT NULL, expires_at REAL NOT NULL);
+"""
+_KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
+_PREFIX_WHERE = "key >= ? AND substr(key, 1, ?) = ?"
+_PRUNE_EVERY = 1024
+_WATCH_BATCH = 512
+
+
+def default_path() -> Path:
+    """``$XDG_STATE_HOME/novacron/state.db``, or ``~/.local/state/novacron/state.db``."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "novacron" / "state.db"
+
+
+def _prefix_args(prefix: str) -> tuple[str, int, str]:
+    return (prefix, len(prefix), prefix)
+
+
+def _kv(row: sqlite3.Row | tuple[Any, ...]) -> KeyValue:
+    key, value, create, mod, version, lease = row
+    return KeyValue(
+        key=key,
+        value=bytes(value),
+        create_revision=create,
+        mod_revision=mod,
+        version=version,
+        lease=lease,
+    )
+
+
+class _Writer:
+    """One write transaction: bumps the store revision once, on its first change."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.revision: int | None = None
+        self._seq = 0
+
+    def current(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()
+        return int(row[0])
+
+    def _change(self, kind: str, key: str, value: bytes) -> int:
+        if self.revision is None:
+            self.db.execute("UPDATE meta SET value = value + 1 WHERE name = 'revision'")
+            self.revision = self.current()
+        self._seq += 1
+        self.db.execute(
+            "INSERT INTO changelog VALUES (?, ?, ?, ?, ?)",
+            (self.revision, self._seq, kind, key, value),
+        )
+        return self.revision
+
+    def put(self, key: str, value: bytes, lease: int | None) -> int:
+        if (
+            lease is not None
+            and not self.db.execute("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone()
+        ):
+            msg = f"lease {lease} does not exist or has expired; grant a new one"
+            raise StateStoreError(msg)
+        revision = self._change("put", key, value)
+        self.db.execute(
+            "INSERT INTO kv VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (key) DO UPDATE SET "
+            "value = excluded.value, mod_revision = excluded.mod_revision, "
+            "version = version + 1, lease = excluded.lease",
+            (key, value, revision, revision, lease),
+        )
+        return revision
+
+    def delete_keys(self, keys: Sequence[str]) -> int:
+        for key in keys:
+            self._change("delete", key, b"")
+            self.db.execute("DELETE FROM kv WHERE key = ?", (key,))
+        return len(keys)
+
+    def delete(self, key: str, *, prefix: bool) -> int:
+        if prefix:
+            rows = self.db.execute(
+                f"SELECT key FROM kv WHERE {_PREFIX_WHERE} ORDER BY key",  # noqa: S608 - constant
+                _prefix_args(key),
+            ).fetchall()
+        else:
+            rows = self.db.execute("SELECT key FROM kv WHERE key = ?", (key,)).fetchall()
+        return self.delete_keys([r[0] for r in rows])
+
+    def sweep(self, now: float) -> None:
+        """Delete expired leases and their keys (logged as delete events)."""
+        expired = [
+            r[0] for r in self.db.execute("SELECT id FROM leases WHERE expires_at <= ?", (now,))
+        ]
+        for lease in expired:
+            self.revoke(lease)
+
+    def revoke(self, lease: int) -> bool:
+        keys = self.db.execute("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,))
+        self.delete_keys([r[0] for r in keys.fetchall()])
+        return self.db.execute("DELETE FROM leases WHERE id = ?", (lease,)).rowcount > 0
+
+
+def get_rows(db: sqlite3.Connection, key: str, *, prefix: bool) -> list[KeyValue]:
+    """The key, or every key under the prefix, sorted."""
+    if prefix:
+        sql = f"SELECT {_KV_COLUMNS} FROM kv WHERE {_PREFIX_WHERE} ORDER BY key"  # noqa: S608
+        return [_kv(r) for r in db.execute(sql, _prefix_args(key))]
+    sql = f"SELECT {_KV_COLUMNS} FROM kv WHERE key = ?"  # noqa: S608 - constant columns
+    return [_kv(r) for r in db.execute(sql, (key,))]
+
+
+def compare_holds(db: sqlite3.Connection, cmp: Compare) -> bool:
+    """Evaluate one compare as etcd does: an absent key has version/revisions 0, no value."""
+    rows = get_rows(db, cmp.key, prefix=False)
+    kv = rows[0] if rows else None
+    if cmp.target == "value":
+        if not isinstance(cmp.value, bytes):
+            msg = f"compare on the value of {cmp.key!r} needs bytes, got {cmp.value!r}"
+            raise StateStoreError(msg)
+        if kv is None:
+            return False
+        actual: bytes | int = kv.value
+    else:
+        if isinstance(cmp.value, bytes):
+            msg = f"compare on the {cmp.target} of {cmp.key!r} needs an int, got bytes"
+            raise StateStoreError(msg)
+        actual = getattr(kv, cmp.target) if kv is not None else 0
+    expected = cmp.value
+    if cmp.op == "==":
+        return actual == expected
+    if cmp.op == "!=":
+        return actual != expected
+    if cmp.op == "<":
+        return actual < expected  # type: ignore[operator]  # both bytes or both int
+    return actual > expected  # type: ignore[operator]
+
+
+class SqliteStore(StateStore):
+    """StateStore over one SQLite file in WAL mode; see the module docstring for settings."""
+
+    name = "sqlite"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        raw_path = self.settings.get("path") or default_path()
+        if str(raw_path) == ":memory:":
+            msg = (
+                "the sqlite state store needs a file path: ':memory:' cannot be shared between "
+                "processes; set state.settings.path"
+            )
+            raise StateStoreError(msg)
+        self.path = Path(raw_path).expanduser()
+        self.poll_interval = float(self.settings.get("poll_interval_s", 0.05))
+        self.sweep_interval = float(self.settings.get("sweep_interval_s", 0))
+        self.busy_timeout = float(self.settings.get("busy_timeout_s", 10))
+        self.history = int(self.settings.get("history_revisions", 100_000))
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(
+                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # In one write transaction so that processes opening a new file together agree.
+            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            self._db = db
+        return self._db
+
+    def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            if self._closed:
+                msg = f"sqlite store {self.path} is closed"
+                raise StateStoreError(msg)
+            try:
+                return fn(self._connect())
+            except sqlite3.Error as exc:
+                if self._db is not None and self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                msg = f"sqlite store {self.path} failed: {exc}"
+                if "locked" in str(exc):
+                    msg += f" (another process held the write lock > {self.busy_timeout} s)"
+                raise StateStoreError(msg) from exc
+
+    def _write_sync(self, fn: Callable[[_Writer], T]) -> T:
+        def run(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                writer = _Writer(db)
+                writer.sweep(time.time())
+                result = fn(writer)
+                if writer.revision is not None and writer.revision % _PRUNE_EVERY == 0:
+                    self._prune(db, writer.revision)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return self._locked(run)
+
+    def _read_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run(db: sqlite3.Connection) -> T:
+            db.execute("BEGIN")
+            try:
+                return fn(db)
+            finally:
+                db.execute("COMMIT")
+
+        if self._locked(self._has_expired):
+            self._write_sync(lambda _w: None)
+        return self._locked(run)
+
+    @staticmethod
+    def _has_expired(db: sqlite3.Connection) -> bool:
+        sql = "SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1"
+        return db.execute(sql, (time.time(),)).fetchone() is not None
+
+    def _prune(self, db: sqlite3.Connection, revision: int) -> None:
+        floor = revision - self.history
+        if floor > 0:
+            db.execute("DELETE FROM changelog WHERE revision <= ?", (floor,))
+            db.execute("UPDATE meta SET value = max(value, ?) WHERE name = 'compacted'", (floor,))
+
+    async def _write(self, fn: Callable[[_Writer], T]) -> T:
+        self._start_sweeper()
+        return await asyncio.to_thread(self._write_sync, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._start_sweeper()
+        return await asyncio.to_thread(self._read_sync, fn)
+
+    def _start_sweeper(self) -> None:
+        if self.sweep_interval > 0 and self._sweeper is None and not self._closed:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    async def _sweep_forever(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.sweep_interval)
+            with contextlib.suppress(StateStoreError):
+                await asyncio.to_thread(self._write_sync, lambda _w: None)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- the StateStore API --------------------------------------------------------------
+    async def revision(self) -> int:
+        """The current store revision."""
+        return await self._read(lambda db: _Writer(db).current())
+
+    async def get(self, key: str) -> KeyValue | None:
+        """The key, or None."""
+        rows = await self._read(lambda db: get_rows(db, key, prefix=False))
+        return rows[0] if rows else None
+
+    async def get_prefix(self, prefix: str) -> list[KeyValue]:
+        """All keys under ``prefix``, sorted by key."""
+        return await self._read(lambda db: get_rows(db, prefix, prefix=True))
+
+    async def put(self, key: str, value: bytes, *, lease: int | None = None) -> int:
+        """Write; returns the new store revision."""
+        return await self._write(lambda w: w.put(key, bytes(value), lease))
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete the key (or prefix); returns how many keys were deleted."""
+        return await self._write(lambda w: w.delete(key, prefix=prefix))
+
+    async def txn(
+        self, compare: Sequence[Compare], success: Sequence[Op], failure: Sequence[Op] = ()
+    ) -> TxnResult:
+        """Apply ``success`` if every compare holds, else ``failure``, in one transaction.
+
+        ``responses`` has one entry per applied op, in order: what a ``get`` read, empty for
+        ``put`` and ``delete``. ``revision`` is the store revision after the transaction.
+        """
+
+        def run(w: _Writer) -> TxnResult:
+            ok = all(compare_holds(w.db, c) for c in compare)
+            responses: list[tuple[KeyValue, ...]] = []
+            for op in success if ok else failure:
+                if op.kind == "put":
+                    w.put(op.key, op.value, op.lease)
+                    responses.append(())
+                elif op.kind == "delete":
+                    w.delete(op.key, prefix=op.prefix)
+                    responses.append(())
+                else:
+                    responses.append(tuple(get_rows(w.db, op.key, prefix=op.prefix)))
+            return TxnResult(succeeded=ok, revision=w.current(), responses=tuple(responses))
+
+        return await self._write(run)
+
+    async def grant_lease(self, ttl_s: float) -> int:
+        """A new lease id that expires ``ttl_s`` seconds from now unless refreshed."""
+        if not ttl_s > 0:
+            msg = f"lease ttl must be positive, got {ttl_s}"
+            raise StateStoreError(msg)
+
+        def run(w: _Writer) -> int:
+            cur = w.db.execute(
+                "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)", (ttl_s, time.time() + ttl_s)
+            )
+            return int(cur.lastrowid or 0)
+
+        return await self._write(run)
+
+    async def refresh_lease(self, lease: int) -> None:
+        """Extend the lease by its ttl; StateStoreError if it already expired."""
+
+        def run(w: _Writer) -> None:
+            cur = w.db.execute(
+                "UPDATE leases SET expires_at = ? + ttl WHERE id = ?", (time.time(), lease)
+            )
+            if cur.rowcount == 0:
+                msg = f"lease {lease} has expired or was revoked; its keys are gone"
+                raise StateStoreError(msg)
+
+        await self._write(run)
+
+    async def revoke_lease(self, lease: int) -> None:
+        """Expire the lease now, deleting its keys; StateStoreError if it is unknown."""
+
+        def run(w: _Writer) -> None:
+            if not w.revoke(lease):
+                msg = f"lease {lease} does not exist (expired or already revoked)"
+                raise StateStoreError(msg)
+
+        await self._write(run)
+
+    async def watch(
+        self, prefix: str, *, start_revision: int | None = None
+    ) -> AsyncIterator[WatchEvent]:
+        """Changes under ``prefix`` from ``start_revision`` on (inclusive, as in etcd).
+
+        With None the watch starts at the revision after the current one when iteration
+        starts (the first ``__anext__``); pass a revision to be sure not to miss a change.
+        Events come in revision order; iteration ends when the store is closed.
+        """
+        first = start_revision if start_revision is not None else await self.revision() + 1
+        cursor = (first - 1, 1 << 62)
+        compacted = await self._read(
+            lambda db: int(
+                db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
+            )
+        )
+        if first <= compacted:
+            msg = f"revision {first} was compacted (history starts at {compacted + 1}); re-read"
+            raise StateStoreError(msg)
+        while not self._closed:
+            try:
+                rows = await self._read(partial(self._changes, prefix=prefix, cursor=cursor))
+            except StateStoreError:
+                if self.closed:
+                    return
+                raise
+            for revision, seq, kind, key, value in rows:
+                cursor = (revision, seq)
+                yield WatchEvent(kind=kind, key=key, value=bytes(value), revision=revision)
+            if len(rows) < _WATCH_BATCH:
+                await asyncio.sleep(self.poll_interval)
+
+    @staticmethod
+    def _changes(
+        db: sqlite3.Connection, prefix: str, cursor: tuple[int, int]
+    ) -> list[tuple[int, int, str, str, bytes]]:
+        sql = (
+            "SELECT revision, seq, kind, key, value FROM changelog "  # noqa: S608 - constant
+            f"WHERE (revision > ? OR (revision = ? AND seq > ?)) AND {_PREFIX_WHERE} "
+            "ORDER BY revision, seq LIMIT ?"
+        )
+        rev, seq = cursor
+        return db.execute(sql, (rev, rev, seq, *_prefix_args(prefix), _WATCH_BATCH)).fetchall()
+
+    async def close(self) -> None:
+        """Stop the sweeper and close the connection; idempotent."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+
+        def shut() -> None:
+            with self._lock:
+                self._closed = True
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(shut)

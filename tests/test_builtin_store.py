@@ -1,0 +1,245 @@
+"""The SQLite state store: the contract suite, plus processes racing on one file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from novacron_sdk.builtin.sqlite_store import SqliteStore, default_path
+from novacron_sdk.consensus.interface import Compare, Op, StateStore
+from novacron_sdk.errors import StateStoreError
+from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.store import StateStoreContract, collect, eventually
+
+
+class TestSqliteContract(StateStoreContract):
+    @pytest.fixture
+    async def store(self, tmp_path: Path) -> AsyncIterator[StateStore]:
+        store = SqliteStore({"path": tmp_path / "state.db"})
+        yield store
+        await store.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    yield store
+    await store.close()
+
+
+RACER = textwrap.dedent(
+    """
+    import asyncio, json, sys, time
+    from pathlib import Path
+    from novacron_sdk.builtin.sqlite_store import SqliteStore
+    from novacron_sdk.consensus.interface import Compare, Op
+
+    async def main(path, go, name, increments):
+        store = SqliteStore({"path": path})
+        await store.get("warm-up")  # open the file before the start signal
+        while not Path(go).exists():
+            time.sleep(0.005)
+        won = (await store.txn(
+            [Compare(key="owner", target="version", op="==", value=0)],
+            [Op(kind="put", key="owner", value=name.encode())],
+        )).succeeded
+        retries = 0
+        for _ in range(increments):
+            while True:
+                kv = await store.get("counter")
+                value = int(kv.value) if kv else 0
+                cmp = Compare(key="counter", target="version", value=kv.version if kv else 0)
+                put = Op(kind="put", key="counter", value=str(value + 1).encode())
+                ok = await store.txn([cmp], [put])
+                if ok.succeeded:
+                    break
+                retries += 1
+        await store.close()
+        print(json.dumps({"won": won, "retries": retries}))
+
+    asyncio.run(main(*sys.argv[1:4], int(sys.argv[4])))
+    """
+)
+
+
+@pytest.mark.slow
+async def test_two_processes_race_on_one_file(tmp_path: Path) -> None:
+    path, go = tmp_path / "state.db", tmp_path / "go"
+    increments = 100
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(path), str(go), name, str(increments)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("p1", "p2")
+    ]
+    await asyncio.sleep(0.5)
+    go.touch()
+    results = []
+    for proc in procs:
+        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    assert sorted(r["won"] for r in results) == [False, True]
+    store = SqliteStore({"path": path})
+    try:
+        counter, owner = await store.get("counter"), await store.get("owner")
+        assert counter is not None
+        assert owner is not None
+        assert counter.value == str(2 * increments).encode()
+        assert counter.version == 2 * increments
+        winner = "p1" if results[0]["won"] else "p2"
+        assert owner.value == winner.encode()
+    finally:
+        await store.close()
+
+
+async def test_watch_sees_writes_of_another_process(store: SqliteStore, tmp_path: Path) -> None:
+    start = await store.revision() + 1
+    writer = textwrap.dedent(
+        """
+        import asyncio, sys
+        from novacron_sdk.builtin.sqlite_store import SqliteStore
+        async def main():
+            store = SqliteStore({"path": sys.argv[1]})
+            await store.put("x/1", b"from another process")
+            await store.delete("x/1")
+            await store.close()
+        asyncio.run(main())
+        """
+    )
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", writer, str(store.path))
+    assert await proc.wait() == 0
+    events = await collect(store, "x/", start, 2)
+    assert [(e.kind, e.value) for e in events] == [
+        ("put", b"from another process"),
+        ("delete", b""),
+    ]
+
+
+async def test_expired_lease_is_swept_for_other_processes_too(store: SqliteStore) -> None:
+    other = SqliteStore({"path": store.path})
+    try:
+        lease = await store.grant_lease(0.3)
+        await store.put("eph", b"v", lease=lease)
+        await store.close()  # the owner vanishes without revoking
+
+        async def gone() -> bool:
+            return await other.get("eph") is None
+
+        await eventually(gone, "expiry seen by another store on the same file")
+    finally:
+        await other.close()
+
+
+async def test_background_sweeper_expires_without_traffic(tmp_path: Path) -> None:
+    store = SqliteStore({"path": tmp_path / "s.db", "sweep_interval_s": 0.05})
+    reader = SqliteStore({"path": tmp_path / "s.db"})
+    try:
+        lease = await store.grant_lease(0.2)
+        await store.put("eph", b"v", lease=lease)
+
+        async def swept() -> bool:
+            # Read the changelog directly, so this store's own reads do no sweeping.
+            rows = await asyncio.to_thread(_changelog_kinds, reader.path)
+            return ("delete", "eph") in rows
+
+        await eventually(swept, "a sweep by the background task")
+    finally:
+        await store.close()
+        await reader.close()
+
+
+def _changelog_kinds(path: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        return [(k, key) for k, key in db.execute("SELECT kind, key FROM changelog")]
+
+
+async def test_refuses_memory_database() -> None:
+    with pytest.raises(StateStoreError, match="memory"):
+        SqliteStore({"path": ":memory:"})
+
+
+def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert default_path() == tmp_path / "novacron" / "state.db"
+    monkeypatch.delenv("XDG_STATE_HOME")
+    assert default_path() == Path.home() / ".local" / "state" / "novacron" / "state.db"
+
+
+async def test_data_survives_reopening(tmp_path: Path) -> None:
+    first = SqliteStore({"path": tmp_path / "s.db"})
+    rev = await first.put("k", b"v")
+    await first.close()
+    second = SqliteStore({"path": tmp_path / "s.db"})
+    try:
+        kv = await second.get("k")
+        assert kv is not None
+        assert kv.mod_revision == rev
+        assert await second.put("k2", b"v") == rev + 1
+    finally:
+        await second.close()
+
+
+async def test_revoke_unknown_lease_and_bad_ttl(store: SqliteStore) -> None:
+    with pytest.raises(StateStoreError, match="does not exist"):
+        await store.revoke_lease(12345)
+    with pytest.raises(StateStoreError, match="positive"):
+        await store.grant_lease(0)
+
+
+async def test_compare_type_mismatch_is_reported(store: SqliteStore) -> None:
+    with pytest.raises(StateStoreError, match="needs bytes"):
+        await store.txn([Compare(key="k", target="value", value=3)], [])
+    with pytest.raises(StateStoreError, match="needs an int"):
+        await store.txn([Compare(key="k", target="version", value=b"3")], [])
+
+
+async def test_failed_txn_rolls_back_everything(store: SqliteStore) -> None:
+    rev = await store.put("a", b"1")
+    with pytest.raises(StateStoreError, match="lease 999"):
+        await store.txn(
+            [], [Op(kind="put", key="b", value=b"2"), Op(kind="put", key="c", lease=999)]
+        )
+    assert await store.get("b") is None
+    assert await store.revision() == rev
+
+
+async def test_closed_store_refuses_work_and_ends_watches(store: SqliteStore) -> None:
+    start = await store.put("w", b"1")
+    stream = store.watch("w", start_revision=start)
+    assert (await anext(stream)).key == "w"
+    await store.close()
+    await store.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(stream), 5)
+    with pytest.raises(StateStoreError, match="closed"):
+        await store.get("w")
+
+
+async def test_watch_of_compacted_history_is_refused(tmp_path: Path) -> None:
+    store = SqliteStore({"path": tmp_path / "s.db", "history_revisions": 10})
+    try:
+        for i in range(1030):
+            await store.txn([], [Op(kind="put", key="k", value=str(i).encode())])
+        with pytest.raises(StateStoreError, match="compacted"):
+            await anext(store.watch("k", start_revision=1))
+        recent = await store.revision()
+        assert (await collect(store, "k", recent, 1))[0].value == b"1029"
+    finally:
+        await store.close()
+
+
+def test_registered_as_sqlite() -> None:
+    assert build_plugin_manager(autoload=False).state_stores.get("sqlite") is SqliteStore

@@ -1,0 +1,144 @@
+"""Leader election over the SQLite store: hand-over, crash of the leader, lost leases."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import textwrap
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from novacron_sdk.builtin.sqlite_store import SqliteStore
+from novacron_sdk.consensus.election import Election
+from novacron_sdk.errors import StateStoreError
+
+
+def leading(election: Election) -> bool:
+    return election.is_leader
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    yield store
+    await store.close()
+
+
+async def test_single_candidate_leads(store: SqliteStore) -> None:
+    election = Election(store, "scheduler", "node-a", ttl_s=5)
+    assert await election.leader() is None
+    await asyncio.wait_for(election.campaign(), 10)
+    assert leading(election)
+    assert await election.leader() == "node-a"
+    await election.campaign()  # already leading: returns at once
+    await election.resign()
+    assert not leading(election)
+    assert await election.leader() is None
+    await election.resign()  # idempotent
+
+
+async def test_second_candidate_waits_for_resignation(store: SqliteStore) -> None:
+    a = Election(store, "scheduler", "node-a", ttl_s=5)
+    b = Election(store, "scheduler", "node-b", ttl_s=5)
+    await a.campaign()
+    waiting = asyncio.create_task(b.campaign())
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert await b.leader() == "node-a"
+    await a.resign()
+    await asyncio.wait_for(waiting, 10)
+    assert b.is_leader
+    assert await a.leader() == "node-b"
+    await b.resign()
+
+
+async def test_racing_candidates_one_leader_at_a_time(store: SqliteStore) -> None:
+    candidates = [Election(store, "race", f"node-{i}", ttl_s=5) for i in range(4)]
+    tasks = {asyncio.create_task(c.campaign()): c for c in candidates}
+    order = []
+    while tasks:
+        done, _ = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        assert len(done) == 1, "two candidates won at once"
+        leader = tasks.pop(done.pop())
+        assert sum(c.is_leader for c in candidates) == 1
+        order.append(leader.candidate_id)
+        assert await leader.leader() == leader.candidate_id
+        await leader.resign()
+    assert sorted(order) == [f"node-{i}" for i in range(4)]
+
+
+async def test_elections_with_different_names_are_independent(store: SqliteStore) -> None:
+    a = Election(store, "one", "node-a", ttl_s=5)
+    b = Election(store, "two", "node-b", ttl_s=5)
+    await asyncio.wait_for(asyncio.gather(a.campaign(), b.campaign()), 10)
+    assert a.is_leader
+    assert b.is_leader
+    await a.resign()
+    await b.resign()
+
+
+async def test_keep_alive_holds_leadership_past_the_ttl(store: SqliteStore) -> None:
+    election = Election(store, "kept", "node-a", ttl_s=1.5)
+    await election.campaign()
+    await asyncio.sleep(2.5)  # past the ttl: only the keep-alive explains the key's survival
+    assert election.is_leader
+    assert await election.leader() == "node-a"
+    await election.resign()
+
+
+async def test_lost_lease_is_noticed(store: SqliteStore) -> None:
+    election = Election(store, "lost", "node-a", ttl_s=0.6)
+    await election.campaign()
+    kv = await store.get(election.key)
+    assert kv is not None
+    assert kv.lease is not None
+    await store.revoke_lease(kv.lease)  # as if the store had expired it
+    await asyncio.wait_for(election.wait_lost(), 10)
+    assert not election.is_leader
+    await election.resign()
+
+
+LEADER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from novacron_sdk.builtin.sqlite_store import SqliteStore
+    from novacron_sdk.consensus.election import Election
+
+    async def main():
+        store = SqliteStore({"path": sys.argv[1]})
+        await Election(store, "crash", "doomed", ttl_s=0.6).campaign()
+        print("leading", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.slow
+async def test_crashed_leader_is_replaced_after_its_ttl(store: SqliteStore) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", LEADER, str(store.path), stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"leading\n"
+        successor = Election(store, "crash", "successor", ttl_s=5)
+        assert await successor.leader() == "doomed"
+        proc.send_signal(signal.SIGKILL)  # no resign, no revoke: only the ttl can free it
+        await proc.wait()
+        await asyncio.wait_for(successor.campaign(), 15)
+        assert await successor.leader() == "successor"
+        await successor.resign()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_ttl_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(StateStoreError, match="positive"):
+        Election(SqliteStore({"path": tmp_path / "s.db"}), "x", "y", ttl_s=0)
