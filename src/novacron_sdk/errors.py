@@ -12,7 +12,7 @@ class NovaCronError(Exception):
 
 
 class ConfigError(NovaCronError):
-    """The configuration is invalid: the message names the file, the key path and what is allowed."""
+    """The configuration is invalid: the message names the file, key path and what is allowed."""
 
 
 class PluginError(NovaCronError):

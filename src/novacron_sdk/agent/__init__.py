@@ -1,1 +1,1 @@
-"""The host agent: an HTTP control API for a host's VMs and migrations, and the migration endpoint."""
+"""The host agent: an HTTP control API for a host's VMs and migrations, and a migration endpoint."""

@@ -119,9 +119,7 @@ class ControlApiComponent(Component):
         ready = self.context.values.get("ready_file")
         if ready:
             info: dict[str, Any] = {"url": service.url, "name": service.name}
-            tmp = Path(f"{ready}.tmp")
-            tmp.write_text(json.dumps(info))
-            tmp.replace(ready)  # atomic: a reader never sees a half-written file
+            await asyncio.to_thread(_write_atomically, Path(ready), json.dumps(info))
         log.info("agent %s listening at %s", service.name, service.url)
 
     async def stop(self) -> None:
@@ -143,6 +141,13 @@ class _Server:
                 yield
 
         return Server(config)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader never sees a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def register_components(registry: Registry[type[Component]]) -> None:

@@ -25,11 +25,15 @@ from novacron_sdk.errors import (
     MigrationError,
     NovaCronError,
 )
-from novacron_sdk.hypervisors.interface import HypervisorDriver, MigrationSourceInfo
+from novacron_sdk.hypervisors.interface import (
+    HypervisorDriver,
+    MigrationSource,
+    MigrationSourceInfo,
+)
 from novacron_sdk.migration import protocol
 from novacron_sdk.migration.engine import MigrationEngine
 from novacron_sdk.migration.models import MigrationEvent, MigrationReport, MigrationSettings
-from novacron_sdk.migration.planner import plan_migration
+from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.migration.receiver import MigrationReceiver
 from novacron_sdk.models import VM, DriverFeature, Host, VMState
@@ -174,21 +178,7 @@ class AgentService:
         self, vm_ref: str, destination: str, overrides: dict[str, Any] | None = None
     ) -> OutgoingMigration:
         """Validate, prepare the destination, then migrate in the background."""
-        self.driver.require(DriverFeature.LIVE_MIGRATION_SOURCE)
-        settings = MigrationSettings.model_validate(
-            self.migration_defaults.model_dump() | (overrides or {})
-        )
-        dest_url = _check_url(destination)
-        if dest_url.rstrip("/") == self.url.rstrip("/"):
-            msg = f"destination {destination} is this agent; choose another host"
-            raise MigrationError(msg)
-        vm = await self.driver.get_vm(vm_ref)
-        if vm.state != VMState.RUNNING:
-            msg = f"VM {vm.name} is {vm.state.value}; only running VMs can be live-migrated"
-            raise InvalidStateError(msg)
-        if any(m.vm == vm.id and not m.done.is_set() for m in self.outgoing.values()):
-            msg = f"VM {vm.name} is already being migrated"
-            raise InvalidStateError(msg)
+        settings, dest_url, vm = await self._check_request(vm_ref, destination, overrides)
         migration_id = uuid.uuid4().hex[:12]
         plan = plan_migration(
             self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1")
@@ -214,46 +204,77 @@ class AgentService:
             source_name=self.name,
             destination_name=str(prepared.get("host", dest_url)),
             migration_id=migration_id,
+            on_event=lambda event: self._record_event(migration_id, event),
         )
         mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=engine)
-        engine._on_event = lambda event: self._record_event(mig, event)
         self.outgoing[migration_id] = mig
         endpoint = Endpoint.model_validate(prepared["endpoint"])
         if plan.streams:
             endpoint = endpoint.model_copy(
                 update={"options": endpoint.options | {"streams": str(plan.streams)}}
             )
-
-        async def run() -> None:
-            try:
-                try:
-                    channel = await plan.transport.connect(endpoint)
-                except BaseException:
-                    await source.rollback()
-                    raise
-                try:
-                    mig.report = await engine.run(
-                        source,
-                        channel,
-                        hello={"token": prepared["token"]},
-                        check_destination=lambda: self._destination_runs(dest_url, migration_id),
-                    )
-                    self.metrics.migration_done(mig.report)
-                finally:
-                    await channel.close()
-            except (NovaCronError, OSError) as exc:
-                mig.error = str(exc)
-                self.metrics.migration_failed()
-                log.warning("migration %s of %s failed: %s", migration_id, vm.name, exc)
-            finally:
-                mig.done.set()
-                async with mig.changed:
-                    mig.changed.notify_all()
-
-        mig.task = asyncio.create_task(run())
+        mig.task = asyncio.create_task(
+            self._run_outgoing(mig, source, plan, endpoint, str(prepared["token"]))
+        )
         return mig
 
-    def _record_event(self, mig: OutgoingMigration, event: MigrationEvent) -> None:
+    async def _check_request(
+        self, vm_ref: str, destination: str, overrides: dict[str, Any] | None
+    ) -> tuple[MigrationSettings, str, VM]:
+        self.driver.require(DriverFeature.LIVE_MIGRATION_SOURCE)
+        settings = MigrationSettings.model_validate(
+            self.migration_defaults.model_dump() | (overrides or {})
+        )
+        dest_url = _check_url(destination)
+        if dest_url.rstrip("/") == self.url.rstrip("/"):
+            msg = f"destination {destination} is this agent; choose another host"
+            raise MigrationError(msg)
+        vm = await self.driver.get_vm(vm_ref)
+        if vm.state != VMState.RUNNING:
+            msg = f"VM {vm.name} is {vm.state.value}; only running VMs can be live-migrated"
+            raise InvalidStateError(msg)
+        if any(m.vm == vm.id and not m.done.is_set() for m in self.outgoing.values()):
+            msg = f"VM {vm.name} is already being migrated"
+            raise InvalidStateError(msg)
+        return settings, dest_url, vm
+
+    async def _run_outgoing(
+        self,
+        mig: OutgoingMigration,
+        source: MigrationSource,
+        plan: MigrationPlan,
+        endpoint: Endpoint,
+        token: str,
+    ) -> None:
+        try:
+            try:
+                channel = await plan.transport.connect(endpoint)
+            except BaseException:
+                await source.rollback()
+                raise
+            try:
+                mig.report = await mig.engine.run(
+                    source,
+                    channel,
+                    hello={"token": token},
+                    check_destination=lambda: self._destination_runs(mig.destination, mig.id),
+                )
+                self.metrics.migration_done(mig.report)
+            finally:
+                await channel.close()
+        except (NovaCronError, OSError) as exc:
+            mig.error = str(exc)
+            self.metrics.migration_failed()
+            log.warning("migration %s of %s failed: %s", mig.id, mig.vm, exc)
+        finally:
+            mig.done.set()
+            async with mig.changed:
+                mig.changed.notify_all()
+
+    def _record_event(self, migration_id: str, event: MigrationEvent) -> None:
+        mig = self.outgoing.get(migration_id)
+        if mig is None:  # events before registration (none today): nothing to keep them in
+            return
         mig.events.append(event)
         if len(mig.events) > MAX_EVENTS_KEPT:
             del mig.events[: len(mig.events) - MAX_EVENTS_KEPT]

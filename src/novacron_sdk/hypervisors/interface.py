@@ -86,7 +86,7 @@ class MigrationSink(ABC):
 
     @abstractmethod
     async def page_digests(self, indices: Sequence[int]) -> list[bytes]:
-        """Digests of ``indices`` as stored here (``novacron_sdk.migration.digests.page_digest``)."""
+        """Digests of ``indices`` as stored here (``migration.digests.page_digest``)."""
 
     @abstractmethod
     async def set_device_state(self, state: bytes) -> None:

@@ -12,7 +12,7 @@ from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
 from novacron_sdk.errors import MigrationError
 from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
-from novacron_sdk.migration.models import MigrationReport, MigrationSettings
+from novacron_sdk.migration.models import MigrationReport, migration_settings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMSpec, VMState
 
@@ -53,7 +53,7 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
             f"{options.pattern} workload writing {options.rate_mbps:g} MB/s"
         )
         await asyncio.sleep(options.warmup_s)
-        settings = MigrationSettings.model_validate(options.settings)
+        settings = migration_settings(options.settings)
         with ProgressDisplay(enabled=options.progress) as display:
             try:
                 report = await migrate_via_agents(

@@ -87,6 +87,7 @@ class MigrationEngine:
         self.migration_id = migration_id or uuid.uuid4().hex[:12]
         self._on_event = on_event
         self._cancelled = False
+        self._committed = False
         self.report: MigrationReport | None = None
         self._phase = MigrationPhase.PLANNING
         self._round = 0
@@ -138,7 +139,6 @@ class MigrationEngine:
         )
         self.report = report
         started = time.monotonic()
-        committed = False
         try:
             await self._handshake(channel, info.model_dump(mode="json"), hello or {})
             self._emit("planned", message=f"{info.page_count} pages via {report.transport}")
@@ -156,9 +156,9 @@ class MigrationEngine:
                 pending = await self._precopy(run)
             else:
                 pending = await source.collect_dirty()  # every page: stop-and-copy
-            committed = await self._switch_over(run, pending, check_destination)
+            await self._switch_over(run, pending, check_destination)
         except BaseException as exc:
-            await self._fail(source, channel, report, exc, committed=committed)
+            await self._fail(source, channel, report, exc)
             raise self._as_migration_error(exc) from exc
         finally:
             report.total_s = time.monotonic() - started
@@ -288,8 +288,8 @@ class MigrationEngine:
 
     async def _switch_over(
         self, run: _Run, pending: Sequence[int], check_destination: DestinationCheck | None
-    ) -> bool:
-        """Pause, send the rest, verify, commit. Returns True once COMMIT was sent."""
+    ) -> None:
+        """Pause, send the rest, verify, commit, hand over."""
         self._check_cancel(None)
         self._phase = MigrationPhase.SWITCHOVER
         paused_at = time.monotonic()
@@ -318,43 +318,58 @@ class MigrationEngine:
             )
             raise VerificationError(msg)
         self._emit("verified", message=f"{table.page_count} page digests match")
+        self._committed = True  # from here on, never roll back: the destination may run the VM
         await channel.send(protocol.pack_json(Msg.COMMIT, {}))
+        # Shielded: a cancel arriving now cannot stop the hand-over half way.
+        await asyncio.shield(self._finish(run, paused_at, check_destination))
+
+    async def _finish(
+        self, run: _Run, paused_at: float, check_destination: DestinationCheck | None
+    ) -> None:
+        """Wait for ACTIVATED (or ask the destination), then release the source."""
+        report = run.report
         try:
-            await protocol.expect_json(channel, Msg.ACTIVATED)
+            await protocol.expect_json(run.channel, Msg.ACTIVATED)
         except (NovaCronError, OSError) as exc:
             confirmed = await check_destination() if check_destination else None
             if confirmed is not True:
                 raise _AmbiguousCommitError(confirmed, exc) from exc
         report.downtime_ms = (time.monotonic() - paused_at) * 1000
-        await source.release()
+        await run.source.release()
         precopy_s = sum(r.seconds for r in report.rounds)
         if precopy_s > 0:
             report.measured_bps = 8 * sum(r.wire_bytes for r in report.rounds) / precopy_s
-        return True
 
     async def _send_pages(self, run: _Run, pages: Sequence[int], *, timed: bool) -> None:
         """Read, digest, encode and send ``pages``, overlapping CPU work with the network."""
         source, channel, encoder, table = run.source, run.channel, run.encoder, run.table
         page_size = run.page_size
         batch = self.settings.batch_pages
-        queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        # Unbounded queue, bounded by the semaphore: the producer's final sentinel never blocks,
+        # so a failing or cancelled producer cannot leave the consumer (or itself) stuck.
+        queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(PIPELINE_DEPTH)
 
         async def produce() -> None:
-            for off in range(0, len(pages), batch):
-                if timed:
-                    self._check_cancel(run.started)
-                indices = pages[off : off + batch]
-                data = await source.read_pages(indices)
-                payload = await asyncio.to_thread(
-                    _digest_and_encode, encoder, table, indices, data, page_size
-                )
-                await queue.put((payload, len(indices)))
-            await queue.put(None)
+            try:
+                for off in range(0, len(pages), batch):
+                    if timed:
+                        self._check_cancel(run.started)
+                    await slots.acquire()
+                    indices = pages[off : off + batch]
+                    data = await source.read_pages(indices)
+                    payload = await asyncio.to_thread(
+                        _digest_and_encode, encoder, table, indices, data, page_size
+                    )
+                    queue.put_nowait((payload, len(indices)))
+            finally:
+                queue.put_nowait(None)  # the consumer stops; ``await producer`` raises if failed
 
         producer = asyncio.create_task(produce())
         last_progress = time.monotonic()
         try:
             while (item := await queue.get()) is not None:
+                slots.release()
                 payload, count = item
                 frame = protocol.pack_bytes(Msg.PAGES, payload)
                 if self._bucket is not None:
@@ -388,10 +403,12 @@ class MigrationEngine:
         channel: Channel,
         report: MigrationReport,
         exc: BaseException,
-        *,
-        committed: bool,
     ) -> None:
         report.error = str(exc) or type(exc).__name__
+        if self._committed and isinstance(exc, asyncio.CancelledError):
+            report.error = "cancelled after the switch-over was committed: the VM moves anyway"
+            self._emit("failed", message=report.error)
+            return  # the shielded hand-over finishes on its own
         if isinstance(exc, _AmbiguousCommitError) and exc.confirmed is None:
             report.outcome = MigrationPhase.FAILED
             self._phase = MigrationPhase.FAILED

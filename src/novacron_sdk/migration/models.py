@@ -58,6 +58,22 @@ class MigrationSettings(BaseModel):
     postcopy: bool = Field(default=False, description="QEMU postcopy (stream sources only).")
 
 
+def migration_settings(values: dict[str, Any]) -> MigrationSettings:
+    """Validate settings from user input; a bad value raises ConfigError naming the field."""
+    from pydantic import ValidationError
+
+    from novacron_sdk.errors import ConfigError
+
+    try:
+        return MigrationSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid migration settings: {problems}"
+        raise ConfigError(msg) from exc
+
+
 class MigrationPhase(StrEnum):
     """Where a migration is."""
 

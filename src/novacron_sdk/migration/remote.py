@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 from novacron_sdk.agent.client import AgentClient
@@ -12,6 +13,23 @@ from novacron_sdk.migration.models import (
     MigrationReport,
     MigrationSettings,
 )
+
+
+async def _follow(
+    agent: AgentClient,
+    migration_id: str,
+    progress: Callable[[MigrationEvent], None] | None,
+    poll_wait_s: float,
+) -> None:
+    after = 0
+    while True:
+        batch = await agent.migration_events(migration_id, after=after, wait_s=poll_wait_s)
+        for raw in batch["events"]:
+            if progress is not None:
+                progress(MigrationEvent.model_validate(raw))
+        after = int(batch["next"])
+        if batch["done"]:
+            return
 
 
 async def migrate_via_agents(
@@ -32,15 +50,12 @@ async def migrate_via_agents(
     async with AgentClient(source) as agent:
         started = await agent.start_migration(vm, destination, overrides)
         migration_id = str(started["id"])
-        after = 0
-        while True:
-            batch = await agent.migration_events(migration_id, after=after, wait_s=poll_wait_s)
-            for raw in batch["events"]:
-                if progress is not None:
-                    progress(MigrationEvent.model_validate(raw))
-            after = int(batch["next"])
-            if batch["done"]:
-                break
+        try:
+            await _follow(agent, migration_id, progress, poll_wait_s)
+        except asyncio.CancelledError:
+            # The caller gave up (Ctrl-C): cancel on the agent, which rolls back.
+            await asyncio.shield(agent.cancel_migration(migration_id))
+            raise
         final = await agent.migration(migration_id)
     report = MigrationReport.model_validate(final["report"]) if final.get("report") else None
     if report is None or report.outcome is not MigrationPhase.COMPLETED:

@@ -228,10 +228,16 @@ class NovaCronPluginManager:
             self._fill(kind, registry)
         return self._registries[kind]
 
+    def _essential(self, impl: pluggy.HookImpl) -> bool:
+        info = self._infos.get(impl.plugin_name)
+        return info is not None and info.essential
+
     def _fill(self, kind: str, registry: Registry[Any], only: object | None = None) -> None:
         caller = getattr(self._pm.hook, REGISTRY_HOOKS[kind])
-        # Call each implementation alone so one broken plugin cannot hide the others.
-        for impl in reversed(caller.get_hookimpls()):
+        # Call each implementation alone so one broken plugin cannot hide the others, and
+        # essential builtins first, so that no plugin can take a name the core relies on.
+        impls = sorted(reversed(caller.get_hookimpls()), key=lambda i: not self._essential(i))
+        for impl in impls:
             if only is not None and impl.plugin is not only:
                 continue
             name = impl.plugin_name
