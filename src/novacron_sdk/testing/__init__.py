@@ -6,7 +6,8 @@ Installing ``novacron-sdk`` registers the pytest plugin :mod:`novacron_sdk.testi
 ``novacron_plugins``
     A fresh plugin manager with entry-point autoloading on (so your installed plugin is in it).
 ``novacron_config``
-    The merged configuration from defaults, with every state file under ``tmp_path``.
+    The merged configuration from defaults, with every state file under ``tmp_path``
+    (``novacron_config_path`` is its file; the caller's environment is ignored).
 ``sim_driver``
     A builtin ``SimDriver`` whose VM records live in ``tmp_path``; closed after the test.
 ``novacron_cli``

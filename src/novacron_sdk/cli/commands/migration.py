@@ -84,7 +84,11 @@ def _run_migrate(args: argparse.Namespace) -> int:
     from novacron_sdk.config.sections import AgentSettings
     from novacron_sdk.errors import MigrationError
     from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
-    from novacron_sdk.migration.models import MigrationReport, MigrationSettings
+    from novacron_sdk.migration.models import (
+        MigrationReport,
+        MigrationSettings,
+        migration_settings,
+    )
     from novacron_sdk.migration.remote import migrate_via_agents
 
     config = cli_config(args)
@@ -93,7 +97,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
         agent = config.get("agent", AgentSettings)
         source = f"http://{agent.host}:{agent.port}"
     base = config.get("migration", MigrationSettings).model_dump(exclude_unset=True)
-    settings = MigrationSettings.model_validate(base | _settings_from(args))
+    settings = migration_settings(base | _settings_from(args))
     with ProgressDisplay(enabled=not args.no_progress) as display:
         try:
             report = asyncio.run(

@@ -1,0 +1,82 @@
+"""The core ``novacron`` subcommands, and the helpers every command (core or plugin) shares.
+
+A command's ``run`` gets the parsed namespace; :func:`cli_plugins` and :func:`cli_config` give
+it the plugin manager and the merged configuration (``--config`` and ``--set`` applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from novacron_sdk.cli.interface import CliCommand
+    from novacron_sdk.config import NovaCronConfig
+    from novacron_sdk.plugin.manager import NovaCronPluginManager
+    from novacron_sdk.plugin.registry import Registry
+
+T = TypeVar("T")
+
+_MIGRATION_MODULE = "novacron_sdk.cli.commands.migration"
+
+
+def register_core_commands(registry: Registry[CliCommand]) -> None:
+    """Register plugins, drivers, vm, config and status, and the migration commands."""
+    import importlib
+
+    from novacron_sdk.cli.commands import config, drivers, plugins, status, vm
+
+    registry.register("plugins", plugins.COMMAND)
+    registry.register("drivers", drivers.COMMAND)
+    registry.register("vm", vm.COMMAND)
+    registry.register("config", config.COMMAND)
+    registry.register("status", status.COMMAND)
+    try:
+        migration = importlib.import_module(_MIGRATION_MODULE)
+    except ModuleNotFoundError as exc:
+        # Only a missing migration module itself is tolerated (it ships with the engine);
+        # a missing dependency inside it is a real error and propagates.
+        if exc.name != _MIGRATION_MODULE:
+            raise
+        return
+    migration.register(registry)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--json`` flag every listing command has."""
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cli_plugins(args: argparse.Namespace) -> NovaCronPluginManager:
+    """The plugin manager the CLI built (or a fresh one when a command runs outside main)."""
+    plugins: NovaCronPluginManager | None = getattr(args, "plugins", None)
+    if plugins is None:
+        from novacron_sdk.plugin.manager import build_plugin_manager
+
+        plugins = build_plugin_manager()
+        args.plugins = plugins
+    return plugins
+
+
+def cli_config(args: argparse.Namespace) -> NovaCronConfig:
+    """The merged configuration: file (``--config``), environment, then ``--set`` overrides."""
+    cached: NovaCronConfig | None = getattr(args, "_novacron_config", None)
+    if cached is not None:
+        return cached
+    from novacron_sdk.config import load_config
+
+    config = load_config(
+        getattr(args, "config", None),
+        plugins=cli_plugins(args),
+        overrides=getattr(args, "overrides", None) or None,
+    )
+    args._novacron_config = config
+    return config
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run one coroutine to completion on a fresh event loop (commands are short-lived)."""
+    import asyncio
+
+    return asyncio.run(coroutine)
