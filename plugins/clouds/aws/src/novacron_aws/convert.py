@@ -1,0 +1,103 @@
+"""Convert EC2 API dictionaries into the SDK's models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from novacron_sdk.models import VM, Image, Size, VMState
+
+DRIVER = "aws"
+STATES = {
+    "pending": VMState.PENDING,
+    "running": VMState.RUNNING,
+    "stopping": VMState.STOPPING,
+    "stopped": VMState.STOPPED,
+    "shutting-down": VMState.STOPPING,
+    "terminated": VMState.TERMINATED,
+}
+GONE_STATES = frozenset({"shutting-down", "terminated"})
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+
+
+def tags_of(resource: dict[str, Any]) -> dict[str, str]:
+    """The tags of an EC2 resource as a plain mapping."""
+    return {str(t["Key"]): str(t.get("Value", "")) for t in resource.get("Tags", [])}
+
+
+def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    """A mapping as EC2's ``[{"Key": ..., "Value": ...}]``."""
+    return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+
+def instance_to_vm(instance: dict[str, Any]) -> VM:
+    """An EC2 instance (from DescribeInstances or RunInstances) as a VM."""
+    tags = tags_of(instance)
+    name = tags.pop("Name", None) or str(instance["InstanceId"])
+    cpu = instance.get("CpuOptions") or {}
+    vcpus = int(cpu.get("CoreCount", 0)) * int(cpu.get("ThreadsPerCore", 1))
+    private = [
+        str(address["PrivateIpAddress"])
+        for interface in instance.get("NetworkInterfaces", [])
+        for address in interface.get("PrivateIpAddresses", [])
+        if address.get("PrivateIpAddress")
+    ]
+    if not private and instance.get("PrivateIpAddress"):
+        private = [str(instance["PrivateIpAddress"])]
+    public = [str(instance["PublicIpAddress"])] if instance.get("PublicIpAddress") else []
+    return VM(
+        id=str(instance["InstanceId"]),
+        name=name,
+        state=STATES.get(str(instance.get("State", {}).get("Name")), VMState.UNKNOWN),
+        driver=DRIVER,
+        vcpus=vcpus,
+        image=instance.get("ImageId"),
+        size=instance.get("InstanceType"),
+        location=(instance.get("Placement") or {}).get("AvailabilityZone"),
+        created_at=instance.get("LaunchTime"),
+        private_ips=tuple(private),
+        public_ips=tuple(public),
+        tags=tags,
+        extra={
+            "spot": instance.get("InstanceLifecycle") == "spot",
+            "security_groups": [g["GroupId"] for g in instance.get("SecurityGroups", [])],
+            "vpc_id": instance.get("VpcId"),
+            "subnet_id": instance.get("SubnetId"),
+            "state_reason": (instance.get("StateReason") or {}).get("Message"),
+        },
+    )
+
+
+def instance_type_to_size(item: dict[str, Any]) -> Size:
+    """An entry of DescribeInstanceTypes as a Size."""
+    gpus = sum(int(g.get("Count", 0)) for g in (item.get("GpuInfo") or {}).get("Gpus", []))
+    storage = item.get("InstanceStorageInfo") or {}
+    return Size(
+        id=str(item["InstanceType"]),
+        name=str(item["InstanceType"]),
+        vcpus=int((item.get("VCpuInfo") or {}).get("DefaultVCpus", 0)),
+        memory_mib=int((item.get("MemoryInfo") or {}).get("SizeInMiB", 0)),
+        disk_gib=int(storage.get("TotalSizeInGB", 0)),
+        gpus=gpus,
+        driver=DRIVER,
+        extra={
+            "architectures": list(
+                (item.get("ProcessorInfo") or {}).get("SupportedArchitectures", [])
+            ),
+            "current_generation": item.get("CurrentGeneration"),
+        },
+    )
+
+
+def image_to_model(item: dict[str, Any]) -> Image:
+    """An AMI as an Image."""
+    return Image(
+        id=str(item["ImageId"]),
+        name=str(item.get("Name") or item["ImageId"]),
+        driver=DRIVER,
+        extra={
+            "owner_id": item.get("OwnerId"),
+            "architecture": item.get("Architecture"),
+            "state": item.get("State"),
+            "description": item.get("Description"),
+        },
+    )

@@ -1,0 +1,25 @@
+"""The module named by the ``novacron_sdk`` entry point: registers the ``azure`` cloud driver.
+
+NovaCron imports this module every time it starts, so it must stay cheap: the driver is
+registered as a lazy reference and the Azure SDK is imported only when the driver is used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from novacron_sdk.plugin import hookimpl
+
+if TYPE_CHECKING:
+    from novacron_sdk.clouds.interface import CloudDriver
+    from novacron_sdk.plugin.registry import Registry
+
+
+@hookimpl
+def novacron_register_clouds(registry: Registry[type[CloudDriver]]) -> None:
+    """Register the Azure driver under the name ``azure``."""
+    registry.register(
+        "azure",
+        "novacron_azure.driver:AzureDriver",
+        description="Azure virtual machines (azure-mgmt-compute)",
+    )

@@ -1,0 +1,386 @@
+"""The ``gcp`` cloud driver: Compute Engine instances through google-cloud-compute.
+
+The clients use the REST transport (no gRPC channel to manage) and run in worker threads
+(``asyncio.to_thread``): compute_v1 has no async REST client. The driver waits on operations
+itself with a ZoneOperationsClient built with the same options, because the SDK's own
+operation polling ignores a custom ``api_endpoint`` and would go to compute.googleapis.com.
+Retries come from :mod:`novacron_sdk.clouds.retry` (``drivers.settings.gcp.retry``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+import google.auth
+from google.api_core import exceptions as api
+from google.api_core.client_options import ClientOptions
+from google.auth import credentials as auth_credentials
+from google.auth import exceptions as auth
+from google.cloud import compute_v1
+from requests import RequestException
+
+from novacron_gcp.convert import (
+    image_to_model,
+    instance_resource,
+    instance_to_vm,
+    last_segment,
+    machine_type_to_size,
+)
+from novacron_gcp.credentials import SCOPES, load_credentials_file
+from novacron_gcp.errors import is_retryable, map_error, operation_error
+from novacron_gcp.settings import GcpSettings
+from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
+from novacron_sdk.clouds.retry import RetryPolicy, retry_async
+from novacron_sdk.errors import DriverError, NotFoundError
+from novacron_sdk.models import VM, DriverFeature, Image, Location, Page, Size, VMSpec, VMState
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+_MAX_PAGE = 500  # Compute Engine's maxResults limit
+_DONE = compute_v1.Operation.Status.DONE
+
+
+class GcpDriver(CloudDriver):
+    """Compute Engine instances of one project (all zones; new ones go to ``zone``).
+
+    ``credentials`` (any google-auth Credentials) may be passed by code that embeds the
+    driver; config files set ``credentials_file`` or rely on application default credentials.
+    """
+
+    name: ClassVar[str] = "gcp"
+    description: ClassVar[str] = "Google Compute Engine instances (google-cloud-compute)"
+    features: ClassVar[frozenset[DriverFeature]] = frozenset(
+        {
+            DriverFeature.CREATE,
+            DriverFeature.START_STOP,
+            DriverFeature.REBOOT,
+            DriverFeature.DESTROY,
+            DriverFeature.IMAGES,
+            DriverFeature.SIZES,
+            DriverFeature.LOCATIONS,
+            DriverFeature.TAGS,
+            DriverFeature.SPOT,
+            DriverFeature.SECURITY_GROUPS,
+            DriverFeature.WAIT,
+        }
+    )
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        credentials: auth_credentials.Credentials | None = None,
+    ) -> None:
+        super().__init__(settings)
+        self.config = GcpSettings.parse(self.settings)
+        self.retry_policy = RetryPolicy.from_settings(self.config.retry)
+        self.progress: ProgressCallback | None = None
+        """Called while actions wait for a state (default: log at INFO)."""
+        self._credentials = credentials
+        self._project = self.config.project
+        self._clients: dict[str, Any] = {}
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def credentials(self) -> auth_credentials.Credentials:
+        """The credentials in use: given, from ``credentials_file``, or application default."""
+        if self._credentials is None:
+            try:
+                if self.config.credentials_file:
+                    found, project = load_credentials_file(self.config.credentials_file)
+                else:
+                    found, project = google.auth.default(scopes=SCOPES)
+            except auth.GoogleAuthError as exc:
+                raise map_error(exc, "credential setup") from exc
+            self._credentials = found
+            self._project = self._project or project or os.environ.get("GOOGLE_CLOUD_PROJECT")
+        return self._credentials
+
+    async def ex_credential_source(self) -> str:
+        """The credentials class in use, e.g. ``google.oauth2.credentials.Credentials``."""
+        # Application default credentials may ask the metadata server: not on the event loop.
+        found = await asyncio.to_thread(self.credentials)
+        return f"{type(found).__module__}.{type(found).__name__}"
+
+    @property
+    def project(self) -> str:
+        """The project: from the settings, else the one the credentials name."""
+        self.credentials()
+        if not self._project:
+            msg = (
+                "no GCP project: set drivers.settings.gcp.project (or GOOGLE_CLOUD_PROJECT, or "
+                "use credentials that name one)"
+            )
+            raise DriverError(msg, code="MissingProject")
+        return self._project
+
+    def _zone(self) -> str:
+        if not self.config.zone:
+            msg = "set drivers.settings.gcp.zone (e.g. europe-west1-b): it is needed here"
+            raise DriverError(msg, code="MissingZone")
+        return self.config.zone
+
+    def _client(self, kind: str) -> Any:
+        if kind not in self._clients:
+            options = ClientOptions(api_endpoint=self.config.api_endpoint)
+            factory = getattr(compute_v1, kind)
+            self._clients[kind] = factory(
+                credentials=self.credentials(), transport="rest", client_options=options
+            )
+        return self._clients[kind]
+
+    async def _call(self, action: str, call: Callable[[], T]) -> T:
+        """Run ``call()`` in a worker thread, with retries and mapped errors."""
+
+        async def attempt() -> T:
+            return await asyncio.to_thread(call)
+
+        try:
+            return await retry_async(
+                attempt, policy=self.retry_policy, retryable=is_retryable, description=action
+            )
+        except (api.GoogleAPIError, auth.GoogleAuthError, RequestException) as exc:
+            raise map_error(exc, action) from exc
+
+    async def _instances(self) -> compute_v1.InstancesClient:
+        client: compute_v1.InstancesClient = await asyncio.to_thread(
+            self._client, "InstancesClient"
+        )
+        return client
+
+    async def _wait_operation(self, zone: str, operation: Any, action: str) -> None:
+        """Wait for a zone operation on our own ZoneOperationsClient; raise if it failed."""
+        if not self.config.wait:
+            return
+        ops: compute_v1.ZoneOperationsClient = await asyncio.to_thread(
+            self._client, "ZoneOperationsClient"
+        )
+        project, name = self.project, operation.name
+        deadline = time.monotonic() + self.config.wait_timeout
+        status = operation.status
+        while status != _DONE:
+            if time.monotonic() > deadline:
+                msg = f"GCP {action} is still running after {self.config.wait_timeout:.0f}s"
+                raise DriverError(msg, code="OperationTimeout")
+            # operations.wait returns when the operation is DONE or after about two minutes.
+            operation = await self._call(
+                f"wait for {action}",
+                lambda: ops.wait(project=project, zone=zone, operation=name),
+            )
+            status = operation.status
+        failure = operation_error(operation, action)
+        if failure is not None:
+            raise failure
+
+    # -- VMs ---------------------------------------------------------------------------------
+    async def _list_vms_page(self, token: str | None, page_size: int) -> Page[VM]:
+        client = await self._instances()
+        request = compute_v1.AggregatedListInstancesRequest(
+            project=self.project,
+            max_results=max(1, min(_MAX_PAGE, page_size)),
+        )
+        if token:
+            request.page_token = token
+
+        def fetch() -> compute_v1.InstanceAggregatedList:
+            return next(iter(client.aggregated_list(request=request).pages))
+
+        page = await self._call("list instances", fetch)
+        vms = [
+            instance_to_vm(instance)
+            for scoped in page.items.values()
+            for instance in scoped.instances
+        ]
+        return Page[VM](items=tuple(vms), next_token=page.next_page_token or None)
+
+    async def _get(self, zone: str, name: str) -> compute_v1.Instance:
+        client, project = await self._instances(), self.project
+        return await self._call(
+            f"get instance {name!r}",
+            lambda: client.get(project=project, zone=zone, instance=name),
+        )
+
+    async def get_vm(self, vm_id: str) -> VM:
+        """The instance with id ``zone/name``, or named ``vm_id`` (``zone`` first, then all)."""
+        if "/" in vm_id:
+            zone, _, name = vm_id.partition("/")
+            return instance_to_vm(await self._get(zone, name))
+        if self.config.zone:
+            try:
+                return instance_to_vm(await self._get(self.config.zone, vm_id))
+            except NotFoundError:
+                pass
+        return await super().get_vm(vm_id)
+
+    async def create_vm(self, spec: VMSpec) -> VM:
+        """Create an instance (``spec.extra``: spot, preemptible, network_tags, network,
+        subnetwork; ``spec.location`` is a zone); it starts on creation."""
+        self.require(DriverFeature.CREATE)
+        zone = spec.location or self._zone()
+        resource = instance_resource(spec, self.config, zone)
+        client, project = await self._instances(), self.project
+        operation = await self._call(
+            f"create instance {spec.name!r}",
+            lambda: client.insert(project=project, zone=zone, instance_resource=resource),
+        )
+        await self._wait_operation(zone, operation, f"create instance {spec.name!r}")
+        return await self._settle(f"{zone}/{spec.name}", VMState.RUNNING)
+
+    async def _action(self, vm_id: str, action: str, target: VMState | None) -> VM:
+        vm = await self.get_vm(vm_id)
+        zone, name = str(vm.location), vm.name
+        client, project = await self._instances(), self.project
+        method = getattr(client, action)
+        operation = await self._call(
+            f"{action} instance {name!r}",
+            lambda: method(project=project, zone=zone, instance=name),
+        )
+        await self._wait_operation(zone, operation, f"{action} instance {name!r}")
+        return await self._settle(vm.id, target) if target else vm
+
+    async def start(self, vm_id: str) -> VM:
+        """Start a stopped (TERMINATED) instance."""
+        self.require(DriverFeature.START_STOP)
+        return await self._action(vm_id, "start", VMState.RUNNING)
+
+    async def stop(self, vm_id: str) -> VM:
+        """Stop a running instance (its disks stay; Compute Engine calls it TERMINATED)."""
+        self.require(DriverFeature.START_STOP)
+        return await self._action(vm_id, "stop", VMState.STOPPED)
+
+    async def reboot(self, vm_id: str) -> VM:
+        """Reset a running instance (a hard reset, as Compute Engine offers no soft reboot)."""
+        self.require(DriverFeature.REBOOT)
+        return await self._action(vm_id, "reset", VMState.RUNNING)
+
+    async def destroy(self, vm_id: str) -> None:
+        """Delete an instance and its auto-delete disks."""
+        self.require(DriverFeature.DESTROY)
+        await self._action(vm_id, "delete", None)
+
+    async def _settle(self, vm_id: str, target: VMState) -> VM:
+        vm = await self.get_vm(vm_id)
+        if not self.config.wait or vm.state == target:
+            return vm
+        return await self.wait_for_state(
+            vm.id,
+            target,
+            timeout=self.config.wait_timeout,
+            interval=self.config.wait_interval,
+            progress=self.progress or _log_progress,
+        )
+
+    # -- catalogue ---------------------------------------------------------------------------
+    async def list_images(self) -> list[Image]:
+        """Images of ``image_projects`` (default: the driver's project)."""
+        self.require(DriverFeature.IMAGES)
+        client: compute_v1.ImagesClient = await asyncio.to_thread(self._client, "ImagesClient")
+        images: list[Image] = []
+        for project in self.config.image_projects or [self.project]:
+            found = await self._call(f"list images of {project}", _images_of(client, project))
+            images += [image_to_model(item, project) for item in found]
+        return images
+
+    async def list_sizes(self) -> list[Size]:
+        """Machine types of ``zone``."""
+        self.require(DriverFeature.SIZES)
+        client: compute_v1.MachineTypesClient = await asyncio.to_thread(
+            self._client, "MachineTypesClient"
+        )
+        project, zone = self.project, self._zone()
+        found = await self._call(
+            "list machine types", lambda: list(client.list(project=project, zone=zone))
+        )
+        return [machine_type_to_size(item) for item in found]
+
+    async def list_locations(self) -> list[Location]:
+        """Regions and their zones."""
+        self.require(DriverFeature.LOCATIONS)
+        regions_client = await asyncio.to_thread(self._client, "RegionsClient")
+        zones_client = await asyncio.to_thread(self._client, "ZonesClient")
+        project = self.project
+        regions = await self._call(
+            "list regions", lambda: list(regions_client.list(project=project))
+        )
+        zones = await self._call("list zones", lambda: list(zones_client.list(project=project)))
+        return [Location(id=r.name, name=r.name, driver=self.name) for r in regions] + [
+            Location(
+                id=z.name,
+                name=z.name,
+                parent=last_segment(z.region) if z.region else None,
+                driver=self.name,
+                extra={"status": z.status or None},
+            )
+            for z in zones
+        ]
+
+    # -- extras ------------------------------------------------------------------------------
+    async def _set_labels(
+        self, vm_id: str, change: Callable[[dict[str, str]], dict[str, str]]
+    ) -> VM:
+        vm = await self.get_vm(vm_id)
+        zone, name = str(vm.location), vm.name
+        current = await self._get(zone, name)
+        body = compute_v1.InstancesSetLabelsRequest(
+            labels=change(dict(current.labels)), label_fingerprint=current.label_fingerprint
+        )
+        client, project = await self._instances(), self.project
+        operation = await self._call(
+            f"set labels of {name!r}",
+            lambda: client.set_labels(
+                project=project,
+                zone=zone,
+                instance=name,
+                instances_set_labels_request_resource=body,
+            ),
+        )
+        await self._wait_operation(zone, operation, f"set labels of {name!r}")
+        return await self.get_vm(vm.id)
+
+    async def ex_set_labels(self, vm_id: str, labels: Mapping[str, str]) -> VM:
+        """Add or overwrite labels (the SDK's tags) on an instance."""
+        return await self._set_labels(vm_id, lambda current: {**current, **labels})
+
+    async def ex_remove_labels(self, vm_id: str, keys: list[str]) -> VM:
+        """Remove labels by key from an instance."""
+        return await self._set_labels(
+            vm_id, lambda current: {k: v for k, v in current.items() if k not in keys}
+        )
+
+    async def ex_set_network_tags(self, vm_id: str, network_tags: list[str]) -> VM:
+        """Replace an instance's network tags, which firewall rules target (GCP's security
+        groups)."""
+        vm = await self.get_vm(vm_id)
+        zone, name = str(vm.location), vm.name
+        current = await self._get(zone, name)
+        tags = compute_v1.Tags(items=list(network_tags), fingerprint=current.tags.fingerprint)
+        client, project = await self._instances(), self.project
+        operation = await self._call(
+            f"set network tags of {name!r}",
+            lambda: client.set_tags(project=project, zone=zone, instance=name, tags_resource=tags),
+        )
+        await self._wait_operation(zone, operation, f"set network tags of {name!r}")
+        return await self.get_vm(vm.id)
+
+    async def close(self) -> None:
+        """Close every client's HTTP session. Safe to call twice."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await asyncio.to_thread(client.transport.close)
+
+
+def _images_of(
+    client: compute_v1.ImagesClient, project: str
+) -> Callable[[], list[compute_v1.Image]]:
+    def fetch() -> list[compute_v1.Image]:
+        return list(client.list(project=project))
+
+    return fetch
+
+
+def _log_progress(vm: VM, waited: float) -> None:
+    log.info("waiting for %s (%s): %s after %.0fs", vm.name, vm.id, vm.state.value, waited)
