@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import sklearn
-from sklearn.ensemble import HistGradientBoostingRegressor
+import sklearn  # type: ignore[import-untyped]
+from sklearn.ensemble import HistGradientBoostingRegressor  # type: ignore[import-untyped]
 
 from novacron_dwcp.prediction._window import RATE_FLOOR_BPS
 from novacron_dwcp.prediction.evaluation import WARMUP_SAMPLES
@@ -68,15 +68,17 @@ def rows_for(traces: list[Trace]) -> tuple[list[list[float]], list[float], list[
     return rows, targets, horizons
 
 
-def export_trees(model: HistGradientBoostingRegressor) -> list[dict[str, list[float | int]]]:
+def export_trees(model: HistGradientBoostingRegressor) -> list[dict[str, object]]:
     """The fitted trees as flat arrays (leaf values already include the learning rate)."""
     trees = []
-    for (predictor,) in model._predictors:  # noqa: SLF001 - no public accessor for the trees
+    for (predictor,) in model._predictors:
         nodes = predictor.nodes
         leaf = nodes["is_leaf"].astype(bool)
         trees.append(
             {
-                "feature": [-1 if lf else int(f) for f, lf in zip(nodes["feature_idx"], leaf)],
+                "feature": [
+                    -1 if lf else int(f) for f, lf in zip(nodes["feature_idx"], leaf, strict=True)
+                ],
                 "threshold": [float(t) for t in nodes["num_threshold"]],
                 "left": [int(x) for x in nodes["left"]],
                 "right": [int(x) for x in nodes["right"]],
@@ -87,7 +89,10 @@ def export_trees(model: HistGradientBoostingRegressor) -> list[dict[str, list[fl
 
 
 def lower_table(
-    model: GradientBoostedModel, rows: list[list[float]], targets: list[float], horizons: list[float]
+    model: GradientBoostedModel,
+    rows: list[list[float]],
+    targets: list[float],
+    horizons: list[float],
 ) -> tuple[list[float], list[list[float]]]:
     """Volatility edges (terciles) and the per-bin quantile of actual / predicted."""
     volatilities = sorted(row[VOLATILITY] for row in rows)
@@ -114,15 +119,15 @@ def main() -> int:
     train_files = files_in_split(args.traces, "train")
     calibration_files = files_in_split(args.traces, "calibration")
     print(f"train files: {len(train_files)}, calibration files: {len(calibration_files)}")
-    rows, targets, horizons = rows_for([read_trace(p) for p in train_files])
+    rows, targets, _ = rows_for([read_trace(p) for p in train_files])
     print(f"training rows: {len(rows)}")
-    regressor = HistGradientBoostingRegressor(**PARAMS)  # type: ignore[arg-type]
+    regressor = HistGradientBoostingRegressor(**PARAMS)
     regressor.fit(np.asarray(rows), np.asarray(targets))
     document: dict[str, object] = {
         "format": MODEL_FORMAT,
         "features": list(FEATURE_NAMES),
         "horizons": list(HORIZONS),
-        "baseline": float(regressor._baseline_prediction.ravel()[0]),  # noqa: SLF001
+        "baseline": float(regressor._baseline_prediction.ravel()[0]),
         "trees": export_trees(regressor),
         "lower": {"coverage": CLAIMED_COVERAGE, "horizon_edges": list(HORIZON_EDGES)},
     }

@@ -6,13 +6,17 @@ so zstandard, lz4 and the optional extras load only when a migration uses them.
 
 from novacron_dwcp.encoding.hooks import novacron_choose_codec, novacron_register_codecs
 from novacron_dwcp.placement.hooks import novacron_register_placement_policies
-from novacron_dwcp.prediction.hooks import novacron_register_predictors
+from novacron_dwcp.prediction.hooks import (
+    novacron_add_cli_commands,
+    novacron_register_predictors,
+)
 from novacron_dwcp.transport.hooks import (
     novacron_choose_stream_count,
     novacron_register_transports,
 )
 
 __all__ = [
+    "novacron_add_cli_commands",
     "novacron_choose_codec",
     "novacron_choose_stream_count",
     "novacron_register_codecs",

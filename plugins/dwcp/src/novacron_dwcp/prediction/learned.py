@@ -1,0 +1,168 @@
+"""The learned DWCP predictor: gradient-boosted trees shipped as JSON, evaluated in pure Python.
+
+``scripts/train_predictor.py`` trains the trees (scikit-learn) on the training split of the
+shared traces and writes ``model/learned_gbt.json``; inference needs neither scikit-learn nor
+numpy nor the network. The lower bound is the mean times a residual quantile calibrated on
+separate calibration files, per horizon and recent-volatility bin.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, ClassVar
+
+from novacron_dwcp.prediction._window import SampleWindow
+from novacron_dwcp.prediction.features import FEATURE_NAMES, HISTORY, features, reference_rate
+from novacron_sdk.errors import ConfigError
+from novacron_sdk.prediction.interface import (
+    BandwidthEstimate,
+    BandwidthPredictor,
+    BandwidthSample,
+)
+
+MODEL_FORMAT = "novacron-gbt/1"
+DEFAULT_MODEL = "learned_gbt.json"
+VOLATILITY = FEATURE_NAMES.index("std5")
+"""The feature the lower bound is conditioned on: spread of the last five log-ratios."""
+
+
+@dataclass(frozen=True)
+class Tree:
+    """One regression tree in flat arrays; ``feature[i] < 0`` marks leaf ``i``."""
+
+    feature: tuple[int, ...]
+    threshold: tuple[float, ...]
+    left: tuple[int, ...]
+    right: tuple[int, ...]
+    value: tuple[float, ...]
+
+    def evaluate(self, row: Sequence[float]) -> float:
+        """The leaf value ``row`` falls into (left when ``x <= threshold``)."""
+        node = 0
+        feature = self.feature
+        while feature[node] >= 0:
+            node = (
+                self.left[node] if row[feature[node]] <= self.threshold[node] else self.right[node]
+            )
+        return self.value[node]
+
+
+@dataclass(frozen=True)
+class GradientBoostedModel:
+    """A boosted tree ensemble plus the calibrated lower-bound table."""
+
+    baseline: float
+    trees: tuple[Tree, ...]
+    min_horizon_s: float
+    max_horizon_s: float
+    coverage: float
+    horizon_edges: tuple[float, ...]
+    volatility_edges: tuple[float, ...]
+    lower_factors: tuple[tuple[float, ...], ...]
+    metadata: Mapping[str, Any]
+
+    def predict_log_ratio(self, row: Sequence[float]) -> float:
+        """Sum of the trees: the predicted log of future mean over the reference rate."""
+        return self.baseline + sum(tree.evaluate(row) for tree in self.trees)
+
+    def lower_factor(self, horizon_s: float, volatility: float) -> float:
+        """Calibrated quantile of actual / predicted for this horizon and volatility."""
+        h = bisect_right(self.horizon_edges, horizon_s)
+        v = bisect_right(self.volatility_edges, volatility)
+        return self.lower_factors[h][v]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> GradientBoostedModel:
+        """Build the model from the exported JSON document (validating its format)."""
+        if data.get("format") != MODEL_FORMAT or list(data.get("features", [])) != list(
+            FEATURE_NAMES
+        ):
+            msg = (
+                f"model format {data.get('format')!r} or its feature list does not match this "
+                f"version ({MODEL_FORMAT}); retrain with scripts/train_predictor.py"
+            )
+            raise ConfigError(msg)
+        trees = tuple(
+            Tree(
+                tuple(t["feature"]),
+                tuple(t["threshold"]),
+                tuple(t["left"]),
+                tuple(t["right"]),
+                tuple(t["value"]),
+            )
+            for t in data["trees"]
+        )
+        lower = data["lower"]
+        return cls(
+            baseline=float(data["baseline"]),
+            trees=trees,
+            min_horizon_s=float(min(data["horizons"])),
+            max_horizon_s=float(max(data["horizons"])),
+            coverage=float(lower["coverage"]),
+            horizon_edges=tuple(lower["horizon_edges"]),
+            volatility_edges=tuple(lower["volatility_edges"]),
+            lower_factors=tuple(tuple(row) for row in lower["factors"]),
+            metadata=dict(data.get("training", {})),
+        )
+
+
+@cache
+def load_model(path: str | None = None) -> GradientBoostedModel:
+    """Load a model file (default: the one shipped in the package); cached per path."""
+    try:
+        if path is None:
+            text = resources.files("novacron_dwcp.prediction.model").joinpath(DEFAULT_MODEL)
+            raw = text.read_text()
+        else:
+            raw = Path(path).read_text()
+        data = json.loads(raw)
+    except (OSError, ValueError) as exc:
+        msg = f"cannot load the learned predictor's model {path or DEFAULT_MODEL!r}: {exc}"
+        raise ConfigError(msg) from exc
+    return GradientBoostedModel.from_json(data)
+
+
+class LearnedPredictor(BandwidthPredictor):
+    """Gradient-boosted trees over features of the last 30 samples.
+
+    Settings: ``model`` (path to another exported model file).
+    """
+
+    name: ClassVar[str] = "learned"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        model = self.settings.get("model")
+        self.model = load_model(None if model is None else str(model))
+        self.window = SampleWindow(HISTORY)
+
+    def observe(self, samples: Sequence[BandwidthSample]) -> None:
+        """Add measurements, oldest first."""
+        for sample in samples:
+            self.window.add(sample)
+
+    def predict(self, horizon_s: float) -> BandwidthEstimate | None:
+        """Predicted mean and calibrated lower bound; horizons outside training are clamped."""
+        if not self.window.count:
+            return None
+        rates = self.window.rates()
+        horizon = min(max(horizon_s, self.model.min_horizon_s), self.model.max_horizon_s)
+        reference = reference_rate(rates)
+        row = features(rates, self.window.step_s, horizon, self.window.count)
+        mean = reference * math.exp(self.model.predict_log_ratio(row))
+        factor = self.model.lower_factor(horizon, row[VOLATILITY])
+        return BandwidthEstimate(
+            horizon_s=horizon_s,
+            mean_bps=mean,
+            lower_bps=mean * min(factor, 1.0),
+            coverage=self.model.coverage,
+            predictor=self.name,
+            samples=self.window.count,
+        )
