@@ -55,7 +55,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Every benchmarks/<name>.py; pass --quick for the short versions. JSON in benchmarks/results."""
+    """Every benchmarks/<name>.py (--quick for short runs); JSON goes to benchmarks/results."""
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
     for script in sorted((ROOT / "benchmarks").glob("[!_]*.py")):

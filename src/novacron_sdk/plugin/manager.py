@@ -236,7 +236,8 @@ class NovaCronPluginManager:
         caller = getattr(self._pm.hook, REGISTRY_HOOKS[kind])
         # Call each implementation alone so one broken plugin cannot hide the others, and
         # essential builtins first, so that no plugin can take a name the core relies on.
-        impls = sorted(reversed(caller.get_hookimpls()), key=lambda i: not self._essential(i))
+        impls = list(reversed(caller.get_hookimpls()))  # registration order
+        impls.sort(key=lambda i: not self._essential(i))  # stable: keeps that order otherwise
         for impl in impls:
             if only is not None and impl.plugin is not only:
                 continue
