@@ -132,7 +132,7 @@ class MigrationEngine:
             transport=self.plan.transport_name,
             codec=self.plan.codec_name,
             predictor=self.plan.predictor_name,
-            streams=channel.stats().streams,
+            streams=0,
             memory_bytes=info.page_count * info.page_size,
             page_size=info.page_size,
             downtime_limit_ms=self.settings.downtime_limit_ms,
@@ -165,7 +165,7 @@ class MigrationEngine:
             report.pages_sent = self._pages_sent
             report.bytes_on_wire = channel.stats().wire_bytes_sent
             report.wire_ratio = report.bytes_on_wire / max(1, report.memory_bytes)
-            report.streams = channel.stats().streams
+            report.streams = max(report.streams, channel.stats().streams)
         report.outcome = MigrationPhase.COMPLETED
         self._phase = MigrationPhase.COMPLETED
         self._emit("completed", message=f"downtime {report.downtime_ms:.0f} ms")
@@ -224,6 +224,7 @@ class MigrationEngine:
         await run.channel.send(protocol.pack_json(Msg.ROUND_END, {"round": self._round}))
         await protocol.expect_json(run.channel, Msg.ROUND_ACK)
         seconds = time.monotonic() - t0
+        run.report.streams = max(run.report.streams, run.channel.stats().streams)
         stats = run.encoder.stats()
         wire = stats.bytes_out - bytes_before
         if wire >= MIN_SAMPLE_BYTES:
