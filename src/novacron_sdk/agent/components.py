@@ -55,7 +55,7 @@ class ServiceComponent(Component):
     """The agent service: VMs, migrations, migration listeners."""
 
     name: ClassVar[str] = "agent.service"
-    depends_on: ClassVar[tuple[str, ...]] = ("agent.driver",)
+    depends_on: ClassVar[tuple[str, ...]] = ("agent.driver", "cluster.store")
 
     async def start(self) -> None:
         """Create the service."""
@@ -72,6 +72,8 @@ class ServiceComponent(Component):
             migration_defaults=self.context.config.get("migration", MigrationSettings),
             capacity=(agent.vcpus, agent.memory_mib),
         )
+        # None unless cluster.enabled: then migrations are fenced by VM ownership records.
+        self.service.state_store = self.context.values.get("state_store")
         await self.service.start()
         self.context.values["service"] = self.service
 

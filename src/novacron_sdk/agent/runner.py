@@ -14,7 +14,16 @@ from novacron_sdk.init import build_orchestrator
 from novacron_sdk.init.interface import InitContext
 from novacron_sdk.plugin.manager import build_plugin_manager
 
-AGENT_COMPONENTS = ("agent.driver", "agent.service", "agent.api")
+AGENT_COMPONENTS = (
+    "agent.driver",
+    "agent.service",
+    "agent.api",
+    "cluster.store",
+    "cluster.member",
+    "cluster.controller",
+)
+OPTIONAL_COMPONENTS = ("sync.node",)
+"""Started when a plugin registers them (novacron-dwcp's multi-region sync)."""
 
 
 async def run_agent(
@@ -30,7 +39,8 @@ async def run_agent(
     logging.getLogger("novacron_sdk").setLevel(config.get("logging", LoggingSettings).level)
     context = InitContext(config=config, plugins=plugins)
     context.values["ready_file"] = ready_file
-    orchestrator = build_orchestrator(context, names=AGENT_COMPONENTS)
+    optional = tuple(n for n in OPTIONAL_COMPONENTS if n in plugins.init_components)
+    orchestrator = build_orchestrator(context, names=AGENT_COMPONENTS + optional)
     context.values["status_provider"] = lambda: [s.as_dict() for s in orchestrator.status()]
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.metrics import AgentMetrics
+from novacron_sdk.cluster.ownership import destination_fence, source_fence
+from novacron_sdk.consensus.interface import StateStore
 from novacron_sdk.errors import (
     FeatureNotSupportedError,
     InvalidStateError,
@@ -125,6 +127,8 @@ class AgentService:
         self.migration_advertise = migration_advertise
         self.migration_defaults = migration_defaults or MigrationSettings()
         self.capacity = capacity
+        self.state_store: StateStore | None = None
+        """Set by the ``cluster.member`` component: VM ownership fences migrations."""
         self.metrics = AgentMetrics()
         self.outgoing: dict[str, OutgoingMigration] = {}
         self.incoming: dict[str, IncomingMigration] = {}
@@ -205,6 +209,11 @@ class AgentService:
             destination_name=str(prepared.get("host", dest_url)),
             migration_id=migration_id,
             on_event=lambda event: self._record_event(migration_id, event),
+            rollback_fence=(
+                source_fence(self.state_store, vm.name, self.name)
+                if self.state_store is not None
+                else None
+            ),
         )
         mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=engine)
         self.outgoing[migration_id] = mig
@@ -340,9 +349,14 @@ class AgentService:
             raise InvalidStateError(msg)
         codec_cls = self.plugins.codecs.get(codec)
         listener = await self._listener(transport)
+        fence = (
+            await destination_fence(self.state_store, info.spec.name, self.name)
+            if self.state_store is not None
+            else None
+        )
         sink = await self.driver.open_migration_sink(info)
         receiver = MigrationReceiver(
-            sink, info, codec_cls().new_decoder(info.page_size), verify=verify
+            sink, info, codec_cls().new_decoder(info.page_size), verify=verify, fence=fence
         )
         token = secrets.token_hex(16)
         self.incoming[migration_id] = IncomingMigration(

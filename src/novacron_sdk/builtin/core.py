@@ -30,6 +30,9 @@ def novacron_add_config_sections(registry: Registry[type[BaseModel]]) -> None:
     registry.register("migration", MigrationSettings)
     registry.register("state", StateSettings)
     registry.register("logging", LoggingSettings)
+    from novacron_sdk.cluster.components import ClusterSettings
+
+    registry.register("cluster", ClusterSettings)
 
 
 @hookimpl
@@ -38,6 +41,9 @@ def novacron_register_init_components(registry: Registry[type[Component]]) -> No
     from novacron_sdk.agent.components import register_components
 
     register_components(registry)
+    from novacron_sdk.cluster.components import register_components as register_cluster
+
+    register_cluster(registry)
 
 
 @hookimpl

@@ -77,8 +77,10 @@ class MigrationEngine:
         destination_name: str,
         migration_id: str | None = None,
         on_event: EventCallback | None = None,
+        rollback_fence: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.plugins = plugins
+        self._rollback_fence = rollback_fence
         self.settings = settings
         self.plan = plan
         self.vm = vm
@@ -421,6 +423,21 @@ class MigrationEngine:
             )
         except (NovaCronError, OSError, TimeoutError):
             log.debug("could not tell the destination to abort", exc_info=True)
+        if self._committed and self._rollback_fence is not None:
+            try:
+                owned = await self._rollback_fence()
+            except NovaCronError:
+                log.exception("could not re-claim %s before rolling back", self.vm)
+                owned = False
+            if not owned:
+                report.outcome = MigrationPhase.FAILED
+                self._phase = MigrationPhase.FAILED
+                self._emit(
+                    "failed",
+                    message=f"{report.error}; another host may own the VM now, so it stays "
+                    "paused here: check the ownership record (novacron status --cluster)",
+                )
+                return
         try:
             await source.rollback()
         except Exception:

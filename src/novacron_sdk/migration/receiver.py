@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from novacron_sdk.encoding.interface import PageBatch, PageDecoder
 from novacron_sdk.errors import MigrationError, NovaCronError
@@ -37,12 +37,14 @@ class MigrationReceiver:
         *,
         idle_timeout_s: float = 60.0,
         verify: str = "pages",
+        fence: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.sink = sink
         self.info = info
         self.decoder = decoder
         self.idle_timeout_s = idle_timeout_s
         self.verify = verify
+        self.fence = fence
         self.state = "pending"
         self.error: str | None = None
         self.vm: VM | None = None
@@ -72,6 +74,13 @@ class MigrationReceiver:
                 elif kind is Msg.VERIFY:
                     await self._verify(channel, protocol.parse_json(kind, body))
                 elif kind is Msg.COMMIT:
+                    # Split-brain fence: resume only after winning the VM's ownership record.
+                    if self.fence is not None and not await self.fence():
+                        msg = (
+                            "another host owns this VM now (the ownership compare-and-swap "
+                            "was lost); not resuming it here"
+                        )
+                        raise MigrationError(msg)
                     self.vm = await self.sink.activate()
                     self.state = "active"
                     await channel.send(

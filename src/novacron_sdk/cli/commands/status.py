@@ -14,6 +14,11 @@ _TIMEOUT_S = 10.0
 
 def _configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", metavar="URL", help="ask the agent at URL (GET /v1/status)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="show hosts, the controller and VM owners from the configured state store",
+    )
     add_json_flag(parser)
 
 
@@ -103,6 +108,10 @@ def _run(args: argparse.Namespace) -> int:
         else:
             _print_agent(args.agent, status)
         return 0
+    if args.cluster:
+        from novacron_sdk.cluster.cli import cluster_report
+
+        return cluster_report(cli_config(args), cli_plugins(args), as_json=args.json)
     local = local_status(args)
     if args.json:
         output.print_json(local)
