@@ -15,6 +15,7 @@ from novacron_sdk.errors import (
     NotFoundError,
     NovaCronError,
     QuotaExceededError,
+    SecurityError,
 )
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import VM, Host, VMSpec
@@ -26,15 +27,18 @@ _BY_KIND: dict[str, type[NovaCronError]] = {
     "FeatureNotSupportedError": FeatureNotSupportedError,
     "MigrationError": MigrationError,
     "DriverError": DriverError,
+    "SecurityError": SecurityError,
 }
 
 
 class AgentClient:
     """Talks to ``http(s)://host:port`` of one agent. Use as an async context manager."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, auth: httpx.Auth | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout)
+        # ``auth`` authenticates to agents that run with security enabled (see the
+        # "agent.security" init component); it also checks that each answer is the agent's.
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, auth=auth)
 
     async def __aenter__(self) -> AgentClient:
         return self

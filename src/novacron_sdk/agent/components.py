@@ -71,6 +71,7 @@ class ServiceComponent(Component):
             migration_advertise=agent.migration_advertise,
             migration_defaults=self.context.config.get("migration", MigrationSettings),
             capacity=(agent.vcpus, agent.memory_mib),
+            security=self.context.values.get("agent.security"),
         )
         # None unless cluster.enabled: then migrations are fenced by VM ownership records.
         self.service.state_store = self.context.values.get("state_store")
@@ -98,8 +99,12 @@ class ControlApiComponent(Component):
         service: AgentService = self.context.values["service"]
         status = self.context.values.get("status_provider")
         app = create_app(service, status)
+        security = self.context.values.get("agent.security")
+        # With security enabled only enrolled, authenticated peers get past this wrapper;
+        # GET /health stays open and reveals nothing.
+        asgi: Any = security.wrap_asgi(app) if security is not None else app
         config = uvicorn.Config(
-            app,
+            asgi,
             host=agent.host,
             port=agent.port,
             log_level="warning",

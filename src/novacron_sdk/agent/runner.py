@@ -22,8 +22,10 @@ AGENT_COMPONENTS = (
     "cluster.member",
     "cluster.controller",
 )
-OPTIONAL_COMPONENTS = ("sync.node",)
-"""Started when a plugin registers them (novacron-dwcp's multi-region sync)."""
+OPTIONAL_COMPONENTS = ("agent.security", "sync.node")
+"""Started when a plugin registers them: "agent.security" (novacron-pqc) puts the agent's
+authentication into context.values["agent.security"] before the service and the API start;
+"sync.node" is novacron-dwcp's multi-region sync."""
 
 
 async def run_agent(

@@ -117,6 +117,7 @@ class AgentService:
         migration_advertise: str | None = None,
         migration_defaults: MigrationSettings | None = None,
         capacity: tuple[int, int] = (8, 16384),
+        security: Any | None = None,
     ) -> None:
         self.plugins = plugins
         self.driver = driver
@@ -127,6 +128,9 @@ class AgentService:
         self.migration_advertise = migration_advertise
         self.migration_defaults = migration_defaults or MigrationSettings()
         self.capacity = capacity
+        # An AgentSecurity from the "agent.security" init component, or None. Duck-typed:
+        # the core never imports a security plugin.
+        self.security = security
         self.state_store: StateStore | None = None
         """Set by the ``cluster.member`` component: VM ownership fences migrations."""
         self.metrics = AgentMetrics()
@@ -188,8 +192,9 @@ class AgentService:
             self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1")
         )
         source = await self.driver.open_migration_source(vm.id)
+        auth = self._auth()
         try:
-            async with AgentClient(dest_url) as dest:
+            async with AgentClient(dest_url, auth=auth) as dest:
                 prepared = await dest.prepare_incoming(
                     migration_id=migration_id,
                     info=source.info(),
@@ -223,7 +228,14 @@ class AgentService:
                 update={"options": endpoint.options | {"streams": str(plan.streams)}}
             )
         mig.task = asyncio.create_task(
-            self._run_outgoing(mig, source, plan, endpoint, str(prepared["token"]))
+            self._run_outgoing(
+                mig,
+                source,
+                plan,
+                endpoint,
+                str(prepared["token"]),
+                expect_peer=getattr(auth, "peer_fingerprint", None),
+            )
         )
         return mig
 
@@ -254,10 +266,17 @@ class AgentService:
         plan: MigrationPlan,
         endpoint: Endpoint,
         token: str,
+        *,
+        expect_peer: str | None = None,
     ) -> None:
         try:
             try:
                 channel = await plan.transport.connect(endpoint)
+                if self.security is not None:
+                    # Sealed, and its peer must be the agent the control API authenticated.
+                    channel = await self.security.secure(
+                        channel, "initiator", expect_peer=expect_peer
+                    )
             except BaseException:
                 await source.rollback()
                 raise
@@ -279,6 +298,10 @@ class AgentService:
             mig.done.set()
             async with mig.changed:
                 mig.changed.notify_all()
+
+    def _auth(self) -> Any:
+        """Client auth for calls to other agents; None when security is off."""
+        return self.security.http_auth() if self.security is not None else None
 
     def _record_event(self, migration_id: str, event: MigrationEvent) -> None:
         mig = self.outgoing.get(migration_id)
@@ -322,7 +345,7 @@ class AgentService:
 
     async def _destination_runs(self, dest_url: str, migration_id: str) -> bool | None:
         try:
-            async with AgentClient(dest_url, timeout=5) as dest:
+            async with AgentClient(dest_url, timeout=5, auth=self._auth()) as dest:
                 state = await dest.incoming_state(migration_id)
         except (NovaCronError, OSError):
             return None
@@ -395,6 +418,13 @@ class AgentService:
 
     async def _accept(self, channel: Channel) -> None:
         """A source connected: route it to its prepared incoming migration by id and token."""
+        if self.security is not None:
+            try:
+                channel = await self.security.secure(channel, "responder")
+            except (NovaCronError, OSError) as exc:
+                # The failed handshake closed the channel; no migration frame was read.
+                log.warning("rejected a migration connection: %s", exc)
+                return
         try:
             hello = await asyncio.wait_for(
                 protocol.expect_json(channel, Msg.HELLO), HELLO_TIMEOUT_S

@@ -1,0 +1,253 @@
+"""etcd client over the v3 JSON gateway (``/v3/kv/range`` ...) with httpx: no extra dependency.
+
+Keys and values travel base64-encoded and 64-bit integers as strings, as grpc-gateway maps
+etcd's protobuf messages. The client sticks to the first endpoint that answers and moves to
+the next one when a connection fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import httpx
+
+from novacron_dwcp.consensus.etcd_common import EtcdUnavailableError, prefix_end, unavailable
+from novacron_sdk.consensus.interface import Compare, KeyValue, Op, TxnResult, WatchEvent
+from novacron_sdk.errors import StateStoreError
+
+_TARGETS = {
+    "value": "VALUE",
+    "version": "VERSION",
+    "mod_revision": "MOD",
+    "create_revision": "CREATE",
+}
+_RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", ">": "GREATER", "<": "LESS"}
+_GRPC_UNAVAILABLE = 14
+_GRPC_DEADLINE = 4
+# A member without a leader refuses at once instead of waiting out its own request timeout.
+_HEADERS = {"Grpc-Metadata-hasleader": "true"}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def _kv(raw: dict[str, Any]) -> KeyValue:
+    lease = int(raw.get("lease", 0))
+    return KeyValue(
+        key=_unb64(raw.get("key")).decode(),
+        value=_unb64(raw.get("value")),
+        create_revision=int(raw.get("create_revision", 0)),
+        mod_revision=int(raw.get("mod_revision", 0)),
+        version=int(raw.get("version", 0)),
+        lease=lease or None,
+    )
+
+
+def _range_fields(key: str, prefix: bool) -> dict[str, str]:
+    raw = key.encode()
+    fields = {"key": _b64(raw)}
+    if prefix:
+        fields["range_end"] = _b64(prefix_end(raw))
+    return fields
+
+
+def _compare(cmp: Compare) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "key": _b64(cmp.key.encode()),
+        "target": _TARGETS[cmp.target],
+        "result": _RESULTS[cmp.op],
+    }
+    if cmp.target == "value":
+        if not isinstance(cmp.value, bytes):
+            msg = f"compare on value of {cmp.key!r} needs bytes, got {type(cmp.value).__name__}"
+            raise StateStoreError(msg)
+        body["value"] = _b64(cmp.value)
+    else:
+        if not isinstance(cmp.value, int):
+            msg = f"compare on {cmp.target} of {cmp.key!r} needs an int"
+            raise StateStoreError(msg)
+        body[cmp.target] = str(cmp.value)
+    return body
+
+
+def _op(op: Op) -> dict[str, Any]:
+    if op.kind == "put":
+        put: dict[str, Any] = {"key": _b64(op.key.encode()), "value": _b64(op.value)}
+        if op.lease:
+            put["lease"] = str(op.lease)
+        return {"request_put": put}
+    if op.kind == "delete":
+        return {"request_delete_range": _range_fields(op.key, op.prefix)}
+    return {"request_range": _range_fields(op.key, op.prefix)}
+
+
+class GatewayClient:
+    """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on etcd's JSON gateway."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self._current = 0
+        self._http = httpx.AsyncClient(
+            headers=_HEADERS, limits=httpx.Limits(max_keepalive_connections=32)
+        )
+
+    def _rotate(self) -> None:
+        self._current = (self._current + 1) % len(self.endpoints)
+
+    async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        url = self.endpoints[self._current] + path
+        try:
+            response = await self._http.post(url, json=body, timeout=timeout_s)
+        except httpx.ConnectTimeout as exc:
+            self._rotate()
+            raise unavailable(f"{url}: failed to connect in time") from exc
+        except httpx.TimeoutException as exc:
+            raise TimeoutError(f"etcd at {url} did not answer within {timeout_s} s") from exc
+        except httpx.TransportError as exc:
+            self._rotate()
+            raise unavailable(f"{url}: {exc!r}") from exc
+        try:
+            data = response.json()
+        except ValueError as exc:
+            self._rotate()
+            raise unavailable(f"{url} answered {response.status_code} without JSON") from exc
+        if response.status_code == httpx.codes.OK and isinstance(data, dict):
+            return data
+        return self._error(url, data)
+
+    def _error(self, url: str, data: Any) -> dict[str, Any]:
+        detail = data.get("error", str(data)) if isinstance(data, dict) else str(data)
+        code = data.get("code") if isinstance(data, dict) else None
+        if code == _GRPC_UNAVAILABLE:
+            self._rotate()
+            raise unavailable(f"{url}: {detail}")
+        if code == _GRPC_DEADLINE:
+            raise TimeoutError(f"etcd at {url}: {detail}")
+        msg = f"etcd at {url} refused the request: {detail}"
+        raise StateStoreError(msg)
+
+    async def range(self, key: str, *, prefix: bool, timeout_s: float) -> list[KeyValue]:
+        """The key, or every key under the prefix, sorted by key."""
+        data = await self._call("/v3/kv/range", _range_fields(key, prefix), timeout_s)
+        return [_kv(kv) for kv in data.get("kvs", ())]
+
+    async def put(self, key: str, value: bytes, lease: int | None, *, timeout_s: float) -> int:
+        """Write; the new revision."""
+        body: dict[str, Any] = {"key": _b64(key.encode()), "value": _b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        data = await self._call("/v3/kv/put", body, timeout_s)
+        return int(data["header"]["revision"])
+
+    async def delete(self, key: str, *, prefix: bool, timeout_s: float) -> int:
+        """Delete; how many keys went."""
+        data = await self._call("/v3/kv/deleterange", _range_fields(key, prefix), timeout_s)
+        return int(data.get("deleted", 0))
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op],
+        *,
+        timeout_s: float,
+    ) -> TxnResult:
+        """etcd's Txn."""
+        body = {
+            "compare": [_compare(c) for c in compare],
+            "success": [_op(o) for o in success],
+            "failure": [_op(o) for o in failure],
+        }
+        data = await self._call("/v3/kv/txn", body, timeout_s)
+        responses = tuple(
+            tuple(_kv(kv) for kv in r.get("response_range", {}).get("kvs", ()))
+            for r in data.get("responses", ())
+        )
+        return TxnResult(
+            succeeded=bool(data.get("succeeded", False)),
+            revision=int(data["header"]["revision"]),
+            responses=responses,
+        )
+
+    async def grant(self, ttl_s: int, *, timeout_s: float) -> int:
+        """A new lease id."""
+        data = await self._call("/v3/lease/grant", {"TTL": str(ttl_s)}, timeout_s)
+        if data.get("error"):
+            msg = f"etcd refused a lease of {ttl_s} s: {data['error']}"
+            raise StateStoreError(msg)
+        return int(data["ID"])
+
+    async def keepalive(self, lease: int, *, timeout_s: float) -> int:
+        """Refresh; the remaining ttl, 0 or less when the lease is gone."""
+        data = await self._call("/v3/lease/keepalive", {"ID": str(lease)}, timeout_s)
+        return int(data.get("result", {}).get("TTL", 0))
+
+    async def revoke(self, lease: int, *, timeout_s: float) -> None:
+        """Revoke; StateStoreError when the lease does not exist."""
+        await self._call("/v3/lease/revoke", {"ID": str(lease)}, timeout_s)
+
+    async def current_revision(self, *, timeout_s: float) -> int:
+        """The store revision now (a range that matches nothing)."""
+        data = await self._call("/v3/kv/range", {"key": _b64(b"\0"), "count_only": True}, timeout_s)
+        return int(data["header"]["revision"])
+
+    async def watch(
+        self, key: str, *, prefix: bool, start_revision: int | None
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """Batches of events, streamed as one JSON object per line."""
+        create: dict[str, Any] = _range_fields(key, prefix)
+        if start_revision is not None:
+            create["start_revision"] = str(start_revision)
+        url = self.endpoints[self._current] + "/v3/watch"
+        timeout = httpx.Timeout(10.0, read=None)
+        try:
+            async with self._http.stream(
+                "POST", url, json={"create_request": create}, timeout=timeout
+            ) as response:
+                if response.status_code != httpx.codes.OK:
+                    self._rotate()
+                    raise unavailable(f"watch on {url} answered {response.status_code}")
+                async for line in response.aiter_lines():
+                    if line.strip():
+                        yield self._watch_batch(url, json.loads(line))
+        except httpx.TransportError as exc:
+            self._rotate()
+            raise unavailable(f"watch on {url}: {exc!r}") from exc
+        self._rotate()
+        raise EtcdUnavailableError(f"watch on {url} ended", applied_unknown=False)
+
+    def _watch_batch(self, url: str, message: dict[str, Any]) -> list[WatchEvent]:
+        if "error" in message:
+            self._rotate()
+            raise unavailable(f"watch on {url}: {message['error']}")
+        result = message.get("result", {})
+        if result.get("compact_revision") and result.get("canceled"):
+            msg = (
+                f"watch on {url}: revisions up to {result['compact_revision']} were compacted; "
+                "start again from a newer revision"
+            )
+            raise StateStoreError(msg)
+        if result.get("canceled"):
+            self._rotate()
+            raise unavailable(f"watch on {url} canceled: {result.get('cancel_reason', '')}")
+        return [
+            WatchEvent(
+                kind="delete" if event.get("type") == "DELETE" else "put",
+                key=_unb64(event["kv"].get("key")).decode(),
+                value=_unb64(event["kv"].get("value")),
+                revision=int(event["kv"].get("mod_revision", 0)),
+            )
+            for event in result.get("events", ())
+        ]
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self._http.aclose()

@@ -1,0 +1,255 @@
+"""etcd client over gRPC with aetcd's asyncio stubs, on one channel to every member.
+
+The channel's target lists every endpoint (``ipv4:127.0.0.1:2379,127.0.0.1:22379,...``), so
+gRPC itself reconnects to another member when the one in use goes away; calls wait for a
+ready connection (``wait_for_ready``) up to their deadline. Each call carries etcd's
+``hasleader`` metadata, so a member cut off from the quorum refuses at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc  # type: ignore[import-untyped, unused-ignore]
+from aetcd import rpc  # type: ignore[import-untyped, unused-ignore]  # no type hints shipped
+
+from novacron_dwcp.consensus.etcd_common import EtcdUnavailableError, prefix_end, unavailable
+from novacron_sdk.consensus.interface import Compare, KeyValue, Op, TxnResult, WatchEvent
+from novacron_sdk.errors import StateStoreError
+
+_METADATA = (("hasleader", "true"),)
+_TARGETS = {
+    "value": rpc.Compare.VALUE,
+    "version": rpc.Compare.VERSION,
+    "mod_revision": rpc.Compare.MOD,
+    "create_revision": rpc.Compare.CREATE,
+}
+_RESULTS = {
+    "==": rpc.Compare.EQUAL,
+    "!=": rpc.Compare.NOT_EQUAL,
+    ">": rpc.Compare.GREATER,
+    "<": rpc.Compare.LESS,
+}
+_OPTIONS = (
+    # Pings find a silently dead member; etcd refuses pings more often than every 5 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+)
+
+
+def grpc_target(endpoints: Sequence[str]) -> str:
+    """One gRPC target naming every endpoint: ``ipv4:h1:p1,h2:p2`` (or ``dns:`` for names)."""
+    hosts = []
+    for endpoint in endpoints:
+        parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+        if parts.scheme not in ("http", ""):
+            msg = f"etcd endpoint {endpoint!r}: only plain http is supported by this client"
+            raise StateStoreError(msg)
+        hosts.append((parts.hostname or "127.0.0.1", parts.port or 2379))
+    if all(h.replace(".", "").isdigit() for h, _ in hosts):
+        return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hosts)
+    if len(hosts) == 1:
+        return f"dns:{hosts[0][0]}:{hosts[0][1]}"
+    msg = "several etcd endpoints must be IPv4 addresses for the gRPC client (or use one name)"
+    raise StateStoreError(msg)
+
+
+def _kv(raw: Any) -> KeyValue:
+    return KeyValue(
+        key=raw.key.decode(),
+        value=raw.value,
+        create_revision=raw.create_revision,
+        mod_revision=raw.mod_revision,
+        version=raw.version,
+        lease=raw.lease or None,
+    )
+
+
+def _range_request(key: str, prefix: bool) -> Any:
+    raw = key.encode()
+    if prefix:
+        return rpc.RangeRequest(key=raw, range_end=prefix_end(raw))
+    return rpc.RangeRequest(key=raw)
+
+
+def _compare(cmp: Compare) -> Any:
+    message = rpc.Compare(
+        key=cmp.key.encode(), target=_TARGETS[cmp.target], result=_RESULTS[cmp.op]
+    )
+    try:
+        setattr(message, cmp.target, cmp.value)
+    except TypeError as exc:
+        msg = f"compare on {cmp.target} of {cmp.key!r} has a value of the wrong type"
+        raise StateStoreError(msg) from exc
+    return message
+
+
+def _op(op: Op) -> Any:
+    if op.kind == "put":
+        return rpc.RequestOp(
+            request_put=rpc.PutRequest(key=op.key.encode(), value=op.value, lease=op.lease or 0)
+        )
+    raw = op.key.encode()
+    end = prefix_end(raw) if op.prefix else b""
+    if op.kind == "delete":
+        return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=raw, range_end=end))
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=raw, range_end=end))
+
+
+def _translate(exc: Any, what: str) -> Exception:
+    code = exc.code()
+    detail = f"{what}: {exc.details()}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return unavailable(detail)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError(detail)
+    if code == grpc.StatusCode.CANCELLED:
+        return EtcdUnavailableError(detail, applied_unknown=True)
+    return StateStoreError(f"etcd refused {detail}")
+
+
+class GrpcClient:
+    """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on aetcd's gRPC stubs."""
+
+    def __init__(self, endpoints: Sequence[str]) -> None:
+        self.target = grpc_target(endpoints)
+        self.channel = rpc.insecure_channel(self.target, options=_OPTIONS)
+        self.kv = rpc.KVStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
+        self.watcher = rpc.WatchStub(self.channel)
+
+    async def _unary(self, method: Any, request: Any, timeout_s: float, what: str) -> Any:
+        try:
+            return await method(request, timeout=timeout_s, metadata=_METADATA, wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, what) from exc
+
+    async def range(self, key: str, *, prefix: bool, timeout_s: float) -> list[KeyValue]:
+        """The key, or every key under the prefix, sorted by key."""
+        response = await self._unary(self.kv.Range, _range_request(key, prefix), timeout_s, "range")
+        return [_kv(kv) for kv in response.kvs]
+
+    async def put(self, key: str, value: bytes, lease: int | None, *, timeout_s: float) -> int:
+        """Write; the new revision."""
+        request = rpc.PutRequest(key=key.encode(), value=value, lease=lease or 0)
+        response = await self._unary(self.kv.Put, request, timeout_s, f"put {key!r}")
+        return int(response.header.revision)
+
+    async def delete(self, key: str, *, prefix: bool, timeout_s: float) -> int:
+        """Delete; how many keys went."""
+        raw = key.encode()
+        request = rpc.DeleteRangeRequest(key=raw, range_end=prefix_end(raw) if prefix else b"")
+        response = await self._unary(self.kv.DeleteRange, request, timeout_s, f"delete {key!r}")
+        return int(response.deleted)
+
+    async def txn(
+        self,
+        compare: Sequence[Compare],
+        success: Sequence[Op],
+        failure: Sequence[Op],
+        *,
+        timeout_s: float,
+    ) -> TxnResult:
+        """etcd's Txn."""
+        request = rpc.TxnRequest(
+            compare=[_compare(c) for c in compare],
+            success=[_op(o) for o in success],
+            failure=[_op(o) for o in failure],
+        )
+        response = await self._unary(self.kv.Txn, request, timeout_s, "txn")
+        return TxnResult(
+            succeeded=response.succeeded,
+            revision=response.header.revision,
+            responses=tuple(
+                tuple(_kv(kv) for kv in r.response_range.kvs)
+                if r.HasField("response_range")
+                else ()
+                for r in response.responses
+            ),
+        )
+
+    async def grant(self, ttl_s: int, *, timeout_s: float) -> int:
+        """A new lease id."""
+        request = rpc.LeaseGrantRequest(TTL=ttl_s)
+        response = await self._unary(self.lease.LeaseGrant, request, timeout_s, "lease grant")
+        if response.error:
+            msg = f"etcd refused a lease of {ttl_s} s: {response.error}"
+            raise StateStoreError(msg)
+        return int(response.ID)
+
+    async def keepalive(self, lease: int, *, timeout_s: float) -> int:
+        """Refresh over a short-lived keep-alive stream; the remaining ttl."""
+        call = self.lease.LeaseKeepAlive(
+            iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
+            timeout=timeout_s,
+            metadata=_METADATA,
+            wait_for_ready=True,
+        )
+        try:
+            async for response in call:
+                return int(response.TTL)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, f"lease keep-alive {lease}") from exc
+        finally:
+            call.cancel()
+        raise EtcdUnavailableError("lease keep-alive stream closed early", applied_unknown=False)
+
+    async def revoke(self, lease: int, *, timeout_s: float) -> None:
+        """Revoke; StateStoreError when the lease does not exist."""
+        request = rpc.LeaseRevokeRequest(ID=lease)
+        await self._unary(self.lease.LeaseRevoke, request, timeout_s, f"revoke lease {lease}")
+
+    async def current_revision(self, *, timeout_s: float) -> int:
+        """The store revision now (a range that matches nothing)."""
+        request = rpc.RangeRequest(key=b"\0", count_only=True)
+        response = await self._unary(self.kv.Range, request, timeout_s, "range")
+        return int(response.header.revision)
+
+    async def watch(
+        self, key: str, *, prefix: bool, start_revision: int | None
+    ) -> AsyncIterator[list[WatchEvent]]:
+        """Batches of events on one watch stream."""
+        raw = key.encode()
+        create = rpc.WatchCreateRequest(
+            key=raw,
+            range_end=prefix_end(raw) if prefix else b"",
+            start_revision=start_revision or 0,
+        )
+        call = self.watcher.Watch(
+            iter([rpc.WatchRequest(create_request=create)]),
+            metadata=_METADATA,
+            wait_for_ready=True,
+        )
+        try:
+            async for response in call:
+                if response.compact_revision and response.canceled:
+                    msg = (
+                        f"watch on {key!r}: revisions up to {response.compact_revision} were "
+                        "compacted; start again from a newer revision"
+                    )
+                    raise StateStoreError(msg)
+                if response.canceled:
+                    raise unavailable(f"watch on {key!r} canceled: {response.cancel_reason}")
+                yield [
+                    WatchEvent(
+                        kind="delete" if event.type == rpc.Event.DELETE else "put",
+                        key=event.kv.key.decode(),
+                        value=event.kv.value,
+                        revision=event.kv.mod_revision,
+                    )
+                    for event in response.events
+                ]
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, f"watch on {key!r}") from exc
+        finally:
+            call.cancel()
+        raise EtcdUnavailableError(f"watch on {key!r} ended", applied_unknown=False)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()

@@ -1,0 +1,2 @@
+"""Multi-region sync: CRDT replicas (HLC last-writer-wins map, observed-remove set) kept
+in step by anti-entropy over HTTP."""

@@ -1,0 +1,178 @@
+"""Anti-entropy between regions over HTTP: every ``interval_s`` each node exchanges deltas
+with every peer (push-pull, one round trip), and measures how stale what it merged was.
+
+``POST /v1/sync/exchange`` takes ``{node, seen, delta}`` (the caller's watermarks and what
+it believes we lack) and answers ``{node, seen, delta}`` (what the caller lacks). The route
+is a FastAPI router, so an agent can mount it next to its control API; :meth:`SyncNode.serve`
+runs it alone with uvicorn.
+
+Staleness of an item = the wall time at which this node merged it minus the wall time of
+the HLC timestamp of the write (both clocks are the regions' system clocks; keep them in
+NTP sync). Bound: with full-mesh exchanges, an item reaches every peer within one interval
+plus one round trip, as long as the peer is reachable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Generator, Mapping
+from typing import Any
+
+import httpx
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel
+
+from novacron_dwcp.sync.crdt import Replica, Watermarks, decode_seen, encode_seen
+from novacron_dwcp.sync.hlc import Timestamp, wall_ms
+
+log = logging.getLogger(__name__)
+
+EXCHANGE_PATH = "/v1/sync/exchange"
+
+
+def _QuietServer(config: Any) -> Any:  # noqa: N802 - stands for a class
+    """uvicorn's Server without signal capture: the process owning the loop handles signals."""
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Generator[None, None, None]:
+            yield
+
+    return Server(config)
+
+
+class ExchangeMessage(BaseModel):
+    """One side of an exchange."""
+
+    node: str
+    seen: dict[str, list[int | str]]
+    delta: dict[str, Any]
+
+
+class SyncNode:
+    """One region's replica, its peers (name -> base URL) and its anti-entropy loop."""
+
+    def __init__(
+        self,
+        name: str,
+        peers: Mapping[str, str] | None = None,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 5.0,
+        full_every: int = 30,
+    ) -> None:
+        self.name = name
+        self.peers = dict(peers or {})
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.full_every = full_every
+        self.replica = Replica(name, on_merge=self._record_staleness)
+        self.staleness_s: list[float] = []
+        self.exchanges = 0
+        self.failures: dict[str, int] = {}
+        self._peer_seen: dict[str, Watermarks] = {}
+        self._rounds = 0
+        self._http = httpx.AsyncClient()
+        self._task: asyncio.Task[None] | None = None
+        self._server: Any = None
+        self._server_task: asyncio.Task[None] | None = None
+        self.url = ""
+
+    def _record_staleness(self, ts: Timestamp) -> None:
+        self.staleness_s.append(max(0.0, (wall_ms() - ts.wall_ms) / 1000))
+
+    def handle(self, message: ExchangeMessage) -> ExchangeMessage:
+        """Serve one exchange: merge the caller's delta, answer with what it lacks."""
+        caller_seen = decode_seen(message.seen)
+        self.replica.merge(message.delta, caller_seen)
+        self._peer_seen[message.node] = caller_seen
+        return ExchangeMessage(
+            node=self.name,
+            seen=encode_seen(self.replica.seen),
+            delta=self.replica.delta(caller_seen),
+        )
+
+    def router(self) -> APIRouter:
+        """The exchange route, to mount on an existing FastAPI app."""
+        router = APIRouter()
+
+        @router.post(EXCHANGE_PATH)
+        async def exchange(message: ExchangeMessage) -> ExchangeMessage:
+            return self.handle(message)
+
+        return router
+
+    async def exchange_with(self, peer: str) -> bool:
+        """One push-pull exchange with ``peer``; False (logged) when it is unreachable."""
+        full = self.full_every > 0 and self._rounds % self.full_every == 0
+        assumed: Watermarks = {} if full else self._peer_seen.get(peer, {})
+        request = ExchangeMessage(
+            node=self.name, seen=encode_seen(self.replica.seen), delta=self.replica.delta(assumed)
+        )
+        try:
+            response = await self._http.post(
+                self.peers[peer] + EXCHANGE_PATH,
+                content=request.model_dump_json(),
+                headers={"Content-Type": "application/json"},
+                timeout=self.timeout_s,
+            )
+            response.raise_for_status()
+            reply = ExchangeMessage.model_validate_json(response.content)
+        except (httpx.HTTPError, ValueError) as exc:
+            self.failures[peer] = self.failures.get(peer, 0) + 1
+            log.debug("sync %s -> %s failed: %r", self.name, peer, exc)
+            return False
+        peer_seen = decode_seen(reply.seen)
+        self.replica.merge(reply.delta, peer_seen)
+        self._peer_seen[peer] = peer_seen
+        self.exchanges += 1
+        return True
+
+    async def sync_once(self) -> int:
+        """Exchange with every peer at once; how many answered."""
+        results = await asyncio.gather(*(self.exchange_with(p) for p in self.peers))
+        self._rounds += 1
+        return sum(results)
+
+    async def _loop(self) -> None:
+        while True:
+            await self.sync_once()
+            await asyncio.sleep(self.interval_s)
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the exchange route with uvicorn; returns the base URL."""
+        app = FastAPI()
+        app.include_router(self.router())
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        self._server = _QuietServer(config)
+        self._server_task = asyncio.get_running_loop().create_task(self._server.serve())
+        while not self._server.started:
+            if self._server_task.done():
+                await self._server_task
+                msg = f"sync node {self.name} could not listen on {host}:{port}"
+                raise OSError(msg)
+            await asyncio.sleep(0.01)
+        bound = self._server.servers[0].sockets[0].getsockname()
+        self.url = f"http://{bound[0]}:{bound[1]}"
+        return self.url
+
+    def start(self) -> None:
+        """Start the anti-entropy loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def close(self) -> None:
+        """Stop the loop and the server."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._server is not None and self._server_task is not None:
+            self._server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self._server_task, 5)
+        await self._http.aclose()

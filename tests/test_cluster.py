@@ -1,0 +1,199 @@
+"""Cluster state on the SQLite store: host leases, controller election, VM ownership, status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron_sdk.builtin.sqlite_store import SqliteStore
+from novacron_sdk.cluster import (
+    ClusterController,
+    HostMembership,
+    HostRecord,
+    claim_vm,
+    cluster_status,
+    current_controller,
+    destination_fence,
+    get_owner,
+    list_hosts,
+    record_owner,
+    release_vm,
+    source_fence,
+)
+from novacron_sdk.consensus.interface import TxnResult
+from novacron_sdk.errors import StateStoreError
+from novacron_sdk.testing.store import eventually
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    yield store
+    await store.close()
+
+
+async def test_host_registration_lives_with_its_lease(store: SqliteStore) -> None:
+    """A registered host is listed while refreshed, and gone soon after refreshing stops."""
+    member = HostMembership(store, HostRecord(name="h1", vcpus=8), ttl_s=0.6)
+    await member.start()
+    await asyncio.sleep(1.5)  # well past the ttl: only the keep-alive keeps it
+    assert [h.name for h in await list_hosts(store)] == ["h1"]
+    assert member._task is not None
+    member._task.cancel()  # the agent dies without deregistering
+
+    async def gone() -> bool:
+        return await list_hosts(store) == []
+
+    await eventually(gone, "expiry of the dead host's lease")
+
+
+async def test_host_reregisters_after_its_lease_expired(store: SqliteStore) -> None:
+    """When the lease is lost anyway, the keep-alive registers the host again."""
+    member = HostMembership(store, HostRecord(name="h1"), ttl_s=0.6)
+    await member.start()
+    assert member.lease is not None
+    await store.revoke_lease(member.lease)  # as if the store expired it during a pause
+
+    async def back() -> bool:
+        return member.registrations == 2 and [h.name for h in await list_hosts(store)] == ["h1"]
+
+    await eventually(back, "re-registration")
+    await member.stop()
+    assert await list_hosts(store) == []
+
+
+async def test_one_controller_and_failover(store: SqliteStore) -> None:
+    """Of three candidates exactly one leads; when it stops another takes over."""
+    elected: list[str] = []
+
+    def work(name: str) -> ClusterController:
+        async def on_elected() -> None:
+            elected.append(name)
+            await asyncio.Event().wait()
+
+        return ClusterController(store, name, ttl_s=1.0, on_elected=on_elected)
+
+    controllers = [work(f"agent-{i}") for i in range(3)]
+    for controller in controllers:
+        controller.start()
+    await asyncio.wait_for(
+        asyncio.wait(
+            [asyncio.create_task(c.wait_leading()) for c in controllers],
+            return_when=asyncio.FIRST_COMPLETED,
+        ),
+        10,
+    )
+    leaders = [c for c in controllers if c.is_leader]
+    assert len(leaders) == 1
+    assert await current_controller(store) == leaders[0].candidate_id
+    await leaders[0].stop()
+    rest = [c for c in controllers if c is not leaders[0]]
+
+    async def taken_over() -> bool:
+        return sum(c.is_leader for c in rest) == 1
+
+    await eventually(taken_over, "controller failover")
+    assert await current_controller(store) in {c.candidate_id for c in rest}
+    assert elected[0] == leaders[0].candidate_id
+    assert len(elected) == 2
+    for controller in rest:
+        await controller.stop()
+    assert await current_controller(store) is None
+
+
+async def test_racing_destinations_exactly_one_wins(store: SqliteStore) -> None:
+    """Eight destinations claim one VM from its owner at once: one wins and owns it."""
+    assert await record_owner(store, "vm-1", "src")
+    results = await asyncio.gather(*(claim_vm(store, "vm-1", "src", f"dst-{i}") for i in range(8)))
+    winners = [f"dst-{i}" for i, won in enumerate(results) if won]
+    assert len(winners) == 1
+    owner = await get_owner(store, "vm-1")
+    assert owner is not None
+    assert (owner.host, owner.epoch) == (winners[0], 2)
+
+
+async def test_claim_needs_the_current_owner(store: SqliteStore) -> None:
+    """A claim naming a host that no longer owns the VM loses; a source can fence itself."""
+    assert await record_owner(store, "vm-1", "a")
+    assert not await record_owner(store, "vm-1", "b")  # already owned
+    assert await claim_vm(store, "vm-1", "a", "b")
+    assert not await claim_vm(store, "vm-1", "a", "c")  # stale: b owns it now
+    assert await claim_vm(store, "vm-1", "b", "b")  # rollback: b re-claims, bumping the epoch
+    owner = await get_owner(store, "vm-1")
+    assert owner is not None
+    assert (owner.host, owner.epoch) == ("b", 3)
+    assert not await release_vm(store, "vm-1", "a")
+    assert await release_vm(store, "vm-1", "b")
+    assert await get_owner(store, "vm-1") is None
+    assert await claim_vm(store, "vm-2", "nobody", "d")  # unrecorded VM: first claim creates it
+
+
+async def test_cluster_status_reads_the_store(store: SqliteStore) -> None:
+    """Status lists live hosts, the controller, owners and VMs whose owner is gone."""
+    member = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=5)
+    await member.start()
+    controller = ClusterController(store, "h1", ttl_s=5)
+    controller.start()
+    await asyncio.wait_for(controller.wait_leading(), 10)
+    await record_owner(store, "vm-a", "h1")
+    await record_owner(store, "vm-b", "h-dead")
+    status = await cluster_status(store)
+    assert status.store == "sqlite"
+    assert status.controller == "h1"
+    assert [h.name for h in status.hosts] == ["h1"]
+    assert [(v.vm, v.host) for v in status.vms] == [("vm-a", "h1"), ("vm-b", "h-dead")]
+    assert status.orphaned_vms == ["vm-b"]
+    await controller.stop()
+    await member.stop()
+
+
+class FlakyAfterCommitStore(SqliteStore):
+    """A real SQLite store whose next ``txn`` applies and then reports a failure, as a
+    connection broken after the server committed would."""
+
+    fail_next_txn = False
+
+    async def txn(self, compare: Any, success: Any, failure: Any = ()) -> TxnResult:
+        result = await super().txn(compare, success, failure)
+        if self.fail_next_txn:
+            self.fail_next_txn = False
+            msg = "connection lost after the transaction was sent"
+            raise StateStoreError(msg)
+        return result
+
+
+async def test_claim_with_unknown_outcome_reads_its_token_back(tmp_path: Path) -> None:
+    """A claim whose answer was lost still knows whether it won, from the record's token."""
+    store = FlakyAfterCommitStore({"path": tmp_path / "state.db"})
+    try:
+        assert await record_owner(store, "vm-1", "src")
+        store.fail_next_txn = True
+        assert await claim_vm(store, "vm-1", "src", "dst")  # applied, answer lost: won
+        assert not await claim_vm(store, "vm-1", "src", "other")  # src no longer owns it
+        owner = await get_owner(store, "vm-1")
+        assert owner is not None
+        assert owner.host == "dst"
+    finally:
+        await store.close()
+
+
+async def test_fences_at_switch_over(store: SqliteStore) -> None:
+    """Two prepared destinations: one resumes; the rolling-back source then stays paused.
+    Without a winning destination, the source's fence lets it resume and shuts them out."""
+    assert await record_owner(store, "vm-1", "src")
+    first = await destination_fence(store, "vm-1", "dst-1")
+    second = await destination_fence(store, "vm-1", "dst-2")
+    assert [await first(), await second()] == [True, False]
+    assert not await source_fence(store, "vm-1", "src")()
+
+    assert await record_owner(store, "vm-2", "src")
+    late = await destination_fence(store, "vm-2", "dst-1")
+    assert await source_fence(store, "vm-2", "src")()  # rollback wins first
+    assert not await late()  # the destination's COMMIT arrives too late: no resume
+    owner = await get_owner(store, "vm-2")
+    assert owner is not None
+    assert owner.host == "src"
