@@ -1,0 +1,140 @@
+"""Authenticated control API, client side: an httpx Auth that handshakes, MACs and checks."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import httpx
+
+from novacron_pqc.http_auth import (
+    FINISH_PATH,
+    HANDSHAKE_HEADER,
+    HELLO_PATH,
+    RESPONSE_MAC_HEADER,
+    SCHEME,
+    FrameQueueChannel,
+    next_frame,
+    request_mac,
+    response_mac,
+    session_keys,
+)
+from novacron_sdk.errors import SecurityError
+from novacron_sdk.security.interface import SecurityProvider
+
+
+class PqcHttpAuth(httpx.Auth):
+    """httpx Auth: handshakes with the agent once, then MACs requests and checks responses."""
+
+    requires_response_body = True
+
+    def __init__(self, provider: SecurityProvider) -> None:
+        self.provider = provider
+        self.peer_id: str | None = None
+        self.peer_fingerprint: str | None = None
+        self._sid: str | None = None
+        self._keys: tuple[bytes, bytes] | None = None
+        self._seq = 0
+        self._lock = asyncio.Lock()
+
+    def sync_auth_flow(self, request: httpx.Request) -> Any:
+        """Not supported: the handshake is async."""
+        msg = "PqcHttpAuth works with httpx.AsyncClient only"
+        raise SecurityError(msg)
+
+    async def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        """Handshake when needed, then send ``request`` with its MAC and check the answer."""
+        # Overriding async_auth_flow skips httpx's own reading of bodies: do it here.
+        await request.aread()
+        for attempt in range(2):
+            if self._sid is None:
+                async with self._lock:
+                    if self._sid is None:
+                        flow = self._handshake(request)
+                        response: httpx.Response | None = None
+                        while True:
+                            try:
+                                step = await flow.asend(response)  # type: ignore[arg-type]
+                            except StopAsyncIteration:
+                                break
+                            response = yield step
+                            await response.aread()
+            signed, req_mac = self._sign(request)
+            response = yield signed
+            await response.aread()
+            if response.status_code == 401 and attempt == 0 and "API session" in response.text:
+                self._sid = None  # expired on the server: one new handshake, one retry
+                continue
+            self._verify(response, req_mac)
+            return
+
+    async def _handshake(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        mine, theirs = FrameQueueChannel.pair()
+        task = asyncio.create_task(self.provider.handshake(mine, role="initiator"))
+        handshake_id = ""
+        try:
+            for path in (HELLO_PATH, FINISH_PATH):
+                frame = await next_frame(theirs, task)
+                if frame is None:
+                    break
+                headers = {HANDSHAKE_HEADER: handshake_id} if handshake_id else {}
+                response = yield httpx.Request(
+                    "POST",
+                    request.url.copy_with(path=path, query=None),
+                    content=frame,
+                    headers=headers,
+                )
+                if response.headers.get("content-type", "").startswith("application/json"):
+                    msg = f"agent refused the handshake: {_error_text(response)}"
+                    raise SecurityError(msg)
+                handshake_id = response.headers.get(HANDSHAKE_HEADER, handshake_id)
+                await theirs.send(response.content)
+            session = await task
+        finally:
+            if not task.done():
+                task.cancel()
+        self._keys = session_keys(session)
+        self._sid = handshake_id
+        self._seq = 0
+        self.peer_id = session.peer_id
+        self.peer_fingerprint = getattr(session, "peer_fingerprint", None)
+
+    def _sign(self, request: httpx.Request) -> tuple[httpx.Request, bytes]:
+        assert self._keys is not None  # set by the handshake
+        assert self._sid is not None
+        seq = self._seq
+        self._seq += 1
+        target = request.url.raw_path.decode("latin-1")
+        mac = request_mac(self._keys[0], request.method, target, seq, request.content)
+        mac_text = base64.b64encode(mac).decode()
+        request.headers["authorization"] = f"{SCHEME} sid={self._sid},seq={seq},mac={mac_text}"
+        return request, mac
+
+    def _verify(self, response: httpx.Response, req_mac: bytes) -> None:
+        assert self._keys is not None
+        header = response.headers.get(RESPONSE_MAC_HEADER)
+        if header is None:
+            msg = (
+                f"response from {response.url.host}:{response.url.port} is not authenticated "
+                f"(HTTP {response.status_code}: {_error_text(response)})"
+            )
+            raise SecurityError(msg)
+        expected = response_mac(self._keys[1], req_mac, response.status_code, response.content)
+        if not hmac.compare_digest(base64.b64decode(header), expected):
+            msg = "response MAC does not verify: the agent's answer was altered in transit"
+            raise SecurityError(msg)
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(json.loads(response.content).get("error", response.text))
+    except (ValueError, AttributeError):
+        return response.text[:200]

@@ -1,0 +1,255 @@
+"""The ``pqc`` security provider: a mutually authenticated hybrid handshake over a channel.
+
+Four messages, all hashed into a SHA-384 transcript:
+
+1. HELLO  (initiator): settings, name, hybrid public identity, KEM offer (X25519 + ML-KEM-768).
+2. REPLY  (responder): settings, name, identity, KEM reply, hybrid signature over the transcript.
+3. FINISH (initiator): hybrid signature over the transcript, key-confirmation MAC.
+4. DONE   (responder): key-confirmation MAC.
+
+Each side checks that the other's identity is enrolled (pinned) before it does any further
+work, and answers a refusal with an ERROR message naming the reason, so both ends fail with a
+clear :class:`~novacron_sdk.errors.SecurityError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+from pydantic import ValidationError
+
+from novacron_pqc import backends, kem
+from novacron_pqc.identity import EnrolledKeys, NodeIdentity, PublicIdentity
+from novacron_pqc.session import AEADS, AeadSession, expand
+from novacron_pqc.settings import SecuritySettings
+from novacron_pqc.wire import HandshakeMsg, pack, unpack
+from novacron_sdk.errors import ConfigError, NovaCronError, SecurityError
+from novacron_sdk.security.interface import SecurityProvider
+from novacron_sdk.transport.interface import Channel
+
+log = logging.getLogger(__name__)
+
+TRANSCRIPT_LABEL = b"novacron-pqc/v1 handshake"
+Role = Literal["initiator", "responder"]
+
+
+class _Transcript:
+    """Running SHA-384 over every handshake message."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha384(TRANSCRIPT_LABEL)
+
+    def add(self, *parts: bytes) -> bytes:
+        """Absorb ``parts``; return the hash so far."""
+        for part in parts:
+            self._hash.update(len(part).to_bytes(4, "big"))
+            self._hash.update(part)
+        return self._hash.copy().digest()
+
+
+def _mac(key: bytes, data: bytes) -> bytes:
+    return hmac.new(key, data, hashlib.sha384).digest()
+
+
+class PqcSecurityProvider(SecurityProvider):
+    """Hybrid X25519+ML-KEM-768 key exchange authenticated by Ed25519+ML-DSA-65 signatures.
+
+    Settings are the fields of the ``security`` config section; tests and embedders may also
+    pass ``identity`` (a NodeIdentity) and ``enrolled`` (an EnrolledKeys) objects directly.
+    """
+
+    name: ClassVar[str] = "pqc"
+
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        objects = {k: self.settings.pop(k) for k in ("identity", "enrolled") if k in self.settings}
+        try:
+            self.config = SecuritySettings.model_validate(self.settings)
+        except ValidationError as exc:
+            msg = f"invalid settings for the pqc security provider: {exc}"
+            raise ConfigError(msg) from exc
+        identity = objects.get("identity")
+        enrolled = objects.get("enrolled")
+        if self.config.kem_backend == "oqs":
+            backends.load_oqs()  # fail at start-up, not at the first handshake
+        self.identity: NodeIdentity = (
+            identity
+            if isinstance(identity, NodeIdentity)
+            else NodeIdentity.load(self.config.identity_path())
+        )
+        self.enrolled: EnrolledKeys = (
+            enrolled
+            if isinstance(enrolled, EnrolledKeys)
+            else EnrolledKeys(self.config.enrolled_path())
+        )
+
+    def _offer(self) -> dict[str, Any]:
+        return {"aead": self.config.aead, "rotate_bytes": self.config.rotate_bytes}
+
+    async def handshake(self, channel: Channel, *, role: Role) -> AeadSession:
+        """Authenticate the peer over ``channel`` and agree on keys; SecurityError on failure."""
+        try:
+            async with asyncio.timeout(self.config.handshake_timeout_s):
+                if role == "initiator":
+                    return await self._initiate(channel)
+                return await self._respond(channel)
+        except TimeoutError as exc:
+            msg = (
+                f"handshake ({role}) timed out after {self.config.handshake_timeout_s} s; "
+                "is the peer running with security enabled?"
+            )
+            raise SecurityError(msg) from exc
+
+    async def _refuse(self, channel: Channel, error: SecurityError) -> SecurityError:
+        """Tell the peer why (best effort), close, and hand the error back to raise."""
+        log.warning("handshake refused: %s", error)
+        try:
+            await channel.send(pack(HandshakeMsg.ERROR, str(error).encode()))
+            await channel.drain()
+        except (NovaCronError, OSError):
+            pass
+        return error
+
+    async def _initiate(self, channel: Channel) -> AeadSession:
+        me = self.identity
+        transcript = _Transcript()
+        kex = kem.KemInitiator(self.config.kem_backend)
+        hello = pack(
+            HandshakeMsg.HELLO,
+            json.dumps(self._offer()).encode(),
+            me.name.encode(),
+            me.public.encode_keys(),
+            kex.offer.encode(),
+            os.urandom(32),
+        )
+        transcript.add(hello)
+        await channel.send(hello)
+        reply = await channel.recv()
+        fields = unpack(reply, HandshakeMsg.REPLY, 6)
+        settings_raw, name, keys, kem_reply, _random, signature = fields
+        try:
+            peer = self.enrolled.check(PublicIdentity.decode_keys(name.decode(), keys))
+            agreed = self._agree(json.loads(settings_raw), responder=False)
+        except (SecurityError, ValueError) as exc:
+            raise await self._refuse(channel, _as_security_error(exc)) from exc
+        reply_body = reply[: len(reply) - len(signature) - 4]
+        th2 = transcript.add(reply_body)
+        try:
+            peer.verify(signature, b"responder" + th2)
+        except SecurityError as exc:
+            raise await self._refuse(channel, exc) from None
+        x_secret, pq_secret = kex.finish(kem.KemReply.decode(kem_reply))
+        secret = kem.combine(x_secret, pq_secret, th2)
+        th3 = transcript.add(signature)
+        finish = pack(
+            HandshakeMsg.FINISH,
+            me.sign(b"initiator" + th3),
+            _mac(expand(secret, b"finished initiator", 48), th3),
+        )
+        th4 = transcript.add(finish)
+        await channel.send(finish)
+        (confirm,) = unpack(await channel.recv(), HandshakeMsg.DONE, 1)
+        if not hmac.compare_digest(confirm, _mac(expand(secret, b"finished responder", 48), th4)):
+            msg = f"key confirmation from {peer.name!r} failed: the handshake was tampered with"
+            raise SecurityError(msg)
+        return self._session(peer, agreed, secret, th4, role="initiator")
+
+    async def _respond(self, channel: Channel) -> AeadSession:
+        me = self.identity
+        transcript = _Transcript()
+        hello = await channel.recv()
+        try:
+            settings_raw, name, keys, offer_raw, _random = unpack(hello, HandshakeMsg.HELLO, 5)
+            peer = self.enrolled.check(PublicIdentity.decode_keys(name.decode(), keys))
+            agreed = self._agree(json.loads(settings_raw), responder=True)
+            offer = kem.KemOffer.decode(offer_raw)
+        except (SecurityError, ValueError) as exc:
+            raise await self._refuse(channel, _as_security_error(exc)) from exc
+        transcript.add(hello)
+        kem_reply, x_secret, pq_secret = kem.respond(offer, self.config.kem_backend)
+        reply_body = pack(
+            HandshakeMsg.REPLY,
+            json.dumps(agreed).encode(),
+            me.name.encode(),
+            me.public.encode_keys(),
+            kem_reply.encode(),
+            os.urandom(32),
+        )
+        th2 = transcript.add(reply_body)
+        signature = me.sign(b"responder" + th2)
+        secret = kem.combine(x_secret, pq_secret, th2)
+        await channel.send(reply_body + len(signature).to_bytes(4, "big") + signature)
+        th3 = transcript.add(signature)
+        finish = await channel.recv()
+        peer_signature, confirm = unpack(finish, HandshakeMsg.FINISH, 2)
+        try:
+            peer.verify(peer_signature, b"initiator" + th3)
+            if not hmac.compare_digest(
+                confirm, _mac(expand(secret, b"finished initiator", 48), th3)
+            ):
+                msg = f"key confirmation from {peer.name!r} failed: the handshake was tampered with"
+                raise SecurityError(msg)
+        except SecurityError as exc:
+            raise await self._refuse(channel, exc) from None
+        th4 = transcript.add(finish)
+        await channel.send(
+            pack(HandshakeMsg.DONE, _mac(expand(secret, b"finished responder", 48), th4))
+        )
+        return self._session(peer, agreed, secret, th4, role="responder")
+
+    def _agree(self, theirs: Any, *, responder: bool) -> dict[str, Any]:
+        """Settings both sides use: the responder picks, the initiator checks the pick."""
+        if not isinstance(theirs, dict):
+            msg = "handshake settings are not a JSON object"
+            raise SecurityError(msg)
+        aead = theirs.get("aead")
+        rotate = theirs.get("rotate_bytes")
+        if aead not in AEADS or type(rotate) is not int or rotate < 1:
+            msg = f"peer proposed unsupported settings aead={aead!r}, rotate_bytes={rotate!r}"
+            raise SecurityError(msg)
+        if responder:
+            # Both AEADs are strong: honouring the initiator's choice is no downgrade.
+            return {"aead": aead, "rotate_bytes": min(rotate, self.config.rotate_bytes)}
+        if rotate > self.config.rotate_bytes:
+            msg = f"peer chose rotate_bytes={rotate}, above this side's {self.config.rotate_bytes}"
+            raise SecurityError(msg)
+        if aead != self.config.aead:
+            msg = f"peer chose AEAD {aead!r}, this side offered {self.config.aead!r}"
+            raise SecurityError(msg)
+        return {"aead": aead, "rotate_bytes": rotate}
+
+    def _session(
+        self,
+        peer: PublicIdentity,
+        agreed: Mapping[str, Any],
+        secret: bytes,
+        transcript_hash: bytes,
+        *,
+        role: Role,
+    ) -> AeadSession:
+        i2r = expand(secret, b"traffic initiator " + transcript_hash, 48)
+        r2i = expand(secret, b"traffic responder " + transcript_hash, 48)
+        log.info("authenticated peer %s (%s) as %s", peer.name, peer.fingerprint[:23], role)
+        return AeadSession(
+            peer_id=peer.name,
+            peer_fingerprint=peer.fingerprint,
+            aead=str(agreed["aead"]),
+            send_secret=i2r if role == "initiator" else r2i,
+            recv_secret=r2i if role == "initiator" else i2r,
+            exporter_secret=expand(secret, b"exporter " + transcript_hash, 48),
+            rotate_bytes=int(agreed["rotate_bytes"]),
+            rotate_seconds=self.config.rotate_seconds,
+        )
+
+
+def _as_security_error(exc: Exception) -> SecurityError:
+    if isinstance(exc, SecurityError):
+        return exc
+    return SecurityError(f"malformed handshake message: {exc}")

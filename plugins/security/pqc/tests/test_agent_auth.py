@@ -1,0 +1,241 @@
+"""Authenticated agents as real processes on 127.0.0.1: only enrolled peers get in.
+
+Needs the agent patches listed in plugins/security/pqc/AGENT_PATCHES.md (``AgentClient``
+takes ``auth=``; the agent runs the ``agent.security`` component). Skipped until they land.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from novacron_pqc.http_client import PqcHttpAuth
+from novacron_pqc.identity import EnrolledKeys, NodeIdentity
+from novacron_pqc.provider import PqcSecurityProvider
+from novacron_sdk.agent.client import AgentClient
+from novacron_sdk.agent.local import LocalAgent
+from novacron_sdk.builtin.tcp_transport import TcpTransport
+from novacron_sdk.errors import NovaCronError, SecurityError
+from novacron_sdk.hypervisors.interface import MigrationSourceInfo
+from novacron_sdk.migration import protocol
+from novacron_sdk.migration.protocol import Msg
+from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.security.channel import secure_channel
+from novacron_sdk.transport.interface import Endpoint
+
+PATCHED = "auth" in inspect.signature(AgentClient.__init__).parameters
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not PATCHED, reason="needs the agent patches in AGENT_PATCHES.md"),
+]
+
+# Every installed plugin but this one is disabled: the agents pin the builtin TCP transport.
+OTHERS = sorted({ep.name for ep in entry_points(group="novacron_sdk")} - {"pqc"})
+ENV = {**os.environ, "NOVACRON_DISABLED_PLUGINS": ",".join(OTHERS) or "none"}
+
+
+@dataclass
+class Keys:
+    key: Path
+    enrolled: Path
+    identity: NodeIdentity
+
+    def provider(self) -> PqcSecurityProvider:
+        return PqcSecurityProvider(
+            {"identity": self.identity, "enrolled": EnrolledKeys(self.enrolled)}
+        )
+
+    def settings(self) -> list[str]:
+        return [
+            "security.enabled=true",
+            f"security.identity_key={self.key}",
+            f"security.enrolled_dir={self.enrolled}",
+        ]
+
+
+def make_keys(root: Path, name: str) -> Keys:
+    identity = NodeIdentity.generate(name)
+    identity.save(root / name / "node.key")
+    return Keys(root / name / "node.key", root / name / "enrolled", identity)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("keys")
+    a, b, operator = (make_keys(root, n) for n in ("host-a", "host-b", "operator"))
+    for host, peers in ((a, (b, operator)), (b, (a, operator)), (operator, (a, b))):
+        for peer in peers:
+            EnrolledKeys(host.enrolled).enroll(peer.identity.public)
+    with (
+        LocalAgent("host-a", settings=a.settings(), env=ENV) as agent_a,
+        LocalAgent("host-b", settings=b.settings(), env=ENV) as agent_b,
+    ):
+        yield {"a": agent_a, "b": agent_b, "keys": {"a": a, "b": b, "operator": operator}}
+
+
+@pytest.fixture
+async def clients(cluster) -> AsyncIterator[tuple[AgentClient, AgentClient]]:
+    operator = cluster["keys"]["operator"]
+    async with (
+        AgentClient(cluster["a"].url, auth=PqcHttpAuth(operator.provider())) as ca,
+        AgentClient(cluster["b"].url, auth=PqcHttpAuth(operator.provider())) as cb,
+    ):
+        yield ca, cb
+
+
+async def test_health_is_the_only_open_route(cluster) -> None:
+    async with httpx.AsyncClient(base_url=cluster["a"].url) as http:
+        health = await http.get("/health")
+        assert health.json() == {"status": "ok"}
+        for path in ("/v1/status", "/v1/vms", "/metrics", "/openapi.json"):
+            denied = await http.get(path)
+            assert denied.status_code == 401, path
+            assert "authentication required" in denied.json()["error"]
+            assert "host-a" not in denied.text
+
+
+async def test_unenrolled_peer_is_rejected(cluster, tmp_path) -> None:
+    stranger = make_keys(tmp_path, "stranger")
+    async with AgentClient(cluster["a"].url, auth=PqcHttpAuth(stranger.provider())) as client:
+        with pytest.raises(SecurityError, match="not enrolled here"):
+            await client.list_vms()
+    assert "'stranger'" in cluster["a"].log_tail(50)
+
+
+async def test_wrong_key_is_rejected(cluster, tmp_path) -> None:
+    impostor = make_keys(tmp_path, "host-b")  # host-b's name, other keys
+    EnrolledKeys(impostor.enrolled).enroll(cluster["keys"]["a"].identity.public)
+    async with AgentClient(cluster["a"].url, auth=PqcHttpAuth(impostor.provider())) as client:
+        with pytest.raises(SecurityError, match="wrong key"):
+            await client.list_vms()
+
+
+async def _sealed_to_migration_endpoint(cluster, clients, migration_id: str) -> tuple[Any, str]:
+    """A sealed channel from the operator to host-b's migration endpoint, and the token."""
+    _, cb = clients
+    prepared = await cb.prepare_incoming(
+        migration_id=migration_id,
+        info=MigrationSourceInfo(spec=VMSpec(name=migration_id, memory_mib=64), page_count=16384),
+        transport="tcp",
+        codec="zlib",
+        verify="pages",
+    )
+    raw = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
+    plugins = build_plugin_manager(autoload=False)
+    operator = cluster["keys"]["operator"].provider()
+    return await secure_channel(plugins, raw, "initiator", operator), prepared["token"]
+
+
+async def test_tampered_frame_is_rejected(cluster, clients) -> None:
+    sealed, token = await _sealed_to_migration_endpoint(cluster, clients, "tamper1")
+    hello = protocol.pack_json(
+        Msg.HELLO,
+        {"protocol": protocol.PROTOCOL_VERSION, "migration_id": "tamper1", "token": token},
+    )
+    frame = bytearray(sealed.session.seal(hello))
+    frame[-5] ^= 0x01
+    await sealed.inner.send(bytes(frame))
+    await asyncio.sleep(0.5)
+    await sealed.close()
+    assert "failed authentication: it was altered in transit" in cluster["b"].log_tail(50)
+    assert (await clients[1].incoming_state("tamper1"))["state"] == "pending"
+
+
+async def test_replayed_frame_is_rejected(cluster, clients) -> None:
+    sealed, token = await _sealed_to_migration_endpoint(cluster, clients, "replay1")
+    hello = protocol.pack_json(
+        Msg.HELLO,
+        {"protocol": protocol.PROTOCOL_VERSION, "migration_id": "replay1", "token": token},
+    )
+    frame = bytes(sealed.session.seal(hello))
+    await sealed.inner.send(frame)
+    await sealed.inner.send(frame)  # the same sealed bytes again
+    reasons: list[str] = []
+    try:
+        while True:
+            kind, body = protocol.split(await asyncio.wait_for(sealed.recv(), 10))
+            if kind is Msg.ERROR:
+                reasons.append(str(protocol.parse_json(kind, body).get("reason")))
+                break
+    except Exception as exc:  # the destination may close right after its ERROR
+        reasons.append(str(exc))
+    finally:
+        await sealed.close()
+    text = " ".join(reasons) + cluster["b"].log_tail(50)
+    assert "replayed frame rejected" in text
+
+
+async def test_migration_between_enrolled_agents_is_sealed_end_to_end(cluster, clients) -> None:
+    ca, cb = clients
+    vm = await ca.create_vm(
+        VMSpec(
+            name="secure-mover",
+            memory_mib=64,
+            extra={"fill": "mixed", "workload": {"pattern": "hot-set", "rate_mbps": 10}},
+        )
+    )
+    started = await ca.start_migration(vm.id, cluster["b"].url)
+    for _ in range(600):
+        state = await ca.migration(started["id"])
+        if state["done"]:
+            break
+        await asyncio.sleep(0.1)
+    assert state["error"] is None, state["error"]
+    report = state["report"]
+    assert report["outcome"] == "completed"
+    assert report["verification"]["mismatches"] == 0
+    moved = await cb.get_vm("secure-mover")
+    assert moved.state is VMState.RUNNING
+    assert report["transport"] == "tcp"
+    await cb.destroy_vm(moved.id)
+    # host-b's migration endpoint handshakes before it reads a byte of migration protocol
+    # (test_plain_source_is_rejected), so a completed migration is one that ran sealed.
+    secrets_ = []
+    for keys in cluster["keys"].values():
+        data = json.loads(keys.key.read_text())
+        secrets_ += [data["ed25519_seed"], data["mldsa65_seed"]]
+        secrets_ += [keys.identity._ed25519_seed.hex(), keys.identity._mldsa_seed.hex()]
+    texts = [agent.log_path.read_text() for agent in (cluster["a"], cluster["b"])]
+    texts.append(json.dumps(state))
+    for text in texts:
+        for secret in secrets_:
+            assert secret not in text
+
+
+async def test_plain_source_is_rejected(cluster, clients) -> None:
+    """A source that knows the one-time token but does not handshake gets nowhere."""
+    _, cb = clients
+    prepared = await cb.prepare_incoming(
+        migration_id="plain1",
+        info=MigrationSourceInfo(spec=VMSpec(name="plain1", memory_mib=64), page_count=16384),
+        transport="tcp",
+        codec="zlib",
+        verify="pages",
+    )
+    raw = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
+    hello = {"protocol": protocol.PROTOCOL_VERSION, "migration_id": "plain1"}
+    await raw.send(protocol.pack_json(Msg.HELLO, hello | {"token": prepared["token"]}))
+    # The answer is a handshake refusal, never a migration protocol frame.
+    answer = await asyncio.wait_for(raw.recv(), 15)
+    assert answer.startswith(b"NCQ1")
+    assert b"did not answer with a NovaCron PQC handshake" in answer
+    with pytest.raises(NovaCronError):
+        await asyncio.wait_for(raw.recv(), 15)  # then the agent hangs up
+    await raw.close()
+    for _ in range(100):  # the agent logs right after it closed the connection
+        if "did not answer with a NovaCron PQC handshake" in cluster["b"].log_tail(50):
+            break
+        await asyncio.sleep(0.05)
+    assert "did not answer with a NovaCron PQC handshake" in cluster["b"].log_tail(50)
+    assert (await cb.incoming_state("plain1"))["state"] == "pending"
