@@ -132,13 +132,15 @@ async def test_killing_destination_leaves_source_running_intact() -> None:
             before = await ca.vm_digest(vm.id)
             started = await ca.start_migration(vm.id, b.url, {"max_bandwidth_bps": 40e6})
             mid = started["id"]
-            while True:
-                batch = await ca.migration_events(mid, wait_s=2)
-                if any(e["kind"] == "progress" for e in batch["events"]):
-                    break
-            b.kill()
-            while not (await ca.migration(mid))["done"]:
-                await asyncio.sleep(0.1)
+            async with asyncio.timeout(120):
+                while True:
+                    batch = await ca.migration_events(mid, wait_s=2)
+                    if any(e["kind"] == "progress" for e in batch["events"]):
+                        break
+                    assert not batch["done"], await ca.migration(mid)
+                b.kill()
+                while not (await ca.migration(mid))["done"]:
+                    await asyncio.sleep(0.1)
             final = await ca.migration(mid)
             assert final["error"]
             assert final["report"]["outcome"] == "rolled_back"

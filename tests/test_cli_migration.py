@@ -109,14 +109,15 @@ async def test_cancel_through_the_api_rolls_back() -> None:
             )
             before = await ca.vm_digest(vm.id)
             started = await ca.start_migration(vm.id, b.url, {"max_bandwidth_bps": 20e6})
-            while not any(
-                e["kind"] == "progress"
-                for e in (await ca.migration_events(started["id"], wait_s=2))["events"]
-            ):
-                pass
-            await ca.cancel_migration(started["id"])
-            while not (await ca.migration(started["id"]))["done"]:
-                await asyncio.sleep(0.05)
+            async with asyncio.timeout(120):
+                while True:
+                    batch = await ca.migration_events(started["id"], wait_s=2)
+                    if any(e["kind"] == "progress" for e in batch["events"]):
+                        break
+                    assert not batch["done"], await ca.migration(started["id"])
+                await ca.cancel_migration(started["id"])
+                while not (await ca.migration(started["id"]))["done"]:
+                    await asyncio.sleep(0.05)
             final = await ca.migration(started["id"])
             assert final["report"]["outcome"] == "cancelled"
             assert "cancelled" in final["error"]
