@@ -61,7 +61,9 @@ async def test_idle_vm_is_bit_identical_after_dwcp_migration(dwcp_plugins) -> No
     src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
     try:
         vm = await src.create_vm(
-            VMSpec(name="d2", memory_mib=64, extra={"fill": "mixed", "workload": {"pattern": "idle"}})
+            VMSpec(
+                name="d2", memory_mib=64, extra={"fill": "mixed", "workload": {"pattern": "idle"}}
+            )
         )
         before = await src.ex_memory_digest(vm.id)
         await migrate_between(src, dst, vm.id, plugins=dwcp_plugins)
