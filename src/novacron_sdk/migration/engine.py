@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from novacron_sdk.encoding.interface import PageBatch, PageEncoder
 from novacron_sdk.errors import (
@@ -28,6 +28,7 @@ from novacron_sdk.migration import protocol
 from novacron_sdk.migration.digests import DigestTable, page_digests
 from novacron_sdk.migration.models import (
     MigrationEvent,
+    MigrationEventKind,
     MigrationPhase,
     MigrationReport,
     MigrationSettings,
@@ -42,18 +43,6 @@ from novacron_sdk.transport.interface import Channel
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal[
-    "planned",
-    "round_started",
-    "round_finished",
-    "progress",
-    "throttled",
-    "switchover",
-    "verified",
-    "completed",
-    "failed",
-    "rolled_back",
-]
 EventCallback = Callable[[MigrationEvent], None]
 DestinationCheck = Callable[[], Awaitable[bool | None]]
 """After a lost ACTIVATED: True if the destination runs the VM, False if not, None unknown."""
@@ -476,7 +465,7 @@ class MigrationEngine:
 
     def _emit(
         self,
-        kind: EventKind,
+        kind: MigrationEventKind,
         *,
         pages_remaining: int = 0,
         message: str = "",

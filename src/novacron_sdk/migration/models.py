@@ -74,6 +74,21 @@ def migration_settings(values: dict[str, Any]) -> MigrationSettings:
         raise ConfigError(msg) from exc
 
 
+MigrationEventKind = Literal[
+    "planned",
+    "round_started",
+    "round_finished",
+    "progress",
+    "throttled",
+    "switchover",
+    "verified",
+    "completed",
+    "failed",
+    "rolled_back",
+]
+"""What a MigrationEvent reports, in the order a migration produces them."""
+
+
 class MigrationPhase(StrEnum):
     """Where a migration is."""
 
@@ -94,18 +109,7 @@ class MigrationEvent(BaseModel):
 
     migration_id: str
     vm: str
-    kind: Literal[
-        "planned",
-        "round_started",
-        "round_finished",
-        "progress",
-        "throttled",
-        "switchover",
-        "verified",
-        "completed",
-        "failed",
-        "rolled_back",
-    ]
+    kind: MigrationEventKind
     phase: MigrationPhase
     round: int = 0
     pages_total: int = 0
