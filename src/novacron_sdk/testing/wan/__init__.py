@@ -1,0 +1,31 @@
+"""A user-space WAN link emulator for tests and benchmarks (delay, rate, loss, queue, traces).
+
+Two network namespaces joined through TUN devices by forwarder processes, as mahimahi does;
+see docs/wan-emulator.md. Needs root and /dev/net/tun; ``skip_unless_available()`` skips a
+test with the reason otherwise.
+"""
+
+from novacron_sdk.testing.wan.emulator import (
+    ADDRESSES,
+    DirectionStats,
+    WanEmulator,
+    WanEmulatorError,
+    cleanup_stale,
+    skip_unless_available,
+    unavailable_reason,
+)
+from novacron_sdk.testing.wan.link import LinkProfile, LinkScheduler, Trace, symmetric
+
+__all__ = [
+    "ADDRESSES",
+    "DirectionStats",
+    "LinkProfile",
+    "LinkScheduler",
+    "Trace",
+    "WanEmulator",
+    "WanEmulatorError",
+    "cleanup_stale",
+    "skip_unless_available",
+    "symmetric",
+    "unavailable_reason",
+]
