@@ -1,0 +1,3 @@
+"""The version of novacron-libvirt (read by hatchling)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""Translate between the SDK's models and libvirt: states, domain XML, host capacity."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from typing import Any
+
+import libvirt
+
+from novacron_sdk.errors import DriverError
+from novacron_sdk.models import VMSpec, VMState
+
+METADATA_NS = "https://novacron.dev/xmlns/libvirt/1"
+ET.register_namespace("novacron", METADATA_NS)
+
+_STATES: dict[int, VMState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: VMState.UNKNOWN,
+    libvirt.VIR_DOMAIN_RUNNING: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VMState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VMState.STOPPING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VMState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: VMState.ERROR,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VMState.PAUSED,
+}
+_MIGRATION_PAUSE_REASONS = frozenset(
+    {
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
+    }
+)
+
+# Driver-specific keys of VMSpec.extra (documented in docs/libvirt.md).
+SPEC_EXTRA_KEYS = frozenset(
+    {"kernel", "initrd", "cmdline", "serial_log", "serial_socket", "machine", "domain_xml"}
+)
+
+
+def vm_state(state: int, reason: int) -> VMState:
+    """The SDK state for libvirt's (state, reason) pair."""
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason in _MIGRATION_PAUSE_REASONS:
+        return VMState.MIGRATING
+    return _STATES.get(state, VMState.UNKNOWN)
+
+
+def domain_xml(
+    spec: VMSpec,
+    *,
+    domain_type: str,
+    arch: str,
+    disk_path: str | None = None,
+    disk_format: str = "raw",
+) -> str:
+    """Domain XML for ``spec`` on a connection whose domains have type ``domain_type``."""
+    extra = spec.extra
+    unknown = sorted(set(extra) - SPEC_EXTRA_KEYS)
+    if unknown:
+        msg = (
+            f"spec.extra has keys the libvirt driver does not know: {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(SPEC_EXTRA_KEYS))})"
+        )
+        raise DriverError(msg)
+    if "domain_xml" in extra:
+        return _named_domain_xml(str(extra["domain_xml"]), spec.name)
+    root = ET.Element("domain", type=domain_type)
+    ET.SubElement(root, "name").text = spec.name
+    ET.SubElement(root, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(root, "vcpu").text = str(spec.vcpus)
+    if spec.tags:
+        metadata = ET.SubElement(root, "metadata")
+        tags = ET.SubElement(metadata, f"{{{METADATA_NS}}}tags")
+        for key, value in sorted(spec.tags.items()):
+            ET.SubElement(tags, f"{{{METADATA_NS}}}tag", key=key, value=value)
+    os_element = ET.SubElement(root, "os")
+    os_type = ET.SubElement(os_element, "type", arch=arch)
+    os_type.text = "hvm"
+    if "machine" in extra:
+        os_type.set("machine", str(extra["machine"]))
+    for key in ("kernel", "initrd", "cmdline"):
+        if key in extra:
+            ET.SubElement(os_element, key).text = str(extra[key])
+    if disk_path is None and "kernel" not in extra:
+        ET.SubElement(os_element, "boot", dev="hd")
+    ET.SubElement(root, "on_poweroff").text = "destroy"
+    ET.SubElement(root, "on_reboot").text = "restart"
+    ET.SubElement(root, "on_crash").text = "destroy"
+    _add_devices(root, extra, disk_path, disk_format)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _add_devices(
+    root: ET.Element, extra: Mapping[str, Any], disk_path: str | None, disk_format: str
+) -> None:
+    devices = ET.SubElement(root, "devices")
+    if disk_path is not None:
+        disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(disk, "driver", name="qemu", type=disk_format)
+        ET.SubElement(disk, "source", file=disk_path)
+        ET.SubElement(disk, "target", dev="vda", bus="virtio")
+    if "serial_socket" in extra:
+        serial = ET.SubElement(devices, "serial", type="unix")
+        ET.SubElement(serial, "source", mode="bind", path=str(extra["serial_socket"]))
+    elif "serial_log" in extra:
+        serial = ET.SubElement(devices, "serial", type="file")
+        ET.SubElement(serial, "source", path=str(extra["serial_log"]), append="on")
+    else:
+        serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    ET.SubElement(devices, "memballoon", model="none")
+
+
+def _named_domain_xml(xml: str, name: str) -> str:
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 - the caller's own domain XML, not remote input
+    except ET.ParseError as exc:
+        msg = f"spec.extra['domain_xml'] is not valid XML: {exc}"
+        raise DriverError(msg) from exc
+    name_element = root.find("name")
+    if name_element is None:
+        name_element = ET.SubElement(root, "name")
+    name_element.text = name
+    return ET.tostring(root, encoding="unicode")
+
+
+def tags_from_xml(xml: str) -> dict[str, str]:
+    """The NovaCron tags stored in a domain's metadata."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by the libvirt daemon
+    tags = root.find(f"metadata/{{{METADATA_NS}}}tags")
+    if tags is None:
+        return {}
+    return {
+        tag.get("key", ""): tag.get("value", "") for tag in tags.findall(f"{{{METADATA_NS}}}tag")
+    }
+
+
+def first_disk_source(xml: str) -> str | None:
+    """The path (or volume) of the domain's first disk, if it has one."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by the libvirt daemon
+    source = root.find("devices/disk/source")
+    if source is None:
+        return None
+    return source.get("file") or source.get("dev") or source.get("volume")
+
+
+def host_arch(capabilities_xml: str) -> str:
+    """The host CPU architecture from capabilities XML (x86_64 when absent)."""
+    root = ET.fromstring(capabilities_xml)  # noqa: S314 - XML produced by the libvirt daemon
+    return root.findtext("host/cpu/arch") or "x86_64"
+
+
+def guest_domain_types(capabilities_xml: str, arch: str) -> list[str]:
+    """Domain types (kvm, qemu, test...) the connection can run for guests of ``arch``."""
+    root = ET.fromstring(capabilities_xml)  # noqa: S314 - XML produced by the libvirt daemon
+    types: list[str] = []
+    for guest in root.findall("guest"):
+        arch_element = guest.find("arch")
+        if arch_element is None or arch_element.get("name") != arch:
+            continue
+        for domain in arch_element.findall("domain"):
+            kind = domain.get("type")
+            if kind and kind not in types:
+                types.append(kind)
+    return types
+
+
+# Sizes offered on every host: (name, vcpus, memory MiB); those above capacity are left out.
+SIZE_LADDER: tuple[tuple[str, int, int], ...] = (
+    ("tiny", 1, 128),
+    ("small", 1, 512),
+    ("medium", 2, 2048),
+    ("large", 4, 8192),
+    ("xlarge", 8, 16384),
+    ("2xlarge", 16, 32768),
+    ("4xlarge", 32, 65536),
+)

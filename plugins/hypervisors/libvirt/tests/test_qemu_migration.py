@@ -1,0 +1,243 @@
+"""Live migration of a real QEMU guest between two libvirt daemons, through the transport.
+
+QEMU's stream goes to a unix socket, the NovaCron transport (builtin TCP, and DWCP when it
+is installed) carries every connection to the destination, which feeds the destination
+QEMU's incoming socket. The guest's heartbeat must go on at the destination and the source
+must be gone.
+
+Debian 12's QEMU 7.2 can lose guest memory writes made *during* a live migration under TCG
+(a race fixed upstream in QEMU 9.0), so memory contents are compared only for a paused
+guest; for running guests the tests check what survives that race: libvirt started the
+destination from the migration stream, the guest keeps printing heartbeats and answering
+at the destination, and the source is gone. (The heartbeat *value* can go back: the
+counter's latest writes may be among those lost.)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+
+pytest.importorskip("libvirt", reason="libvirt-python is not installed (needs libvirt-dev)")
+
+import libvirt
+
+from novacron_libvirt.driver import LibvirtDriver
+from novacron_libvirt.migration import StreamMigrationResult, migrate_stream, rewrite_paths
+from novacron_libvirt.testing.console import SerialConsole
+from novacron_libvirt.testing.lab import BootedGuest, Lab, boot_guest
+from novacron_sdk.errors import MigrationAbortedError, NotFoundError
+from novacron_sdk.migration.models import MigrationSettings
+from novacron_sdk.models import VMState
+from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.transport.interface import Transport
+
+pytestmark = pytest.mark.slow
+MIB = 1024 * 1024
+TRANSPORTS = [
+    "tcp",
+    pytest.param(
+        "dwcp",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("novacron_dwcp") is None, reason="novacron-dwcp not installed"
+        ),
+    ),
+]
+
+
+def transport_named(name: str) -> Transport:
+    """A transport from the plugin registry, as the migration engine would pick it."""
+    plugins = build_plugin_manager()
+    return plugins.transports.get(name)()
+
+
+async def migrate(
+    lab: Lab,
+    guest: BootedGuest,
+    source: LibvirtDriver,
+    destination: LibvirtDriver,
+    transport: Transport,
+    settings: MigrationSettings,
+) -> tuple[StreamMigrationResult, SerialConsole]:
+    """Migrate ``guest``; return the result and a console on the destination guest."""
+    name = guest.vm.name
+    qemu_socket, source_socket, destination_socket = lab.migration_sockets(name)
+    destination_console = lab.serial_socket(lab.destination, name)
+    xml = await source.ex_domain_xml(guest.vm.id, flags=8)  # VIR_DOMAIN_XML_MIGRATABLE
+    result = await migrate_stream(
+        source,
+        destination,
+        guest.vm.id,
+        transport=transport,
+        qemu_socket=qemu_socket,
+        source_socket=source_socket,
+        destination_socket=destination_socket,
+        settings=settings,
+        destination_xml=rewrite_paths(xml, {str(guest.serial_socket): str(destination_console)}),
+    )
+    return result, await SerialConsole.connect(destination_console)
+
+
+def heartbeats(console: SerialConsole) -> list[int]:
+    """Every heartbeat number the console printed, in order."""
+    return [int(n) for n in re.findall(r"novacron-heartbeat (\d+)", console.output)]
+
+
+@pytest.fixture
+async def guest(lab: Lab) -> AsyncIterator[BootedGuest]:
+    """A freshly booted guest on the source (destroyed wherever it ends up)."""
+    name = f"mig-{secrets.token_hex(3)}"  # short: QEMU's socket paths derive from it
+    booted = await boot_guest(lab, name)
+    try:
+        yield booted
+    finally:
+        for uri in (lab.source.uri, lab.destination.uri):
+            driver = LibvirtDriver({"uri": uri, "events": False})
+            try:
+                await driver.destroy(name)
+            except NotFoundError:
+                pass
+            finally:
+                await driver.close()
+
+
+async def assert_heartbeat_goes_on(moved: SerialConsole) -> None:
+    """New heartbeats keep arriving on the destination's console.
+
+    The counter's value is not compared with the source's: under TCG, QEMU 7.2 may lose
+    guest writes made during the migration (fixed in 9.0), and the counter was seen to go
+    back (20 at the source, 3 at the destination). That the guest was moved and not booted
+    anew is shown by libvirt's running reason instead (see below).
+    """
+    first = await moved.next_heartbeat(0)
+    assert await moved.next_heartbeat(first) > first
+
+
+async def assert_running_only_at_destination(
+    result: StreamMigrationResult,
+    guest: BootedGuest,
+    source: LibvirtDriver,
+    destination: LibvirtDriver,
+) -> None:
+    assert result.vm.state == VMState.RUNNING
+    # Started from the incoming migration stream, not booted (VIR_DOMAIN_RUNNING_MIGRATED,
+    # VIR_DOMAIN_RUNNING_POSTCOPY, or UNPAUSED when a paused guest was resumed there).
+    assert result.vm.extra["libvirt_reason"] in {
+        libvirt.VIR_DOMAIN_RUNNING_MIGRATED,
+        libvirt.VIR_DOMAIN_RUNNING_POSTCOPY,
+        libvirt.VIR_DOMAIN_RUNNING_UNPAUSED,
+    }
+    assert result.vm.host != guest.vm.host
+    assert (await destination.get_vm(guest.vm.name)).state == VMState.RUNNING
+    with pytest.raises(NotFoundError):
+        await source.get_vm(guest.vm.id)
+    assert result.bytes_to_destination > MIB
+
+
+@pytest.mark.parametrize("transport_name", TRANSPORTS)
+async def test_live_migration_with_multifd_keeps_the_heartbeat(
+    lab: Lab,
+    guest: BootedGuest,
+    source_driver: LibvirtDriver,
+    destination_driver: LibvirtDriver,
+    transport_name: str,
+) -> None:
+    console = await SerialConsole.connect(guest.serial_socket)
+    try:
+        await console.next_heartbeat(1)  # the guest has been running a while
+        settings = MigrationSettings(
+            multifd_channels=2,
+            auto_converge=True,
+            downtime_limit_ms=300,
+            max_bandwidth_bps=2e9,
+        )
+        result, moved = await migrate(
+            lab, guest, source_driver, destination_driver, transport_named(transport_name), settings
+        )
+    finally:
+        await console.close()
+    try:
+        assert result.transport == transport_name
+        assert result.connections == 3, "main channel + 2 multifd channels"
+        await assert_running_only_at_destination(result, guest, source_driver, destination_driver)
+        await assert_heartbeat_goes_on(moved)
+        assert (await moved.run("echo $((7 * 6))")).strip().endswith("42")
+    finally:
+        await moved.close()
+
+
+async def test_paused_guest_arrives_with_its_memory(
+    lab: Lab, guest: BootedGuest, source_driver: LibvirtDriver, destination_driver: LibvirtDriver
+) -> None:
+    # Memory is compared only for a paused guest: QEMU 7.2 under TCG may lose writes the
+    # guest makes during a live migration (fixed in QEMU 9.0), see the module docstring.
+    console = await SerialConsole.connect(guest.serial_socket)
+    try:
+        out = await console.run(
+            "dd if=/dev/urandom of=/root/blob bs=1k count=4096 2>/dev/null; md5sum /root/blob"
+        )
+        digest = out.split()[0]
+        await source_driver.pause(guest.vm.id)
+        last = console.last_heartbeat()
+        result, moved = await migrate(
+            lab,
+            guest,
+            source_driver,
+            destination_driver,
+            transport_named("tcp"),
+            MigrationSettings(),
+        )
+    finally:
+        await console.close()
+    try:
+        assert result.vm.state == VMState.PAUSED
+        await destination_driver.resume(guest.vm.name)
+        result = result.model_copy(update={"vm": await destination_driver.get_vm(guest.vm.name)})
+        await assert_running_only_at_destination(result, guest, source_driver, destination_driver)
+        assert (await moved.run("md5sum /root/blob")).split()[0] == digest
+        assert await moved.next_heartbeat(last) > last
+    finally:
+        await moved.close()
+
+
+async def test_postcopy_migration(
+    lab: Lab, guest: BootedGuest, source_driver: LibvirtDriver, destination_driver: LibvirtDriver
+) -> None:
+    console = await SerialConsole.connect(guest.serial_socket)
+    try:
+        await console.next_heartbeat(1)  # the guest has been running a while
+        settings = MigrationSettings(postcopy=True, max_bandwidth_bps=400e6)
+        result, moved = await migrate(
+            lab, guest, source_driver, destination_driver, transport_named("tcp"), settings
+        )
+    finally:
+        await console.close()
+    try:
+        assert result.postcopy_started
+        await assert_running_only_at_destination(result, guest, source_driver, destination_driver)
+        await assert_heartbeat_goes_on(moved)
+    finally:
+        await moved.close()
+
+
+async def test_timeout_aborts_and_the_guest_runs_on_at_the_source(
+    lab: Lab, guest: BootedGuest, source_driver: LibvirtDriver, destination_driver: LibvirtDriver
+) -> None:
+    # 8 Mbit/s cannot move 128 MiB within a second: the job is aborted before switch-over.
+    settings = MigrationSettings(max_bandwidth_bps=8e6, timeout_s=1.0)
+    with pytest.raises(MigrationAbortedError, match="runs at the source"):
+        await migrate(
+            lab, guest, source_driver, destination_driver, transport_named("tcp"), settings
+        )
+    assert (await source_driver.get_vm(guest.vm.id)).state == VMState.RUNNING
+    assert guest.vm.name not in {vm.name for vm in await destination_driver.list_vms()}
+    console = await SerialConsole.connect(guest.serial_socket)
+    try:
+        first = await console.next_heartbeat(0)
+        assert await console.next_heartbeat(first) > first
+    finally:
+        await console.close()
