@@ -366,6 +366,9 @@ class WanEmulator:
     def ping(self, src: Host, count: int = 20, interval_s: float = 0.02) -> list[float]:
         """Round-trip times in seconds measured with ``ping`` from ``src`` to the other host."""
         dst = ADDRESSES["b" if src == "a" else "a"]
+        if shutil.which("ping") is None:
+            msg = "ping is not installed (apt-get install iputils-ping)"
+            raise WanEmulatorError(msg)
         proc = self.run(
             src,
             ["ping", "-n", "-c", str(count), "-i", str(interval_s), "-W", "2", dst],

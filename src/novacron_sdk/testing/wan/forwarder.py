@@ -67,6 +67,7 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
     # sleeps with microsecond resolution, and there is only one descriptor to watch.
     watch = [in_fd]
     started = time.monotonic()
+    parent = os.getppid()
     counters = [0] * 7
     buckets: dict[int, int] = {}
     dirty: set[int] = set()
@@ -115,6 +116,8 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
         if now - last_publish >= 0.05:
             last_publish = now
             _publish(stats, counters, scheduler, buckets, dirty)
+            # The emulator's process died without stopping us: do not linger as an orphan.
+            stop = stop or os.getppid() != parent
     _publish(stats, counters, scheduler, buckets, dirty)
     stats.close()
 
