@@ -165,13 +165,15 @@ class AsyncClient:
         ``settings`` defaults to the ``migration`` config section; ``progress`` gets every
         migration event as it happens.
         """
+        from novacron_sdk.agent.auth import client_auth
         from novacron_sdk.migration.models import MigrationSettings
         from novacron_sdk.migration.remote import migrate_via_agents
 
         if settings is None:
             settings = self.config.get("migration", MigrationSettings)
+        auth = await client_auth(self.config, self.plugins)
         return await migrate_via_agents(
-            vm, source=source, destination=to, settings=settings, progress=progress
+            vm, source=source, destination=to, settings=settings, progress=progress, auth=auth
         )
 
     # -- lifetime ----------------------------------------------------------------------------

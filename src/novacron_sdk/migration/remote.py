@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from novacron_sdk.agent.client import AgentClient
+
+if TYPE_CHECKING:
+    import httpx
 from novacron_sdk.errors import MigrationError
 from novacron_sdk.migration.models import (
     MigrationEvent,
@@ -40,14 +44,16 @@ async def migrate_via_agents(
     settings: MigrationSettings | None = None,
     progress: Callable[[MigrationEvent], None] | None = None,
     poll_wait_s: float = 2.0,
+    auth: httpx.Auth | None = None,
 ) -> MigrationReport:
     """Migrate ``vm`` from the agent at ``source`` to the agent at ``destination``.
 
     Returns the report of a completed migration; raises MigrationError (with the report's
-    error) when the migration failed or rolled back.
+    error) when the migration failed or rolled back. ``auth`` authenticates to secured agents
+    (see ``novacron_sdk.agent.auth.client_auth``).
     """
     overrides = settings.model_dump(exclude_unset=True) if settings is not None else {}
-    async with AgentClient(source) as agent:
+    async with AgentClient(source, auth=auth) as agent:
         started = await agent.start_migration(vm, destination, overrides)
         migration_id = str(started["id"])
         try:

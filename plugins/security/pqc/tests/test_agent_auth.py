@@ -10,6 +10,8 @@ import asyncio
 import inspect
 import json
 import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -239,3 +241,41 @@ async def test_plain_source_is_rejected(cluster, clients) -> None:
         await asyncio.sleep(0.05)
     assert "did not answer with a NovaCron PQC handshake" in cluster["b"].log_tail(50)
     assert (await cb.incoming_state("plain1"))["state"] == "pending"
+
+
+async def test_cli_migrate_authenticates_with_the_operator_key(cluster, clients) -> None:
+    """`novacron migrate` gets its credentials from the security config (client_auth)."""
+    ca, cb = clients
+    await ca.create_vm(
+        VMSpec(name="cli-secure", memory_mib=64, extra={"workload": {"pattern": "idle"}})
+    )
+    operator = cluster["keys"]["operator"]
+    args = [arg for item in operator.settings() for arg in ("--set", item)]
+
+    def migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "novacron_sdk",
+            *extra,
+            "migrate",
+            "cli-secure",
+            "--from",
+            cluster["a"].url,
+            "--to",
+            cluster["b"].url,
+            "--no-progress",
+        ]
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=ENV, timeout=120, check=False
+        )
+
+    anonymous = await asyncio.to_thread(migrate)
+    assert anonymous.returncode == 2
+    assert "auth" in anonymous.stderr.lower() or "401" in anonymous.stderr, anonymous.stderr
+    result = await asyncio.to_thread(migrate, *args)
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout
+    moved = await cb.get_vm("cli-secure")
+    assert moved.state is VMState.RUNNING
+    await cb.destroy_vm(moved.id)

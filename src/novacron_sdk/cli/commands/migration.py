@@ -80,7 +80,8 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
 def _run_migrate(args: argparse.Namespace) -> int:
     import asyncio
 
-    from novacron_sdk.cli.commands import cli_config
+    from novacron_sdk.agent.auth import client_auth
+    from novacron_sdk.cli.commands import cli_config, cli_plugins
     from novacron_sdk.config.sections import AgentSettings
     from novacron_sdk.errors import MigrationError
     from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
@@ -98,13 +99,21 @@ def _run_migrate(args: argparse.Namespace) -> int:
         source = f"http://{agent.host}:{agent.port}"
     base = config.get("migration", MigrationSettings).model_dump(exclude_unset=True)
     settings = migration_settings(base | _settings_from(args))
+
+    async def run() -> MigrationReport:
+        auth = await client_auth(config, cli_plugins(args))
+        return await migrate_via_agents(
+            args.vm,
+            source=source,
+            destination=args.to,
+            settings=settings,
+            progress=display,
+            auth=auth,
+        )
+
     with ProgressDisplay(enabled=not args.no_progress) as display:
         try:
-            report = asyncio.run(
-                migrate_via_agents(
-                    args.vm, source=source, destination=args.to, settings=settings, progress=display
-                )
-            )
+            report = asyncio.run(run())
         except MigrationError as exc:
             if isinstance(exc.report, MigrationReport):
                 print_report(exc.report)
