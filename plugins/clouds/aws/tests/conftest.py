@@ -22,32 +22,14 @@ from typing import Any
 
 import pytest
 
+from novacron_sdk.testing.network import loopback_only
+
 # Before moto builds its EC2 backend: skip loading thousands of public AMIs (seconds per
 # process); the tests boot a fixed AMI id instead.
 os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
 
 AMI = "ami-12c6146b"
 REGION = "us-east-1"
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-_guard = {"on": False}
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _guard["on"]:
-        return
-    host: object = None
-    if event in ("socket.connect", "socket.sendto") and isinstance(args[1], tuple):
-        host = args[1][0]
-    elif event == "socket.getaddrinfo":
-        host = args[0]
-    if isinstance(host, bytes):
-        host = host.decode()
-    if host is not None and host not in LOOPBACK:
-        msg = f"test tried to reach {host!r}: tests may only talk to 127.0.0.1"
-        raise RuntimeError(msg)
-
-
-sys.addaudithook(_audit)
 
 
 @pytest.fixture(autouse=True)
@@ -60,11 +42,8 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
-    _guard["on"] = True
-    try:
+    with loopback_only():
         yield
-    finally:
-        _guard["on"] = False
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ host other than the loopback fails the test instead of reaching Azure.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,27 +15,7 @@ import pytest
 
 from novacron_azure.driver import AzureDriver
 from novacron_azure.testing import FakeArm, FakeArmTransport, StaticTokenCredential
-
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-_guard = {"on": False}
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _guard["on"]:
-        return
-    host: object = None
-    if event in ("socket.connect", "socket.sendto") and isinstance(args[1], tuple):
-        host = args[1][0]
-    elif event == "socket.getaddrinfo":
-        host = args[0]
-    if isinstance(host, bytes):
-        host = host.decode()
-    if host is not None and host not in LOOPBACK:
-        msg = f"test tried to reach {host!r}: tests may only talk to 127.0.0.1"
-        raise RuntimeError(msg)
-
-
-sys.addaudithook(_audit)
+from novacron_sdk.testing.network import loopback_only
 
 
 @pytest.fixture(autouse=True)
@@ -45,11 +24,8 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith(("AZURE_", "MSI_", "IDENTITY_")):
             monkeypatch.delenv(name)
-    _guard["on"] = True
-    try:
+    with loopback_only():
         yield
-    finally:
-        _guard["on"] = False
 
 
 @pytest.fixture

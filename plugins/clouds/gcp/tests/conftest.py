@@ -8,7 +8,6 @@ host other than the loopback fails the test instead of reaching Google.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,27 +18,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from novacron_gcp.driver import GcpDriver
 from novacron_gcp.testing import FakeCompute
-
-LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
-_guard = {"on": False}
-
-
-def _audit(event: str, args: tuple[Any, ...]) -> None:
-    if not _guard["on"]:
-        return
-    host: object = None
-    if event in ("socket.connect", "socket.sendto") and isinstance(args[1], tuple):
-        host = args[1][0]
-    elif event == "socket.getaddrinfo":
-        host = args[0]
-    if isinstance(host, bytes):
-        host = host.decode()
-    if host is not None and host not in LOOPBACK:
-        msg = f"test tried to reach {host!r}: tests may only talk to 127.0.0.1"
-        raise RuntimeError(msg)
-
-
-sys.addaudithook(_audit)
+from novacron_sdk.testing.network import loopback_only
 
 
 @pytest.fixture(autouse=True)
@@ -53,11 +32,8 @@ def _loopback_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[
     # google-auth reads NO_GCE_CHECK once, at import, into this flag; set the flag itself.
     monkeypatch.setattr(gce_metadata, "_NO_GCE_CHECK", True)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
-    _guard["on"] = True
-    try:
+    with loopback_only():
         yield
-    finally:
-        _guard["on"] = False
 
 
 @pytest.fixture
