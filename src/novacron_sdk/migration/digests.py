@@ -15,7 +15,6 @@ import xxhash
 
 DIGEST_SIZE = 16
 ALGORITHM = "xxh3-128 per page"
-_EMPTY = bytes(DIGEST_SIZE)
 
 
 def page_digest(page: bytes | memoryview) -> bytes:
@@ -36,13 +35,15 @@ class DigestTable:
     def __init__(self, page_count: int) -> None:
         self.page_count = page_count
         self._table = bytearray(page_count * DIGEST_SIZE)
+        self._seen = bytearray(page_count)  # 1 once a page has a digest: counted in C
 
     def update(self, indices: Sequence[int], digests: Sequence[bytes]) -> None:
         """Record ``digests[i]`` as the digest of page ``indices[i]``."""
-        table = self._table
+        table, seen = self._table, self._seen
         for index, digest in zip(indices, digests, strict=True):
             off = index * DIGEST_SIZE
             table[off : off + DIGEST_SIZE] = digest
+            seen[index] = 1
 
     def get(self, index: int) -> bytes:
         """The recorded digest of one page."""
@@ -51,10 +52,7 @@ class DigestTable:
 
     def unset_pages(self) -> int:
         """How many pages have no digest yet (never sent or written)."""
-        view = memoryview(self._table)
-        return sum(
-            1 for off in range(0, len(view), DIGEST_SIZE) if view[off : off + DIGEST_SIZE] == _EMPTY
-        )
+        return self._seen.count(0)
 
     def summary(self) -> str:
         """One digest of the whole table (hex)."""
