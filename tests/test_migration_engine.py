@@ -323,3 +323,41 @@ def test_switchover_hook_overrides_builtin_rule(plugins) -> None:
     manager = build_plugin_manager(autoload=False, plugins=[("always-wait", AlwaysWait())])
     assert should_switch_over(plugins, 0, None, MigrationSettings()) is True
     assert should_switch_over(manager, 0, None, MigrationSettings()) is False
+
+
+async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> None:
+    """Once COMMIT is sent the VM moves even if the caller cancels: it never runs twice."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    open_sink = dst.open_migration_sink
+
+    async def slow_sink(info: Any) -> Any:
+        sink = await open_sink(info)
+        real = sink.activate
+
+        async def activate() -> Any:
+            await asyncio.sleep(0.5)  # the cancel below lands while the destination resumes
+            return await real()
+
+        sink.activate = activate  # type: ignore[method-assign]
+        return sink
+
+    dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    committed = asyncio.Event()
+
+    def on_event(event: MigrationEvent) -> None:
+        if event.kind == "verified":
+            committed.set()
+
+    task = asyncio.create_task(
+        migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=tcp_settings(), on_event=on_event
+        )
+    )
+    await asyncio.wait_for(committed.wait(), 30)
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await dst.get_vm("vm1")).state is VMState.RUNNING
+    assert [v for v in await src.list_vms() if v.name == "vm1"] == []

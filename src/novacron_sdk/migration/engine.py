@@ -312,8 +312,14 @@ class MigrationEngine:
         self._emit("verified", message=f"{table.page_count} page digests match")
         self._committed = True  # from here on, never roll back: the destination may run the VM
         await channel.send(protocol.pack_json(Msg.COMMIT, {}))
-        # Shielded: a cancel arriving now cannot stop the hand-over half way.
-        await asyncio.shield(self._finish(run, paused_at, check_destination))
+        # Shielded: a cancel arriving now cannot stop the hand-over half way; it is finished
+        # first (so the caller cannot close the channel under it), then the cancel propagates.
+        finish = asyncio.ensure_future(self._finish(run, paused_at, check_destination))
+        try:
+            await asyncio.shield(finish)
+        except asyncio.CancelledError:
+            await finish
+            raise
 
     async def _finish(
         self, run: _Run, paused_at: float, check_destination: DestinationCheck | None
