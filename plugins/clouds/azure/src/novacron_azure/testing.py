@@ -22,13 +22,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
+
+from novacron_sdk.testing.http_fake import LocalHttpFake
 
 ARM = "https://management.azure.com"
 TOKEN = "novacron-fake-arm-token"  # noqa: S105 - a fixed test token, not a secret
@@ -128,43 +129,12 @@ class FakeArmState:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
-class FakeArm:
+class FakeArm(LocalHttpFake[FakeArmState]):
     """The fake ARM server; use it as a context manager. ``url`` is its http base URL."""
 
     def __init__(self, state: FakeArmState | None = None) -> None:
-        self.state = state or FakeArmState()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.state))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def inject(self, fault: Fault) -> None:
-        """Queue ``fault`` for the next matching requests."""
-        with self.state.lock:
-            self.state.faults.append(fault)
-
-    def fail_next_operation(self, code: str, message: str) -> None:
-        """Make the next long-running operation end in ``Failed`` with this error."""
-        with self.state.lock:
-            self.state.operation_failures.append({"code": code, "message": message})
-
-    def count(self, method: str, path_contains: str) -> int:
-        """How many requests with ``method`` had ``path_contains`` in their path."""
-        with self.state.lock:
-            return sum(1 for m, p in self.state.requests if m == method and path_contains in p)
+        state = state or FakeArmState()
+        super().__init__(state, _make_handler(state))
 
 
 # azure-core exports RequestsTransport through a module __getattr__, which mypy sees as Any.

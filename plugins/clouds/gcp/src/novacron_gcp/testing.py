@@ -21,10 +21,11 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from novacron_sdk.testing.http_fake import LocalHttpFake
 
 _ids = itertools.count(1000)
 _PREFIX = "/compute/v1/projects/(?P<project>[^/]+)"
@@ -105,44 +106,13 @@ class FakeComputeState:
     lock: threading.RLock = field(default_factory=threading.RLock)
 
 
-class FakeCompute:
+class FakeCompute(LocalHttpFake[FakeComputeState]):
     """The fake Compute Engine server; use it as a context manager. ``url`` is its base."""
 
     def __init__(self, state: FakeComputeState | None = None) -> None:
-        self.state = state or FakeComputeState()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self.state))
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        state = state or FakeComputeState()
+        super().__init__(state, _make_handler(state))
         self.project = self.state.project
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join()
-
-    def inject(self, fault: Fault) -> None:
-        """Queue ``fault`` for the next matching requests."""
-        with self.state.lock:
-            self.state.faults.append(fault)
-
-    def fail_next_operation(self, code: str, message: str) -> None:
-        """Make the next operation end DONE with this error."""
-        with self.state.lock:
-            self.state.operation_failures.append({"code": code, "message": message})
-
-    def count(self, method: str, path_contains: str) -> int:
-        """How many requests with ``method`` had ``path_contains`` in their path."""
-        with self.state.lock:
-            return sum(1 for m, p in self.state.requests if m == method and path_contains in p)
 
 
 def _error(status: int, reason: str, message: str) -> dict[str, Any]:
