@@ -31,6 +31,7 @@ from novacron_aws.errors import is_retryable, map_error
 from novacron_aws.settings import AwsSettings
 from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
+from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError, NotFoundError
 from novacron_sdk.models import VM, DriverFeature, Image, Location, Page, Size, VMSpec, VMState
 
@@ -53,21 +54,7 @@ class AwsDriver(CloudDriver):
 
     name: ClassVar[str] = "aws"
     description: ClassVar[str] = "Amazon EC2 instances (boto3)"
-    features: ClassVar[frozenset[DriverFeature]] = frozenset(
-        {
-            DriverFeature.CREATE,
-            DriverFeature.START_STOP,
-            DriverFeature.REBOOT,
-            DriverFeature.DESTROY,
-            DriverFeature.IMAGES,
-            DriverFeature.SIZES,
-            DriverFeature.LOCATIONS,
-            DriverFeature.TAGS,
-            DriverFeature.SPOT,
-            DriverFeature.SECURITY_GROUPS,
-            DriverFeature.WAIT,
-        }
-    )
+    features: ClassVar[frozenset[DriverFeature]] = CLOUD_FEATURES
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
-from novacron_sdk.errors import ConfigError
+from novacron_sdk.clouds.settings import CloudSettings
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(CloudSettings):
     """Settings of the ``aws`` driver. Every credential field is optional: unset ones fall
     back to boto3's default chain (environment, shared config and credentials files, SSO,
     container and instance roles)."""
 
-    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "aws"
 
     region: str | None = Field(default=None, description="Region; default: the boto3 chain.")
     profile: str | None = Field(default=None, description="Named profile in ~/.aws/config.")
@@ -34,22 +33,3 @@ class AwsSettings(BaseModel):
     image_owners: list[str] = Field(
         default_factory=lambda: ["self"], description="Owners whose AMIs list_images shows."
     )
-    wait: bool = Field(default=True, description="Wait for the target state after actions.")
-    wait_timeout: float = Field(default=600.0, gt=0)
-    wait_interval: float = Field(default=5.0, ge=0)
-    retry: bool | dict[str, Any] = Field(
-        default=True, description="true, false, or {attempts, base_delay, max_delay}."
-    )
-
-    @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> AwsSettings:
-        """Validate ``settings``, raising ConfigError that names the offending key."""
-        try:
-            return cls.model_validate(dict(settings))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"drivers.settings.aws.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in exc.errors()
-            )
-            msg = f"invalid aws driver settings: {problems}"
-            raise ConfigError(msg) from exc

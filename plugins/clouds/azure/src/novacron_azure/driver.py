@@ -34,6 +34,7 @@ from novacron_azure.errors import is_retryable, map_error
 from novacron_azure.settings import AzureSettings
 from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
+from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError
 from novacron_sdk.models import VM, DriverFeature, Image, Location, Page, Size, VMSpec, VMState
 
@@ -52,21 +53,7 @@ class AzureDriver(CloudDriver):
 
     name: ClassVar[str] = "azure"
     description: ClassVar[str] = "Azure virtual machines (azure-mgmt-compute)"
-    features: ClassVar[frozenset[DriverFeature]] = frozenset(
-        {
-            DriverFeature.CREATE,
-            DriverFeature.START_STOP,
-            DriverFeature.REBOOT,
-            DriverFeature.DESTROY,
-            DriverFeature.IMAGES,
-            DriverFeature.SIZES,
-            DriverFeature.LOCATIONS,
-            DriverFeature.TAGS,
-            DriverFeature.SPOT,
-            DriverFeature.SECURITY_GROUPS,
-            DriverFeature.WAIT,
-        }
-    )
+    features: ClassVar[frozenset[DriverFeature]] = CLOUD_FEATURES
 
     def __init__(
         self,

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr
 
-from novacron_sdk.errors import ConfigError
+from novacron_sdk.clouds.settings import CloudSettings
 
 
-class AzureSettings(BaseModel):
+class AzureSettings(CloudSettings):
     """Settings of the ``azure`` driver.
 
     Without ``client_id``/``client_secret``/``tenant_id`` the driver uses
@@ -18,7 +17,7 @@ class AzureSettings(BaseModel):
     ...). ``subscription_id`` falls back to ``AZURE_SUBSCRIPTION_ID``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "azure"
 
     subscription_id: str | None = None
     resource_group: str | None = Field(
@@ -46,20 +45,4 @@ class AzureSettings(BaseModel):
     polling_interval: float | None = Field(
         default=None, ge=0, description="Seconds between operation polls (SDK default 30)."
     )
-    wait: bool = True
     wait_timeout: float = Field(default=1800.0, gt=0)
-    wait_interval: float = Field(default=5.0, ge=0)
-    retry: bool | dict[str, Any] = True
-
-    @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> AzureSettings:
-        """Validate ``settings``, raising ConfigError that names the offending key."""
-        try:
-            return cls.model_validate(dict(settings))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"drivers.settings.azure.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in exc.errors()
-            )
-            msg = f"invalid azure driver settings: {problems}"
-            raise ConfigError(msg) from exc

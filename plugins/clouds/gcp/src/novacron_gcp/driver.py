@@ -36,6 +36,7 @@ from novacron_gcp.errors import is_retryable, map_error, operation_error
 from novacron_gcp.settings import GcpSettings
 from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
+from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError, NotFoundError
 from novacron_sdk.models import VM, DriverFeature, Image, Location, Page, Size, VMSpec, VMState
 
@@ -54,21 +55,7 @@ class GcpDriver(CloudDriver):
 
     name: ClassVar[str] = "gcp"
     description: ClassVar[str] = "Google Compute Engine instances (google-cloud-compute)"
-    features: ClassVar[frozenset[DriverFeature]] = frozenset(
-        {
-            DriverFeature.CREATE,
-            DriverFeature.START_STOP,
-            DriverFeature.REBOOT,
-            DriverFeature.DESTROY,
-            DriverFeature.IMAGES,
-            DriverFeature.SIZES,
-            DriverFeature.LOCATIONS,
-            DriverFeature.TAGS,
-            DriverFeature.SPOT,
-            DriverFeature.SECURITY_GROUPS,
-            DriverFeature.WAIT,
-        }
-    )
+    features: ClassVar[frozenset[DriverFeature]] = CLOUD_FEATURES
 
     def __init__(
         self,

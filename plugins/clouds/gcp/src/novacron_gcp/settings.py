@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from novacron_sdk.errors import ConfigError
+from novacron_sdk.clouds.settings import CloudSettings
 
 
-class GcpSettings(BaseModel):
+class GcpSettings(CloudSettings):
     """Settings of the ``gcp`` driver.
 
     Without ``credentials_file`` the driver uses application default credentials
@@ -19,7 +18,7 @@ class GcpSettings(BaseModel):
     ``GOOGLE_CLOUD_PROJECT``.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "gcp"
 
     project: str | None = None
     zone: str | None = Field(default=None, description="Zone for new VMs and zonal catalogues.")
@@ -37,20 +36,3 @@ class GcpSettings(BaseModel):
     image_projects: list[str] = Field(
         default_factory=list, description="Projects whose images list_images shows (default: own)."
     )
-    wait: bool = True
-    wait_timeout: float = Field(default=600.0, gt=0)
-    wait_interval: float = Field(default=5.0, ge=0)
-    retry: bool | dict[str, Any] = True
-
-    @classmethod
-    def parse(cls, settings: Mapping[str, Any]) -> GcpSettings:
-        """Validate ``settings``, raising ConfigError that names the offending key."""
-        try:
-            return cls.model_validate(dict(settings))
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"drivers.settings.gcp.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                for err in exc.errors()
-            )
-            msg = f"invalid gcp driver settings: {problems}"
-            raise ConfigError(msg) from exc

@@ -1,0 +1,60 @@
+"""Settings every cloud driver shares, and validation errors that name the offending key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from novacron_sdk.errors import ConfigError
+from novacron_sdk.models import DriverFeature
+
+CLOUD_FEATURES: frozenset[DriverFeature] = frozenset(
+    {
+        DriverFeature.CREATE,
+        DriverFeature.START_STOP,
+        DriverFeature.REBOOT,
+        DriverFeature.DESTROY,
+        DriverFeature.IMAGES,
+        DriverFeature.SIZES,
+        DriverFeature.LOCATIONS,
+        DriverFeature.TAGS,
+        DriverFeature.SPOT,
+        DriverFeature.SECURITY_GROUPS,
+        DriverFeature.WAIT,
+    }
+)
+"""What the AWS, Azure and GCP drivers all offer; a driver lacking one must not claim it."""
+
+
+class CloudSettings(BaseModel):
+    """Base of a cloud driver's ``drivers.settings.<name>`` section.
+
+    Subclasses set ``section`` to the driver name and add their own fields; unknown keys are
+    refused so that a typo is an error, not a silently ignored setting.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    section: ClassVar[str] = "cloud"
+
+    wait: bool = Field(default=True, description="Wait for the target state after actions.")
+    wait_timeout: float = Field(default=600.0, gt=0)
+    wait_interval: float = Field(default=5.0, ge=0)
+    retry: bool | dict[str, Any] = Field(
+        default=True, description="true, false, or {attempts, base_delay, max_delay}."
+    )
+
+    @classmethod
+    def parse(cls, settings: Mapping[str, Any]) -> Self:
+        """Validate ``settings``, raising ConfigError that names each offending key."""
+        try:
+            return cls.model_validate(dict(settings))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"drivers.settings.{cls.section}.{'.'.join(str(p) for p in err['loc'])}: "
+                f"{err['msg']}"
+                for err in exc.errors()
+            )
+            msg = f"invalid {cls.section} driver settings: {problems}"
+            raise ConfigError(msg) from exc
