@@ -37,6 +37,31 @@ class FakeState(Protocol):
 S = TypeVar("S", bound=FakeState)
 
 
+class MatchableFault(Protocol):
+    """A queued fault: answers the next ``count`` requests whose method and path match."""
+
+    method: str
+    path_contains: str
+    count: int
+
+
+F = TypeVar("F", bound=MatchableFault)
+
+
+def take_fault(faults: list[F], method: str, path: str) -> F | None:
+    """The first fault matching ``method`` and ``path``, used once (dropped when spent).
+
+    Call it with the fake's lock held: it mutates ``faults``.
+    """
+    for fault in faults:
+        if fault.method in ("*", method) and fault.path_contains in path:
+            fault.count -= 1
+            if fault.count <= 0:
+                faults.remove(fault)
+            return fault
+    return None
+
+
 class LocalHttpFake(Generic[S]):
     """Serves ``handler`` on a free loopback port; use it as a context manager."""
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 
-from novacron_sdk.testing.http_fake import LocalHttpFake
+from novacron_sdk.testing.http_fake import LocalHttpFake, take_fault
 
 ARM = "https://management.azure.com"
 TOKEN = "novacron-fake-arm-token"  # noqa: S105 - a fixed test token, not a secret
@@ -188,15 +188,6 @@ def _make_handler(state: FakeArmState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def _fault(self, path: str) -> Fault | None:
-            for fault in state.faults:
-                if fault.method in ("*", self.command) and fault.path_contains in path:
-                    fault.count -= 1
-                    if fault.count <= 0:
-                        state.faults.remove(fault)
-                    return fault
-            return None
-
         def _handle(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -207,7 +198,7 @@ def _make_handler(state: FakeArmState) -> type[BaseHTTPRequestHandler]:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     self._send(401, _error("InvalidAuthenticationToken", "bad bearer token"))
                     return
-                fault = self._fault(url.path)
+                fault = take_fault(state.faults, self.command, url.path)
                 if fault is not None:
                     extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                     self._send(fault.status, _error(fault.code, fault.message), extra)

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from novacron_sdk.testing.http_fake import LocalHttpFake
+from novacron_sdk.testing.http_fake import LocalHttpFake, take_fault
 
 _ids = itertools.count(1000)
 _PREFIX = "/compute/v1/projects/(?P<project>[^/]+)"
@@ -140,15 +140,6 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(payload)
 
-        def _fault(self, path: str) -> Fault | None:
-            for fault in state.faults:
-                if fault.method in ("*", self.command) and fault.path_contains in path:
-                    fault.count -= 1
-                    if fault.count <= 0:
-                        state.faults.remove(fault)
-                    return fault
-            return None
-
         def _handle(self) -> None:
             url = urlsplit(self.path)
             query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -156,7 +147,7 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             with state.lock:
                 state.requests.append((self.command, url.path))
-                fault = self._fault(url.path)
+                fault = take_fault(state.faults, self.command, url.path)
                 if fault is not None:
                     self._send(fault.status, _error(fault.status, fault.reason, fault.message))
                     return
