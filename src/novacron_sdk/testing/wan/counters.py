@@ -11,3 +11,8 @@ BUCKET_S = 0.1
 """Delivered bytes are also counted per interval of this length (for trace checks)."""
 MAX_BUCKETS = 36_000
 STATS_SIZE = COUNTERS.size + 8 * MAX_BUCKETS
+CONTROL = struct.Struct("=4Q")
+"""The control file a forwarder polls: cut_generation, cut (0/1) written by the emulator;
+applied_generation, dropped_cut (packets dropped while cut) written by the forwarder."""
+CONTROL_HALF = struct.Struct("=2Q")
+"""Either half of CONTROL: the emulator's request at offset 0, the forwarder's answer at 16."""

@@ -131,6 +131,26 @@ class DirectionStats:
         return self.dropped_loss / considered if considered else 0.0
 
 
+def read_stats(path: Path) -> DirectionStats:
+    """The counters a forwarder publishes in its stats file."""
+    raw = path.read_bytes()
+    values = COUNTERS.unpack_from(raw)
+    count = values[7]
+    buckets = struct.unpack_from(f"={count}Q", raw, COUNTERS.size)
+    (packets_in, bytes_in, packets_out, bytes_out, loss, queue, foreign) = values[:7]
+    return DirectionStats(
+        packets_in=packets_in,
+        bytes_in=bytes_in,
+        packets_out=packets_out,
+        bytes_out=bytes_out,
+        dropped_loss=loss,
+        dropped_queue=queue,
+        dropped_foreign=foreign,
+        cpu_s=values[8] / 1e9,
+        buckets=buckets,
+    )
+
+
 class WanEmulator:
     """Context manager: two namespaced hosts, ``a`` and ``b``, joined by an emulated link.
 
@@ -309,22 +329,7 @@ class WanEmulator:
 
     def stats(self, src: Host) -> DirectionStats:
         """Counters of the direction from ``src`` to the other host, as of ~50 ms ago."""
-        raw = self._stats_files[src].read_bytes()
-        values = COUNTERS.unpack_from(raw)
-        count = values[7]
-        buckets = struct.unpack_from(f"={count}Q", raw, COUNTERS.size)
-        (packets_in, bytes_in, packets_out, bytes_out, loss, queue, foreign) = values[:7]
-        return DirectionStats(
-            packets_in=packets_in,
-            bytes_in=bytes_in,
-            packets_out=packets_out,
-            bytes_out=bytes_out,
-            dropped_loss=loss,
-            dropped_queue=queue,
-            dropped_foreign=foreign,
-            cpu_s=values[8] / 1e9,
-            buckets=buckets,
-        )
+        return read_stats(self._stats_files[src])
 
     def tcp_goodput(
         self, src: Host, *, seconds: float, streams: int = 1, cc: str = "cubic", port: int = 5201

@@ -4,7 +4,9 @@ Run as ``python -m novacron_sdk.testing.wan.forwarder`` by :class:`WanEmulator`,
 TUN file descriptors inherited. Packets are read in batches (non-blocking reads until EAGAIN)
 and held in a FIFO until their delivery time; the loop sleeps in epoll until the next packet
 is due or a new one arrives. Only IPv4 packets addressed to the other host are forwarded.
-Counters are published in a small memory-mapped file the parent reads at any time.
+Counters are published in a small memory-mapped file the parent reads at any time. With
+``--control``, a second small file lets the parent cut the link: while cut, every packet is
+dropped, including those already in flight (a partition).
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import time
 from collections import deque
 from pathlib import Path
 
-from novacron_sdk.testing.wan.counters import BUCKET_S, COUNTERS, MAX_BUCKETS, STATS_SIZE
+from novacron_sdk.testing.wan.counters import (
+    BUCKET_S,
+    CONTROL,
+    CONTROL_HALF,
+    COUNTERS,
+    MAX_BUCKETS,
+    STATS_SIZE,
+)
 from novacron_sdk.testing.wan.link import LinkProfile, LinkScheduler, Trace
 
 _READ_BATCH = 256
@@ -46,8 +55,44 @@ def profile_from_json(data: dict[str, object]) -> LinkProfile:
     )
 
 
-def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
-    in_fd: int, out_fd: int, profile: LinkProfile, *, dst: bytes, stats_path: Path, seed: int | None
+class _Cut:
+    """The parent's cut switch (a shared-memory file); a no-op when there is none."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.control: mmap.mmap | None = None
+        if path is not None:
+            with path.open("r+b") as handle:
+                self.control = mmap.mmap(handle.fileno(), CONTROL.size)
+        self.generation = 0
+        self.cut = False
+        self.dropped = 0
+
+    def poll(self) -> bool:
+        """Whether the parent changed the switch (``self.cut`` then holds the new state)."""
+        if self.control is None:
+            return False
+        generation, cut = CONTROL_HALF.unpack_from(self.control)
+        if generation == self.generation:
+            return False
+        self.generation, self.cut = generation, bool(cut)
+        self.publish()
+        return True
+
+    def publish(self) -> None:
+        """Acknowledge the generation applied, and count the drops."""
+        if self.control is not None:
+            CONTROL_HALF.pack_into(self.control, CONTROL_HALF.size, self.generation, self.dropped)
+
+
+def run(  # noqa: PLR0912, PLR0915 -- one hot loop, kept in one frame for speed
+    in_fd: int,
+    out_fd: int,
+    profile: LinkProfile,
+    *,
+    dst: bytes,
+    stats_path: Path,
+    seed: int | None,
+    control_path: Path | None = None,
 ) -> None:
     """Forward until SIGTERM."""
     stop = False
@@ -62,6 +107,7 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
     with stats_path.open("r+b") as handle:
         stats = mmap.mmap(handle.fileno(), STATS_SIZE)
     scheduler = LinkScheduler(profile, seed=seed)
+    switch = _Cut(control_path)
     queue: deque[tuple[float, bytes]] = deque()
     # select(), not epoll: epoll rounds its timeout up to whole milliseconds, select()
     # sleeps with microsecond resolution, and there is only one descriptor to watch.
@@ -82,6 +128,11 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
             events, _, _ = select.select(watch, [], [], timeout)
         except InterruptedError:
             continue
+        if switch.poll() and switch.cut:
+            # A cut link loses what is on the wire too, as a pulled cable does.
+            switch.dropped += len(queue)
+            queue.clear()
+            switch.publish()
         now = monotonic() - started
         if events:
             for _ in range(_READ_BATCH):
@@ -95,6 +146,9 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
                 # IPv4 only, and only to the other host: nothing else ever leaves.
                 if size < 20 or packet[0] >> 4 != 4 or packet[16:20] != dst:
                     counters[6] += 1
+                    continue
+                if switch.cut:
+                    switch.dropped += 1
                     continue
                 due = scheduler.admit(now, size)
                 if due is not None:
@@ -116,6 +170,7 @@ def run(  # noqa: PLR0915 -- one hot loop, kept in one frame for speed
         if now - last_publish >= 0.05:
             last_publish = now
             _publish(stats, counters, scheduler, buckets, dirty)
+            switch.publish()
             # The emulator's process died without stopping us: do not linger as an orphan.
             stop = stop or os.getppid() != parent
     _publish(stats, counters, scheduler, buckets, dirty)
@@ -159,10 +214,19 @@ def main() -> None:
     parser.add_argument("--profile", required=True, help="LinkProfile as JSON")
     parser.add_argument("--stats", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--control", type=Path, default=None, help="cut switch file")
     args = parser.parse_args()
     dst = bytes(int(x) for x in args.dst.split("."))
     profile = profile_from_json(json.loads(args.profile))
-    run(args.in_fd, args.out_fd, profile, dst=dst, stats_path=args.stats, seed=args.seed)
+    run(
+        args.in_fd,
+        args.out_fd,
+        profile,
+        dst=dst,
+        stats_path=args.stats,
+        seed=args.seed,
+        control_path=args.control,
+    )
 
 
 if __name__ == "__main__":

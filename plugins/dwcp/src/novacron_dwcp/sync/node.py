@@ -9,7 +9,8 @@ runs it alone with uvicorn.
 Staleness of an item = the wall time at which this node merged it minus the wall time of
 the HLC timestamp of the write (both clocks are the regions' system clocks; keep them in
 NTP sync). Bound: with full-mesh exchanges, an item reaches every peer within one interval
-plus one round trip, as long as the peer is reachable.
+plus one round trip, as long as the peer is reachable. Each peer has its own loop, so an
+unreachable peer (whose exchanges wait out ``timeout_s``) does not slow the others down.
 """
 
 from __future__ import annotations
@@ -71,18 +72,22 @@ class SyncNode:
         self.full_every = full_every
         self.replica = Replica(name, on_merge=self._record_staleness)
         self.staleness_s: list[float] = []
+        self.staleness_by_origin: dict[str, list[float]] = {}
+        """The same samples, split by the region that made the write."""
         self.exchanges = 0
         self.failures: dict[str, int] = {}
         self._peer_seen: dict[str, Watermarks] = {}
-        self._rounds = 0
+        self._rounds: dict[str, int] = {}
         self._http = httpx.AsyncClient()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._server: Any = None
         self._server_task: asyncio.Task[None] | None = None
         self.url = ""
 
     def _record_staleness(self, ts: Timestamp) -> None:
-        self.staleness_s.append(max(0.0, (wall_ms() - ts.wall_ms) / 1000))
+        staleness = max(0.0, (wall_ms() - ts.wall_ms) / 1000)
+        self.staleness_s.append(staleness)
+        self.staleness_by_origin.setdefault(ts.node, []).append(staleness)
 
     def handle(self, message: ExchangeMessage) -> ExchangeMessage:
         """Serve one exchange: merge the caller's delta, answer with what it lacks."""
@@ -107,7 +112,9 @@ class SyncNode:
 
     async def exchange_with(self, peer: str) -> bool:
         """One push-pull exchange with ``peer``; False (logged) when it is unreachable."""
-        full = self.full_every > 0 and self._rounds % self.full_every == 0
+        rounds = self._rounds.get(peer, 0)
+        self._rounds[peer] = rounds + 1
+        full = self.full_every > 0 and rounds % self.full_every == 0
         assumed: Watermarks = {} if full else self._peer_seen.get(peer, {})
         request = ExchangeMessage(
             node=self.name, seen=encode_seen(self.replica.seen), delta=self.replica.delta(assumed)
@@ -134,12 +141,11 @@ class SyncNode:
     async def sync_once(self) -> int:
         """Exchange with every peer at once; how many answered."""
         results = await asyncio.gather(*(self.exchange_with(p) for p in self.peers))
-        self._rounds += 1
         return sum(results)
 
-    async def _loop(self) -> None:
+    async def _loop(self, peer: str) -> None:
         while True:
-            await self.sync_once()
+            await self.exchange_with(peer)
             await asyncio.sleep(self.interval_s)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -160,17 +166,19 @@ class SyncNode:
         return self.url
 
     def start(self) -> None:
-        """Start the anti-entropy loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+        """Start the anti-entropy loops (one per peer)."""
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._loop(peer)) for peer in self.peers]
 
     async def close(self) -> None:
         """Stop the loop and the server."""
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
         if self._server is not None and self._server_task is not None:
             self._server.should_exit = True
             with contextlib.suppress(asyncio.CancelledError):
