@@ -18,10 +18,12 @@ import pytest
 
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
-from novacron_sdk.errors import MigrationError
+from novacron_sdk.compute.interface import StreamMigrationOffer
+from novacron_sdk.errors import FeatureNotSupportedError, MigrationError, NotFoundError
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.transport.interface import Endpoint
 
 pytestmark = pytest.mark.slow
 
@@ -346,3 +348,46 @@ async def test_openapi_metrics_and_status(hosts, clients) -> None:
     cluster = ("cluster.store", "cluster.member", "cluster.controller")  # no-ops: cluster off
     assert names == dict.fromkeys(agent + cluster, "running")
     assert status["host"]["name"] == "host-a"
+
+
+async def test_sim_agent_refuses_stream_migrations(clients) -> None:
+    """Only drivers advertising stream_migration_sink prepare stream migrations."""
+    ca, cb = clients
+    vm = await ca.create_vm(spec("streamless", pattern="idle"))
+    offer = StreamMigrationOffer(driver="sim", vm=vm)
+    with pytest.raises(FeatureNotSupportedError, match="stream_migration_sink"):
+        await cb.prepare_incoming_stream(migration_id="s1", offer=offer, transport="tcp")
+    with pytest.raises(NotFoundError, match="s1"):
+        await cb.incoming_stream_state("s1")
+    await ca.destroy_vm(vm.id)
+
+
+async def test_stream_hello_for_unknown_migration_is_rejected(clients) -> None:
+    """A stream connection must name a prepared stream migration and its token."""
+    from novacron_sdk.builtin.tcp_transport import TcpTransport
+    from novacron_sdk.hypervisors.interface import MigrationSourceInfo
+    from novacron_sdk.migration import protocol
+    from novacron_sdk.migration.protocol import Msg
+
+    _, cb = clients
+    prepared = await cb.prepare_incoming(
+        migration_id="probe2",
+        info=MigrationSourceInfo(spec=VMSpec(name="probe-in2", memory_mib=64), page_count=16384),
+        transport="tcp",
+        codec="zlib",
+        verify="pages",
+    )
+    channel = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
+    try:
+        hello = {
+            "protocol": protocol.PROTOCOL_VERSION,
+            "migration_id": "probe2",  # a page-level migration: not routed as a stream
+            "token": prepared["token"],
+            "stream": True,
+        }
+        await channel.send(protocol.pack_json(Msg.HELLO, hello))
+        with pytest.raises(MigrationError, match="unknown stream migration"):
+            await asyncio.wait_for(protocol.expect(channel, Msg.READY), 10)
+    finally:
+        await channel.close()
+    assert (await cb.incoming_state("probe2"))["state"] == "pending"

@@ -51,6 +51,8 @@ class DriverFeature(StrEnum):
     HOSTS = "hosts"
     LIVE_MIGRATION_SOURCE = "live_migration_source"
     LIVE_MIGRATION_SINK = "live_migration_sink"
+    STREAM_MIGRATION_SOURCE = "stream_migration_source"
+    STREAM_MIGRATION_SINK = "stream_migration_sink"
     MEMORY_IMAGE = "memory_image"
     THROTTLE = "throttle"
     EVENTS = "events"

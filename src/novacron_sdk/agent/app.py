@@ -17,6 +17,7 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
 
 from novacron_sdk.__about__ import __version__
 from novacron_sdk.agent.service import AgentService
+from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.errors import (
     ConfigError,
     DriverError,
@@ -70,6 +71,25 @@ class IncomingRequest(BaseModel):
     transport: str = Field(min_length=1)
     codec: str = Field(min_length=1)
     verify: Literal["pages", "full"] = "pages"
+
+
+class IncomingStreamRequest(BaseModel):
+    """Prepare to receive a VM by its hypervisor's own stream (called by the source agent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    migration_id: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    offer: StreamMigrationOffer
+    transport: str = Field(min_length=1)
+
+
+class StreamFinish(BaseModel):
+    """How a stream migration ended at the source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    succeeded: bool
+    error: str | None = None
 
 
 def _error(exc: Exception, status: int) -> JSONResponse:
@@ -230,6 +250,26 @@ def create_app(service: AgentService, status_provider: StatusProvider | None = N
     async def incoming_state(migration_id: str) -> dict[str, Any]:
         """pending, active or aborted."""
         return service.get_incoming(migration_id).as_dict()
+
+    @app.post("/v1/incoming-streams", status_code=201)
+    async def prepare_incoming_stream(body: IncomingStreamRequest) -> dict[str, Any]:
+        """Define the VM here and route its stream to the driver; returns a ticket and token."""
+        return await service.prepare_incoming_stream(
+            migration_id=body.migration_id, offer=body.offer, transport=body.transport
+        )
+
+    @app.get("/v1/incoming-streams/{migration_id}")
+    async def incoming_stream_state(migration_id: str) -> dict[str, Any]:
+        """pending, active, completed or aborted (with the error)."""
+        return service.get_incoming_stream(migration_id).as_dict()
+
+    @app.post("/v1/incoming-streams/{migration_id}/finish")
+    async def finish_incoming_stream(migration_id: str, body: StreamFinish) -> dict[str, Any]:
+        """The source reports the end; unless it succeeded, what was prepared is discarded."""
+        incoming = await service.finish_incoming_stream(
+            migration_id, succeeded=body.succeeded, error=body.error
+        )
+        return incoming.as_dict()
 
     @app.get("/metrics")
     async def metrics() -> Response:

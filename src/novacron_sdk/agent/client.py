@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 
+from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.errors import (
     DriverError,
     FeatureNotSupportedError,
@@ -162,3 +163,26 @@ class AgentClient:
     async def incoming_state(self, migration_id: str) -> dict[str, Any]:
         """State of an incoming migration: pending, active or aborted."""
         return dict(await self._call("GET", f"/v1/incoming/{migration_id}"))
+
+    async def prepare_incoming_stream(
+        self, *, migration_id: str, offer: StreamMigrationOffer, transport: str
+    ) -> dict[str, Any]:
+        """Ask this agent to receive a VM by its hypervisor's stream; returns ticket and token."""
+        body = {
+            "migration_id": migration_id,
+            "offer": offer.model_dump(mode="json"),
+            "transport": transport,
+        }
+        return dict(await self._call("POST", "/v1/incoming-streams", json=body))
+
+    async def finish_incoming_stream(
+        self, migration_id: str, *, succeeded: bool, error: str | None = None
+    ) -> dict[str, Any]:
+        """Tell this agent how the stream migration ended (it cleans up unless it succeeded)."""
+        body = {"succeeded": succeeded, "error": error}
+        path = f"/v1/incoming-streams/{migration_id}/finish"
+        return dict(await self._call("POST", path, json=body))
+
+    async def incoming_stream_state(self, migration_id: str) -> dict[str, Any]:
+        """State of an incoming stream migration: pending, active, completed or aborted."""
+        return dict(await self._call("GET", f"/v1/incoming-streams/{migration_id}"))

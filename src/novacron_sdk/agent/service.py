@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from novacron_sdk.agent import stream
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.metrics import AgentMetrics
+from novacron_sdk.agent.stream_run import StreamMigrationRun
 from novacron_sdk.cluster.ownership import destination_fence, source_fence
+from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.consensus.interface import StateStore
 from novacron_sdk.errors import (
     FeatureNotSupportedError,
@@ -56,7 +59,7 @@ class OutgoingMigration:
     id: str
     vm: str
     destination: str
-    engine: MigrationEngine
+    engine: MigrationEngine | StreamMigrationRun
     events: list[MigrationEvent] = field(default_factory=list)
     report: MigrationReport | None = None
     error: str | None = None
@@ -136,6 +139,7 @@ class AgentService:
         self.metrics = AgentMetrics()
         self.outgoing: dict[str, OutgoingMigration] = {}
         self.incoming: dict[str, IncomingMigration] = {}
+        self.incoming_streams: dict[str, stream.IncomingStream] = {}
         self._listeners: dict[str, Listener] = {}
         self._listener_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
@@ -153,6 +157,9 @@ class AgentService:
         tasks = [m.task for m in self.outgoing.values() if m.task and not m.task.done()]
         if tasks:
             await asyncio.wait(tasks, timeout=10)
+        for incoming in list(self.incoming_streams.values()):
+            with contextlib.suppress(NovaCronError, OSError):
+                await stream.finish_incoming(incoming, False, "the destination agent stopped")
         for listener in self._listeners.values():
             await listener.close()
         await self.driver.close()
@@ -185,8 +192,14 @@ class AgentService:
     async def start_migration(
         self, vm_ref: str, destination: str, overrides: dict[str, Any] | None = None
     ) -> OutgoingMigration:
-        """Validate, prepare the destination, then migrate in the background."""
+        """Validate, prepare the destination, then migrate in the background.
+
+        Drivers whose hypervisor streams the VM itself (``STREAM_MIGRATION_SOURCE`` without
+        ``LIVE_MIGRATION_SOURCE``) migrate through ``agent.stream``.
+        """
         settings, dest_url, vm = await self._check_request(vm_ref, destination, overrides)
+        if self._streams():
+            return await stream.start_outgoing(self, vm, settings, dest_url)
         migration_id = uuid.uuid4().hex[:12]
         plan = plan_migration(
             self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1")
@@ -230,19 +243,28 @@ class AgentService:
         mig.task = asyncio.create_task(
             self._run_outgoing(
                 mig,
+                engine,
                 source,
                 plan,
-                endpoint,
-                str(prepared["token"]),
+                endpoint=endpoint,
+                token=str(prepared["token"]),
                 expect_peer=getattr(auth, "peer_fingerprint", None),
             )
         )
         return mig
 
+    def _streams(self) -> bool:
+        features = self.driver.features
+        return (
+            DriverFeature.LIVE_MIGRATION_SOURCE not in features
+            and DriverFeature.STREAM_MIGRATION_SOURCE in features
+        )
+
     async def _check_request(
         self, vm_ref: str, destination: str, overrides: dict[str, Any] | None
     ) -> tuple[MigrationSettings, str, VM]:
-        self.driver.require(DriverFeature.LIVE_MIGRATION_SOURCE)
+        if not self._streams():
+            self.driver.require(DriverFeature.LIVE_MIGRATION_SOURCE)
         settings = MigrationSettings.model_validate(
             self.migration_defaults.model_dump() | (overrides or {})
         )
@@ -251,7 +273,9 @@ class AgentService:
             msg = f"destination {destination} is this agent; choose another host"
             raise MigrationError(msg)
         vm = await self.driver.get_vm(vm_ref)
-        if vm.state != VMState.RUNNING:
+        # A hypervisor stream also moves a paused guest (it stays paused at the destination).
+        movable = {VMState.RUNNING, VMState.PAUSED} if self._streams() else {VMState.RUNNING}
+        if vm.state not in movable:
             msg = f"VM {vm.name} is {vm.state.value}; only running VMs can be live-migrated"
             raise InvalidStateError(msg)
         if any(m.vm == vm.id and not m.done.is_set() for m in self.outgoing.values()):
@@ -262,11 +286,12 @@ class AgentService:
     async def _run_outgoing(
         self,
         mig: OutgoingMigration,
+        engine: MigrationEngine,
         source: MigrationSource,
         plan: MigrationPlan,
+        *,
         endpoint: Endpoint,
         token: str,
-        *,
         expect_peer: str | None = None,
     ) -> None:
         try:
@@ -281,7 +306,7 @@ class AgentService:
                 await source.rollback()
                 raise
             try:
-                mig.report = await mig.engine.run(
+                mig.report = await engine.run(
                     source,
                     channel,
                     hello={"token": token},
@@ -386,15 +411,42 @@ class AgentService:
             id=migration_id, token=token, info=info, transport=transport, receiver=receiver
         )
         self.metrics.incoming.inc()
-        endpoint = listener.endpoint
-        if self.migration_advertise:
-            host, _, port = self.migration_advertise.rpartition(":")
-            endpoint = endpoint.model_copy(update={"host": host, "port": int(port)})
         return {
-            "endpoint": endpoint.model_dump(mode="json"),
+            "endpoint": self.advertised(listener.endpoint).model_dump(mode="json"),
             "token": token,
             "host": self.name,
         }
+
+    def advertised(self, endpoint: Endpoint) -> Endpoint:
+        """Where sources connect to the migration listener bound at ``endpoint``."""
+        if not self.migration_advertise:
+            return endpoint
+        host, _, port = self.migration_advertise.rpartition(":")
+        return endpoint.model_copy(update={"host": host, "port": int(port)})
+
+    async def prepare_incoming_stream(
+        self, *, migration_id: str, offer: StreamMigrationOffer, transport: str
+    ) -> dict[str, Any]:
+        """Have the driver prepare a hypervisor-stream migration; return its ticket."""
+        return await stream.prepare_incoming(self, migration_id, offer, transport)
+
+    async def finish_incoming_stream(
+        self, migration_id: str, *, succeeded: bool, error: str | None
+    ) -> stream.IncomingStream:
+        """The source says how the stream migration ended; discard it here unless it arrived."""
+        incoming = self.get_incoming_stream(migration_id)
+        await stream.finish_incoming(incoming, succeeded, error)
+        return incoming
+
+    def get_incoming_stream(self, migration_id: str) -> stream.IncomingStream:
+        """An incoming stream migration by id."""
+        from novacron_sdk.errors import NotFoundError
+
+        try:
+            return self.incoming_streams[migration_id]
+        except KeyError:
+            msg = f"no incoming stream migration {migration_id!r} on agent {self.name}"
+            raise NotFoundError(msg) from None
 
     def get_incoming(self, migration_id: str) -> IncomingMigration:
         """An incoming migration by id."""
@@ -433,6 +485,9 @@ class AgentService:
             if hello.get("protocol") != protocol.PROTOCOL_VERSION:
                 msg = f"protocol version {hello.get('protocol')} is not supported"
                 raise MigrationError(msg)
+            if hello.get("stream"):
+                await stream.route_channel(self.incoming_streams, channel, hello)
+                return
             if incoming is None or not hmac.compare_digest(
                 str(hello.get("token", "")), incoming.token
             ):
@@ -466,6 +521,7 @@ class AgentService:
                     inc.receiver.error = "source never connected"
                     with contextlib.suppress(NovaCronError):
                         await inc.receiver.sink.abort()
+            await stream.reap(self.incoming_streams, INCOMING_CONNECT_TIMEOUT_S)
 
 
 def _check_url(url: str) -> str:

@@ -248,6 +248,7 @@ def _feature_calls(
         DriverFeature.IMAGES: driver.list_images,
         DriverFeature.SIZES: driver.list_sizes,
         DriverFeature.LOCATIONS: driver.list_locations,
+        DriverFeature.STREAM_MIGRATION_SOURCE: lambda: driver.stream_migration_offer(MISSING_ID),
     }
     if isinstance(driver, HypervisorDriver):
         info = MigrationSourceInfo(spec=spec, page_count=spec.memory_mib * 256)

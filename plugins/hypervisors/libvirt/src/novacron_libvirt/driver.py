@@ -13,6 +13,16 @@ Settings (``drivers.settings.libvirt``):
 - ``shutdown_timeout_s`` (default 30): how long ``stop`` waits for the guest to power off
   before it forces the domain off (0 = force at once).
 - ``events`` (default true): subscribe to libvirt's domain lifecycle events.
+
+Stream migration between agents (QEMU connections only; see ``agent_migration``):
+
+- ``migration_dir`` (default ``/run/novacron-libvirt``): where QEMU finds the migration
+  unix sockets; the same path on every host.
+- ``migration_local_dir`` (default: ``migration_dir``): that directory as the agent sees it.
+- ``migration_uri`` (default: ``uri``): the libvirt URI other hosts reach this daemon at
+  (``qemu+ssh://host/system``, ``qemu+tls://host/system``...).
+- ``migration_path_map`` (default none): ``{source directory: directory here}`` for
+  host-local paths (serial sockets, logs) in an incoming domain's XML.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ import libvirt
 from novacron_libvirt import catalogue, convert, domains
 from novacron_libvirt.errors import is_not_found, translate
 from novacron_libvirt.events import ensure_event_loop, lifecycle_event
+from novacron_libvirt.stream_driver import StreamMigrationMixin
 from novacron_sdk.errors import ConfigError, DriverError, InvalidStateError, NotFoundError
 from novacron_sdk.hypervisors.interface import HypervisorDriver
 from novacron_sdk.models import (
@@ -68,7 +79,7 @@ def _silence_default_error_printer(_context: object, _error: object) -> None:
 libvirt.registerErrorHandler(_silence_default_error_printer, None)
 
 
-class LibvirtDriver(HypervisorDriver):
+class LibvirtDriver(StreamMigrationMixin, HypervisorDriver):
     """Domains of one libvirt connection. ``features`` depend on what the connection offers."""
 
     name: ClassVar[str] = "libvirt"
@@ -106,6 +117,8 @@ class LibvirtDriver(HypervisorDriver):
             features.add(DriverFeature.IMAGES)
         if want_events and self._subscribe_events():
             features.add(DriverFeature.EVENTS)
+        if self._conn.getType() == "QEMU":
+            features |= {DriverFeature.STREAM_MIGRATION_SOURCE, DriverFeature.STREAM_MIGRATION_SINK}
         # The base class declares features per class; libvirt's depend on the connection,
         # so each instance shadows the class attribute with its own set.
         vars(self)["features"] = frozenset(features)

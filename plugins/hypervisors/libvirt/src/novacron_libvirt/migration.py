@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -30,12 +31,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.errors import translate
+from novacron_sdk.compute.interface import ProgressCallback, StreamMigrationProgress
 from novacron_sdk.errors import MigrationAbortedError, MigrationError, NovaCronError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VM
 from novacron_sdk.transport.interface import Endpoint, Transport
 
+logger = logging.getLogger(__name__)
 _POSTCOPY_POLL_S = 0.05
+_PROGRESS_S = 0.5
 
 
 class StreamMigrationResult(BaseModel):
@@ -101,6 +105,31 @@ def rewrite_paths(xml: str, paths: Mapping[str, str]) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def rewrite_path_prefixes(xml: str, prefixes: Mapping[str, str]) -> str:
+    """``xml`` with every attribute or text under a directory key of ``prefixes`` moved.
+
+    ``{"/srv/a": "/srv/b"}`` turns ``/srv/a/x.sock`` into ``/srv/b/x.sock`` (whole path
+    components only: ``/srv/ab`` stays). The longest matching prefix wins.
+    """
+    if not prefixes:
+        return xml
+    ordered = sorted(((k.rstrip("/"), v.rstrip("/")) for k, v in prefixes.items()), reverse=True)
+
+    def moved(value: str) -> str:
+        for old, new in ordered:
+            if value == old or value.startswith(old + "/"):
+                return new + value[len(old) :]
+        return value
+
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by the libvirt daemon
+    for element in root.iter():
+        for key, value in element.attrib.items():
+            element.set(key, moved(value))
+        if element.text is not None:
+            element.text = moved(element.text)
+    return ET.tostring(root, encoding="unicode")
+
+
 async def migrate_stream(
     source: LibvirtDriver,
     destination: LibvirtDriver,
@@ -116,18 +145,64 @@ async def migrate_stream(
 ) -> StreamMigrationResult:
     """Live-migrate ``vm_id`` from ``source`` to ``destination`` through ``transport``.
 
-    ``qemu_socket`` is the unix socket path both QEMUs are given; ``source_socket`` and
-    ``destination_socket`` are the same sockets as this process sees them (default: the
-    same path). Raises MigrationError (the VM still runs at the source) on failure, and
-    MigrationAbortedError when ``settings.timeout_s`` passed.
+    Both ends in one process: the destination's sink (:func:`open_sink`) and the source's
+    half (:func:`migrate_out`). ``qemu_socket`` is the unix socket path both QEMUs are given;
+    ``source_socket`` and ``destination_socket`` are the same sockets as this process sees
+    them (default: the same path). Raises MigrationError (the VM still runs at the source)
+    on failure, and MigrationAbortedError when ``settings.timeout_s`` passed.
+    """
+    session = secrets.token_hex(8)
+    sink = await open_sink(
+        transport, destination_socket or qemu_socket, session, listen or Endpoint()
+    )
+    try:
+        return await migrate_out(
+            source,
+            destination,
+            vm_id,
+            transport=transport,
+            endpoint=sink.endpoint,
+            session=session,
+            qemu_socket=qemu_socket,
+            source_socket=source_socket,
+            settings=settings,
+            destination_xml=destination_xml,
+        )
+    finally:
+        await sink.close()
+
+
+async def open_sink(
+    transport: Transport, socket_path: Path, session: str, listen: Endpoint
+) -> StreamBridgeSink:
+    """The destination's half: a started sink feeding the QEMU socket at ``socket_path``."""
+    sink = StreamBridgeSink(transport, listen, socket_path, session)
+    await sink.start()
+    return sink
+
+
+async def migrate_out(
+    source: LibvirtDriver,
+    destination: LibvirtDriver,
+    vm_id: str,
+    *,
+    transport: Transport,
+    endpoint: Endpoint,
+    session: str,
+    qemu_socket: Path,
+    source_socket: Path | None = None,
+    settings: MigrationSettings | None = None,
+    destination_xml: str | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> StreamMigrationResult:
+    """The source's half: carry QEMU's stream to the sink at ``endpoint`` and migrate.
+
+    ``destination`` is a connection to the destination's libvirt daemon, which libvirt
+    needs for the prepare and finish steps. ``on_progress`` gets QEMU's job statistics
+    about every half second. Raises as :func:`migrate_stream` does.
     """
     settings = settings or MigrationSettings()
-    session = secrets.token_hex(8)
-    sink = StreamBridgeSink(
-        transport, listen or Endpoint(), destination_socket or qemu_socket, session
-    )
-    await sink.start()
-    bridge = StreamBridgeSource(transport, sink.endpoint, source_socket or qemu_socket, session)
+    bridge = StreamBridgeSource(transport, endpoint, source_socket or qemu_socket, session)
     started = time.monotonic()
     try:
         await bridge.start()
@@ -141,13 +216,15 @@ async def migrate_stream(
         flags, params = migration_flags_and_params(
             settings, f"unix://{qemu_socket}", destination_xml
         )
-        moved, postcopy_started = await _run_migration(destination, domain, flags, params, settings)
+        watch = _Watch(bridge, on_progress)
+        moved, postcopy_started = await _run_migration(
+            destination, domain, flags, params, settings, watch=watch
+        )
         total_s = time.monotonic() - started
         stats = await _completed_stats(moved)
         vm = await destination.ex_vm_from_domain(moved)
     finally:
         await bridge.close()
-        await sink.close()
     return StreamMigrationResult(
         vm=vm,
         transport=transport.name,
@@ -161,12 +238,48 @@ async def migrate_stream(
     )
 
 
+class _Watch:
+    """Reports QEMU's job statistics of a running migration to a progress callback."""
+
+    def __init__(self, bridge: StreamBridgeSource, callback: ProgressCallback | None) -> None:
+        self.bridge = bridge
+        self.callback = callback
+
+    async def run(self, domain: Any, job: asyncio.Task[Any]) -> None:
+        if self.callback is None:
+            return
+        while not job.done():
+            await asyncio.sleep(_PROGRESS_S)
+            try:
+                stats = await asyncio.to_thread(domain.jobStats, 0)
+            except libvirt.libvirtError:
+                return  # the domain left the source: the migration finished
+            if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) == libvirt.VIR_DOMAIN_JOB_NONE:
+                continue
+            progress = StreamMigrationProgress(
+                iteration=int(stats.get("memory_iteration", 0)),
+                memory_total=int(stats.get("memory_total", 0)),
+                memory_processed=int(stats.get("memory_processed", 0)),
+                memory_remaining=int(stats.get("memory_remaining", 0)),
+                page_size=int(stats.get("memory_page_size", 4096)) or 4096,
+                bytes_on_wire=self.bridge.stats.bytes_to_destination,
+                data={k: v for k, v in stats.items() if isinstance(v, int | float)},
+            )
+            try:
+                self.callback(progress)
+            except Exception:
+                # A broken listener must not break the migration it watches.
+                logger.exception("stream migration progress callback failed")
+
+
 async def _run_migration(
     destination: LibvirtDriver,
     domain: Any,
     flags: int,
     params: dict[str, Any],
     settings: MigrationSettings,
+    *,
+    watch: _Watch,
 ) -> tuple[Any, bool]:
     """Run libvirt's migration job; return the destination domain and whether post-copy ran."""
     name = domain.name()
@@ -174,8 +287,15 @@ async def _run_migration(
         asyncio.to_thread(domain.migrate3, destination.ex_connection, params, flags)
     )
     switcher = asyncio.create_task(_switch_to_postcopy(domain, job)) if settings.postcopy else None
+    watcher = asyncio.create_task(watch.run(domain, job))
     try:
-        done, _pending = await asyncio.wait({job}, timeout=settings.timeout_s)
+        try:
+            done, _pending = await asyncio.wait({job}, timeout=settings.timeout_s)
+        except asyncio.CancelledError:
+            # The caller gave up: abort the job so the guest stays at the source.
+            await asyncio.to_thread(_abort_quietly, domain)
+            await asyncio.gather(job, return_exceptions=True)
+            raise
         if not done:
             await asyncio.to_thread(_abort_quietly, domain)
             await asyncio.gather(job, return_exceptions=True)
@@ -190,6 +310,8 @@ async def _run_migration(
         msg = f"migration of {name!r} failed, the VM runs at the source: {cause}"
         raise MigrationError(msg) from exc
     finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         if switcher is not None and not switcher.done():
             switcher.cancel()
         if switcher is not None:
@@ -232,7 +354,10 @@ async def _completed_stats(domain: Any) -> dict[str, Any]:
 
 __all__ = [
     "StreamMigrationResult",
+    "migrate_out",
     "migrate_stream",
     "migration_flags_and_params",
+    "open_sink",
+    "rewrite_path_prefixes",
     "rewrite_paths",
 ]
