@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from novacron_sdk.errors import SecurityError
+from novacron_sdk.builtin.tcp_transport import TcpTransport
+from novacron_sdk.errors import FrameError, SecurityError, TransportError
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
 from novacron_sdk.security.channel import SecureChannel, secure_channel
 from novacron_sdk.transport.interface import Channel, Endpoint, Transport
@@ -193,6 +194,7 @@ async def test_tampered_replayed_frames_on_a_live_channel(plugins, nodes) -> Non
 
     async for raw in connected(plugins.transports.get("tcp")(), serve):
         sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
+        assert sealed.session.peer_accepts_unchecked_frames  # only the AEAD guards the frames
         frame = bytes(sealed.session.seal(b"genuine"))
         await raw.send(frame)
         await raw.send(frame)  # replay
@@ -232,3 +234,75 @@ async def test_secrets_never_reach_the_logs(plugins, nodes, caplog) -> None:
     for secret in secrets_:
         for form in (secret.hex(), base64.b64encode(secret).decode(), repr(secret)):
             assert form not in text
+
+
+async def test_sealed_tcp_channels_agree_to_skip_the_crc(plugins, nodes) -> None:
+    """Both sides take unchecked frames; through a wrapper without the hooks, nobody does."""
+    sessions: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def serve(raw: Channel) -> None:
+        sealed = await secure_channel(plugins, raw, "responder", provider(nodes, "b"))
+        sessions.put_nowait(sealed.session)
+        await sealed.send(await sealed.recv())
+        await sealed.drain()
+
+    async for raw in connected(plugins.transports.get("tcp")(), serve):
+        sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
+        frame = os.urandom(300_000)
+        await sealed.send(frame)
+        assert await sealed.recv() == frame
+        assert sealed.session.peer_accepts_unchecked_frames
+        assert (await sessions.get()).peer_accepts_unchecked_frames
+
+
+async def unchecked_pair(
+    sender_settings: dict[str, Any], *, accept: bool
+) -> tuple[list[bytes], BaseException | None]:
+    """Frames the receiver got from a sender switched to unchecked frames, and its error."""
+    got: list[bytes] = []
+    error: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def serve(raw: Channel) -> None:
+        if accept:
+            assert raw.ex_accept_unchecked() is True  # type: ignore[attr-defined]
+        try:
+            for _ in range(3):
+                got.append(await raw.recv())
+            error.set_result(None)
+        except Exception as exc:
+            error.set_result(exc)
+
+    tcp = TcpTransport(sender_settings)
+    listener = await TcpTransport().listen(Endpoint(), serve)
+    channel = await tcp.connect(listener.endpoint)
+    channel.ex_send_unchecked()
+    for size in (10, 70_000, 1 << 20):
+        await channel.send(bytes([size % 251]) * size)
+    failure = await asyncio.wait_for(error, 10)
+    await channel.close()
+    await listener.close()
+    return got, failure
+
+
+async def test_unchecked_frames_reach_a_channel_that_accepts_them() -> None:
+    got, failure = await unchecked_pair({}, accept=True)
+    assert failure is None
+    assert got == [bytes([size % 251]) * size for size in (10, 70_000, 1 << 20)]
+
+
+async def test_unchecked_frames_are_refused_by_a_channel_that_never_accepted() -> None:
+    got, failure = await unchecked_pair({}, accept=False)
+    assert got == []
+    assert isinstance(failure, FrameError)
+    assert "without a CRC" in str(failure)
+
+
+async def test_skip_crc_when_sealed_false_keeps_the_crc() -> None:
+    got, failure = await unchecked_pair({"skip_crc_when_sealed": False}, accept=False)
+    assert failure is None
+    assert len(got) == 3
+
+
+def test_skip_crc_when_sealed_must_be_a_boolean() -> None:
+    with pytest.raises(TransportError, match="skip_crc_when_sealed"):
+        TcpTransport({"skip_crc_when_sealed": "no"})

@@ -19,6 +19,9 @@ class SecureSession(ABC):
     """Keys for one channel after a successful handshake."""
 
     peer_id: str
+    peer_accepts_unchecked_frames: bool = False
+    """The peer said in the handshake that its transport takes sealed frames without the
+    transport's own checksum (the AEAD tag covers them); see ``SecureChannel``."""
 
     @abstractmethod
     def seal(self, frame: bytes) -> bytes:
@@ -27,6 +30,16 @@ class SecureSession(ABC):
     @abstractmethod
     def open(self, sealed: bytes) -> bytes:
         """Check and decrypt an incoming frame; raise SecurityError when it is not genuine."""
+
+    def open_into(self, sealed: bytes, scratch: bytearray) -> memoryview:
+        """Like :meth:`open`, returning a view of the frame, which may be in ``scratch``.
+
+        :class:`~novacron_sdk.security.channel.SecureChannel` passes the same ``scratch`` for
+        every frame and releases the view before the next call, so a session can decrypt into
+        it (grown as needed) instead of allocating. This default just calls :meth:`open`.
+        """
+        del scratch  # only sessions that decrypt in place need it
+        return memoryview(self.open(sealed))
 
 
 class SecurityProvider(ABC):

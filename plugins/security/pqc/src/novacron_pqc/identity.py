@@ -13,6 +13,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ class PublicIdentity:
     ed25519_public: bytes
     mldsa_public: bytes
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """``sha256:<hex>`` over both public keys: the pin compared at every handshake."""
         digest = hashlib.sha256(FINGERPRINT_LABEL + self.encode_keys()).hexdigest()
@@ -59,6 +60,16 @@ class PublicIdentity:
     def encode_keys(self) -> bytes:
         """Both public keys, fixed length (32 + 1952 bytes)."""
         return self.ed25519_public + self.mldsa_public
+
+    # Parsed once per pinned identity (EnrolledKeys.check returns the pinned object), not
+    # once per handshake.
+    @cached_property
+    def _ed25519_key(self) -> ed25519.Ed25519PublicKey:
+        return ed25519.Ed25519PublicKey.from_public_bytes(self.ed25519_public)
+
+    @cached_property
+    def _mldsa_key(self) -> mldsa.MLDSA65PublicKey:
+        return mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa_public)
 
     @classmethod
     def decode_keys(cls, name: str, data: bytes) -> PublicIdentity:
@@ -74,12 +85,10 @@ class PublicIdentity:
             msg = f"signature of {self.name!r} has {len(signature)} bytes, expected hybrid size"
             raise SecurityError(msg)
         try:
-            ed25519.Ed25519PublicKey.from_public_bytes(self.ed25519_public).verify(
+            self._ed25519_key.verify(
                 signature[:ED25519_SIGNATURE_BYTES], SIGNATURE_CONTEXT + message
             )
-            mldsa.MLDSA65PublicKey.from_public_bytes(self.mldsa_public).verify(
-                signature[ED25519_SIGNATURE_BYTES:], message, SIGNATURE_CONTEXT
-            )
+            self._mldsa_key.verify(signature[ED25519_SIGNATURE_BYTES:], message, SIGNATURE_CONTEXT)
         except (InvalidSignature, ValueError) as exc:
             msg = (
                 f"signature of peer {self.name!r} ({self.fingerprint[:23]}) does not verify: "

@@ -7,11 +7,17 @@ the next epoch key when its byte or time budget is spent; the receiver follows t
 header names (one step at a time) and refuses a sender that keeps using a key beyond the byte
 budget both sides agreed on in the handshake. Secrets of past epochs are dropped, so a key
 stolen later does not open frames sealed before the last rotation.
+
+Large frames are sealed into a few recycled buffers, and :meth:`AeadSession.open_into` opens
+into the caller's reusable buffer: allocating and freeing fresh frame-sized blocks per frame
+makes glibc give the memory back to the kernel and fault it in again every time, which costs
+more than the encryption itself.
 """
 
 from __future__ import annotations
 
 import struct
+import sys
 import time
 from typing import Literal, cast
 
@@ -32,6 +38,26 @@ AEADS: dict[str, type[AESGCM] | type[ChaCha20Poly1305]] = {
     "aes-256-gcm": AESGCM,
     "chacha20-poly1305": ChaCha20Poly1305,
 }
+OVERHEAD_BYTES = HEADER_BYTES + TAG_BYTES
+# Frames in this size range are sealed into recycled buffers (smaller ones are cheap to
+# allocate; larger ones are rare and not worth keeping). A sender keeps at most
+# _SEAL_POOL_SIZE of them, enough for the frames a transport's write buffer still holds.
+_RECYCLE_MIN_BYTES = 64 * 1024
+_RECYCLE_MAX_BYTES = 8 * 1024 * 1024
+_SEAL_POOL_SIZE = 4
+
+
+def _refcount_when_unshared() -> int:
+    """What ``sys.getrefcount(pool[i])`` gives for a buffer only the pool refers to.
+
+    Measured rather than assumed (2 on CPython 3.11), with the very expression the pool
+    uses, so an interpreter that counts the call's argument differently cannot fool it.
+    """
+    pool = [bytearray()]
+    return sys.getrefcount(pool[0])
+
+
+_UNSHARED = _refcount_when_unshared()
 
 
 def expand(secret: bytes, label: bytes, length: int) -> bytes:
@@ -79,6 +105,7 @@ class AeadSession(SecureSession):
         exporter_secret: bytes,
         rotate_bytes: int,
         rotate_seconds: float,
+        peer_accepts_unchecked_frames: bool = False,
     ) -> None:
         if aead not in AEADS:
             msg = f"unknown AEAD {aead!r}; use one of {', '.join(AEADS)}"
@@ -88,9 +115,11 @@ class AeadSession(SecureSession):
         self.aead = aead
         self.rotate_bytes = rotate_bytes
         self.rotate_seconds = rotate_seconds
+        self.peer_accepts_unchecked_frames = peer_accepts_unchecked_frames
         self._send = _Direction(aead, send_secret)
         self._recv = _Direction(aead, recv_secret)
         self._exporter = exporter_secret
+        self._seal_pool: list[bytearray] = []
 
     def __repr__(self) -> str:
         return f"AeadSession(peer_id={self.peer_id!r}, aead={self.aead!r})"
@@ -117,29 +146,74 @@ class AeadSession(SecureSession):
             self.rotate_seconds > 0 and time.monotonic() - send.epoch_started >= self.rotate_seconds
         )
 
+    def _sealed_buffer(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes for a sealed frame: a recycled one that nobody holds."""
+        if not _RECYCLE_MIN_BYTES <= size <= _RECYCLE_MAX_BYTES:
+            return bytearray(size)
+        pool = self._seal_pool
+        for index in range(len(pool)):
+            # Only the pool refers to it: no transport write queue, retransmit queue or
+            # caller still holds the frame sealed here last, nor a view of it (a view
+            # holds a reference), so overwriting it cannot change bytes anyone can read.
+            if sys.getrefcount(pool[index]) == _UNSHARED:
+                if len(pool[index]) != size:
+                    pool[index] = bytearray(size)
+                return pool[index]
+        buffer = bytearray(size)
+        if len(pool) < _SEAL_POOL_SIZE:
+            pool.append(buffer)
+        return buffer
+
     def seal(self, frame: bytes) -> bytes:
-        """Encrypt and authenticate ``frame``; rotates the key first when a budget is spent."""
+        """Encrypt and authenticate ``frame``; rotates the key first when a budget is spent.
+
+        Large frames come back in recycled buffers: a buffer is reused only once nothing
+        references it any more, so keeping or queueing a sealed frame is always safe.
+        """
         send = self._send
         if send.next_seq and self._rotation_due():
             send.advance(send.next_cipher())
-        header = HEADER.pack(FRAME_VERSION, send.epoch, send.next_seq)
-        out = bytearray(HEADER_BYTES + len(frame) + TAG_BYTES)
-        out[:HEADER_BYTES] = header
+        out = self._sealed_buffer(len(frame) + OVERHEAD_BYTES)
+        HEADER.pack_into(out, 0, FRAME_VERSION, send.epoch, send.next_seq)
+        view = memoryview(out)
         # encrypt_into writes ciphertext and tag after the header: one buffer, no join copy.
-        send.cipher.encrypt_into(header[1:], frame, header, memoryview(out)[HEADER_BYTES:])
+        with view:
+            send.cipher.encrypt_into(
+                view[1:HEADER_BYTES], frame, view[:HEADER_BYTES], view[HEADER_BYTES:]
+            )
         send.next_seq += 1
         send.bytes_in_epoch += len(frame)
-        # Channels take bytes-like frames; handing over the bytearray saves a full copy and
-        # nothing here keeps or reuses it.
+        # Channels take bytes-like frames; handing over the bytearray saves a full copy.
         return cast("bytes", out)
 
     def open(self, sealed: bytes) -> bytes:
         """Check and decrypt ``sealed``; SecurityError on tampering, replay, reordering."""
+        with memoryview(sealed) as view:
+            return self._open(view, None)
+
+    def open_into(self, sealed: bytes, scratch: bytearray) -> memoryview:
+        """Like :meth:`open`, but decrypt into ``scratch`` (grown as needed); a view of it.
+
+        The caller releases the view before the next call and copies what it keeps.
+        """
+        size = len(sealed) - OVERHEAD_BYTES
+        if len(scratch) < size:
+            scratch.extend(bytes(size - len(scratch)))
+        out = memoryview(scratch)[: max(size, 0)]
+        try:
+            with memoryview(sealed) as view:
+                self._open(view, out)
+        except BaseException:
+            out.release()  # a view left alive would stop scratch from ever being resized
+            raise
+        return out
+
+    def _open(self, view: memoryview, out: memoryview | None) -> bytes:
         recv = self._recv
-        if len(sealed) < HEADER_BYTES + TAG_BYTES:
-            msg = f"sealed frame of {len(sealed)} bytes is too short; the peer is not sealing"
+        if len(view) < OVERHEAD_BYTES:
+            msg = f"sealed frame of {len(view)} bytes is too short; the peer is not sealing"
             raise SecurityError(msg)
-        version, epoch, seq = HEADER.unpack_from(sealed)
+        version, epoch, seq = HEADER.unpack_from(view)
         if version != FRAME_VERSION:
             msg = f"sealed frame version {version} is not supported (expected {FRAME_VERSION})"
             raise SecurityError(msg)
@@ -171,9 +245,13 @@ class AeadSession(SecureSession):
                 f"{recv.epoch + 1} from {self.peer_id}"
             )
             raise SecurityError(msg)
-        view = memoryview(sealed)
+        nonce, aad, body = view[1:HEADER_BYTES], view[:HEADER_BYTES], view[HEADER_BYTES:]
+        frame = b""
         try:
-            frame = cipher.decrypt(view[1:HEADER_BYTES], view[HEADER_BYTES:], view[:HEADER_BYTES])
+            if out is None:
+                frame = cipher.decrypt(nonce, body, aad)
+            else:
+                cipher.decrypt_into(nonce, body, aad, out)
         except InvalidTag:
             msg = (
                 f"frame {seq} from {self.peer_id} failed authentication: it was altered in "
@@ -183,5 +261,5 @@ class AeadSession(SecureSession):
         if epoch != recv.epoch:
             recv.advance(cipher)
         recv.next_seq += 1
-        recv.bytes_in_epoch += len(frame)
+        recv.bytes_in_epoch += len(view) - OVERHEAD_BYTES
         return frame
