@@ -15,49 +15,40 @@ restores them. Both return once every forwarder concerned has applied the change
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import mmap
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from types import TracebackType
-from typing import Any
 
-from novacron_sdk.testing.wan.counters import BUCKET_S, CONTROL, CONTROL_HALF, COUNTERS, STATS_SIZE
-from novacron_sdk.testing.wan.emulator import (
+from novacron_sdk.testing.wan.counters import BUCKET_S, CONTROL, CONTROL_HALF, STATS_SIZE
+from novacron_sdk.testing.wan.link import LinkProfile
+from novacron_sdk.testing.wan.netns import (
     PREFIX,
     DirectionStats,
+    NamespacedHosts,
     WanEmulatorError,
     _ip,
     _ip_run,
     _open_tun,
     cleanup_stale,
     read_stats,
+    spawn_forwarder,
+    stop_process,
     unavailable_reason,
+    wait_forwarders,
 )
-from novacron_sdk.testing.wan.link import LinkProfile
 
 MESH_NETWORK = "198.18.1"
 """Region i gets ``198.18.1.<i+1>`` (RFC 2544 benchmarking range, apart from WanEmulator's)."""
 MAX_REGIONS = 16
 Pair = tuple[str, str]
-
-
-def _profile_json(profile: LinkProfile) -> str:
-    data = asdict(profile)
-    if profile.trace is not None:
-        trace = profile.trace
-        data["trace"] = {"steps": trace.steps, "period_s": trace.period_s, "name": trace.name}
-    return json.dumps(data)
 
 
 class _Direction:
@@ -92,7 +83,7 @@ class _Direction:
         self.control_path.unlink(missing_ok=True)
 
 
-class WanMesh:
+class WanMesh(NamespacedHosts):
     """Context manager: regions ``names`` in their own namespaces, pairwise emulated links.
 
     ``profile`` shapes every direction of every link; ``links`` overrides it per direction,
@@ -122,6 +113,7 @@ class WanMesh:
                 msg = f"link {pair!r} joins no two regions of {self.names!r}"
                 raise WanEmulatorError(msg)
             self.profiles[pair] = override
+        super().__init__()
         self.mtu = mtu
         self.seed = seed
         token = secrets.token_hex(3)
@@ -133,7 +125,6 @@ class WanMesh:
             (a, b): f"{PREFIX}{token}{self._index[a]:x}{self._index[b]:x}" for a, b in self.profiles
         }
         self._directions: dict[Pair, _Direction] = {}
-        self._children: list[subprocess.Popen[Any]] = []
         self.cut_pairs: set[Pair] = set()
         """Directions currently cut."""
 
@@ -142,18 +133,6 @@ class WanMesh:
         return f"{MESH_NETWORK}.{self._index[name] + 1}"
 
     # -- lifecycle ----------------------------------------------------------------------------
-
-    def __enter__(self) -> WanMesh:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def start(self) -> None:
         """Create namespaces, TUN devices and forwarders; everything is undone on failure."""
@@ -164,7 +143,7 @@ class WanMesh:
         fds: dict[Pair, int] = {}
         try:
             for name in self.names:
-                self._add_namespace(name)
+                self._add_namespace(self.namespaces[name])
             for pair in self.profiles:
                 fds[pair] = _open_tun(self._devices[pair])
                 self._configure_device(*pair)
@@ -177,17 +156,6 @@ class WanMesh:
         finally:
             for fd in fds.values():
                 os.close(fd)  # the forwarders hold their own copies
-
-    def _add_namespace(self, name: str) -> None:
-        ns = self.namespaces[name]
-        _ip("netns", "add", ns)
-        _ip("-n", ns, "link", "set", "lo", "up")
-        # Same TCP buffer limits as the host, so baselines inside are comparable to outside.
-        settings = ["net.ipv6.conf.all.disable_ipv6=1"]
-        for key in ("tcp_rmem", "tcp_wmem"):
-            value = Path(f"/proc/sys/net/ipv4/{key}").read_text().split()
-            settings.append(f"net.ipv4.{key}={' '.join(value)}")
-        _ip_run("netns", "exec", ns, "sysctl", "-q", "-w", *settings)
 
     def _configure_device(self, here: str, there: str) -> None:
         """The device in ``here``'s namespace that carries its traffic to ``there``."""
@@ -206,43 +174,27 @@ class WanMesh:
             files.append(Path(name))
         direction = _Direction(*files)
         self._directions[src, dst] = direction
-        seed = [] if self.seed is None else ["--seed", str(self.seed + len(self._directions))]
-        direction.forwarder = subprocess.Popen(  # noqa: S603 -- our own module, fixed args
-            [
-                sys.executable,
-                "-m",
-                "novacron_sdk.testing.wan.forwarder",
-                "--in-fd",
-                str(in_fd),
-                "--out-fd",
-                str(out_fd),
-                "--dst",
-                self.address(dst),
-                "--profile",
-                _profile_json(self.profiles[src, dst]),
-                "--stats",
-                str(direction.stats),
-                "--control",
-                str(direction.control_path),
-                *seed,
-            ],
-            pass_fds=(in_fd, out_fd),
+        seed = None if self.seed is None else self.seed + len(self._directions)
+        direction.forwarder = spawn_forwarder(
+            in_fd,
+            out_fd,
+            self.address(dst),
+            self.profiles[src, dst],
+            direction.stats,
+            control=direction.control_path,
+            seed=seed,
         )
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        for pair, direction in self._directions.items():
+        forwarders = []
+        for (src, dst), direction in self._directions.items():
             assert direction.forwarder is not None
-            while COUNTERS.unpack_from(direction.stats.read_bytes())[8] == 0:
-                code = direction.forwarder.poll()
-                if code is not None or time.monotonic() > deadline:
-                    msg = f"WAN forwarder {pair[0]} -> {pair[1]} did not start (exit code {code})"
-                    raise WanEmulatorError(msg)
-                time.sleep(0.01)
+            forwarders.append((f"{src} -> {dst}", direction.forwarder, direction.stats))
+        wait_forwarders(forwarders, timeout)
 
     def stop(self) -> None:
         """Stop everything started in the regions, the forwarders, and delete it all."""
-        self._kill_region_processes()
+        self._kill_inside()
         self._stop_forwarders()
         for ns in self.namespaces.values():
             _ip_run("netns", "del", ns)
@@ -252,34 +204,12 @@ class WanMesh:
         for direction in self._directions.values():
             direction.close()
         self._directions.clear()
-        self._children.clear()
         self.cut_pairs.clear()
-
-    def _kill_region_processes(self) -> None:
-        for child in self._children:
-            if child.poll() is None:
-                child.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(5)
-            for pipe in (child.stdin, child.stdout, child.stderr):
-                if pipe is not None:
-                    pipe.close()
-        for ns in self.namespaces.values():
-            for pid in _ip_run("netns", "pids", ns).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
 
     def _stop_forwarders(self) -> None:
         for direction in self._directions.values():
-            forwarder = direction.forwarder
-            if forwarder is not None:
-                if forwarder.poll() is None:
-                    forwarder.terminate()
-                try:
-                    forwarder.wait(5)
-                except subprocess.TimeoutExpired:
-                    forwarder.kill()
-                    forwarder.wait(5)
+            if direction.forwarder is not None:
+                stop_process(direction.forwarder)
 
     # -- partitions ---------------------------------------------------------------------------
 
@@ -314,29 +244,6 @@ class WanMesh:
                 self.cut_pairs.add(pair)
             else:
                 self.cut_pairs.discard(pair)
-
-    # -- running things inside ----------------------------------------------------------------
-
-    def command(self, name: str, argv: Sequence[str]) -> list[str]:
-        """``argv`` wrapped to run inside region ``name``'s namespace."""
-        ip = shutil.which("ip") or "/usr/sbin/ip"
-        return [ip, "netns", "exec", self.namespaces[name], *argv]
-
-    def run(
-        self, name: str, argv: Sequence[str], **kwargs: Any
-    ) -> subprocess.CompletedProcess[Any]:
-        """Run a command inside region ``name`` and wait (kwargs as for subprocess.run)."""
-        return subprocess.run(self.command(name, argv), check=False, **kwargs)  # noqa: S603
-
-    def popen(self, name: str, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start a command inside region ``name``; it is killed when the mesh stops."""
-        child = subprocess.Popen(self.command(name, argv), **kwargs)  # noqa: S603
-        self._children.append(child)
-        return child
-
-    def python(self, name: str, *args: str, **kwargs: Any) -> subprocess.Popen[Any]:
-        """Start ``python args...`` (this interpreter) inside region ``name``."""
-        return self.popen(name, [sys.executable, *args], **kwargs)
 
     # -- measurements -------------------------------------------------------------------------
 
