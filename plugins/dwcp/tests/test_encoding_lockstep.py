@@ -65,8 +65,8 @@ def test_diverged_cache_content_is_detected() -> None:
     batches = _batches(3, seed=3)
     decoder.decode(encoder.encode(batches[0]))
     assert decoder.cache is not None
-    index, page = next(iter(decoder.cache.pages.items()))
-    decoder.cache.pages[index] = bytes([page[0] ^ 1]) + page[1:]
+    slot = next(iter(decoder.cache.slot_of.values()))
+    decoder.cache.slab[slot, 0] ^= 1
     with pytest.raises(DesyncError, match="checksum"):
         decoder.decode(encoder.encode(batches[1]))
     # Once out of step, the decoder refuses everything after.
@@ -80,7 +80,7 @@ def test_diverged_cache_membership_is_detected() -> None:
     batches = _batches(2, seed=4)
     decoder.decode(encoder.encode(batches[0]))
     assert decoder.cache is not None
-    decoder.cache.pages.popitem()
+    decoder.cache.drop([next(iter(decoder.cache.slot_of))])
     with pytest.raises(DesyncError, match="state differ"):
         decoder.decode(encoder.encode(batches[1]))
 

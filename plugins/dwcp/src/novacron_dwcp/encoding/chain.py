@@ -1,10 +1,12 @@
 """The DWCP codec chain (HDE): zero pages, duplicates, deltas, then adaptive zstd/lz4.
 
 Each batch goes through: zero-page elimination; unchanged pages (same as the receiver's
-cached version); duplicate elimination (a reference to a cached page with identical content);
-an XBZRLE-like delta against the receiver's cached version of the page; full pages otherwise.
-The control data and the literal bytes are then compressed with the method the adaptive
-selector picks. Encoder and decoder keep identical bounded page caches; every payload carries
+cached version); duplicate elimination (a reference to a held page with identical content, or
+to an earlier page of the batch); an XBZRLE-like delta against the receiver's cached version
+of the page; full pages otherwise. All of it is decided for the whole batch at once with numpy
+(``classify``). The control data and the literal bytes are then compressed with the method the
+adaptive selector picks, in parallel chunks, while the encoder updates its page store.
+Encoder and decoder keep identical bounded page stores; every payload carries
 the batch sequence number, the stream id, a rolling digest of all earlier control data, the
 cache length and a checksum of every page of the batch, so a decoder out of step
 raises DesyncError instead of returning wrong pages.
@@ -12,26 +14,24 @@ raises DesyncError instead of returning wrong pages.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from concurrent.futures import Future
-from typing import Any, ClassVar, cast
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, delta, stream
-from novacron_dwcp.encoding.cache import IndexedPageCache
+from novacron_dwcp.encoding import compress, stream
+from novacron_dwcp.encoding.cache import IndexedPageStore
+from novacron_dwcp.encoding.classify import Classified, classify, merge
 from novacron_dwcp.encoding.decoder import DwcpDecoder
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
-from novacron_dwcp.encoding.integrity import fingerprints as page_fingerprints
 from novacron_dwcp.encoding.wire import (
-    METHOD_RAW,
+    MAX_CHUNKS,
     METHOD_ZSTD_LONG,
-    OP_DELTA,
-    OP_DUP,
-    OP_FULL,
     OP_NAMES,
-    OP_SAME,
     Header,
     check_page_size,
 )
@@ -46,8 +46,8 @@ from novacron_sdk.encoding.interface import (
 from novacron_sdk.errors import EncodingError
 
 DEFAULT_CACHE_MIB = 256
-# Pages analysed per step while other threads compress the steps before.
-SUB_BLOCK = 64
+# Below this many pages per thread a batch is not split: the hand-off would cost more.
+MIN_PART_PAGES = 64
 MAX_INDEX = 1 << 63
 
 
@@ -65,7 +65,7 @@ class DwcpEncoder(PageEncoder):
     def __init__(self, page_size: int, settings: Mapping[str, Any]) -> None:
         check_page_size(page_size)
         self.page_size = page_size
-        self.cache = IndexedPageCache(_cache_pages(settings, page_size))
+        self.cache = IndexedPageStore(_cache_pages(settings, page_size), page_size // 8)
         self.threads = settings.get("threads", compress.default_threads())
         if not isinstance(self.threads, int) or self.threads < 1:
             msg = f"codec setting threads must be a positive integer, not {self.threads!r}"
@@ -101,7 +101,7 @@ class DwcpEncoder(PageEncoder):
         try:
             return self._encode(batch)
         except BaseException:
-            # The cache may be half updated: the decoder can no longer follow this encoder.
+            # The store may be half updated: the decoder can no longer follow this encoder.
             self.broken = True
             raise
 
@@ -119,60 +119,85 @@ class DwcpEncoder(PageEncoder):
 
     def _encode(self, batch: PageBatch) -> bytes:
         size = self.page_size
-        data = bytes(batch.data)
         indices = [int(i) for i in batch.indices]
         count = len(indices)
+        table = np.frombuffer(batch.data, np.uint64).reshape(count, size // 8)
         cache_length = len(self.cache)
-        table = np.frombuffer(data, np.uint64).reshape(count, size // 8)
-        fingerprints = page_fingerprints(table)
+        slots = self.cache.lookup(indices) if cache_length else np.full(count, -1, np.int64)
         method = self.forced or self.selector.choose(self.threads)
         streams = self._streams(method)
-        # Pages are analysed in sub-blocks while other threads compress the whole pages of the
-        # sub-blocks before: the Python work and zstd/lz4 overlap on two or more cores.
-        early = streams is None and method.kind != METHOD_RAW and self.threads > 1
-        if streams is not None and self.threads > 1:
-            step = SUB_BLOCK
-        elif early:
-            step = max(SUB_BLOCK, -(-count // self.threads))
-        else:
-            step = max(count, 1)
-        work = _Work(count, table, cast("list[int]", fingerprints.tolist()))
-        full_chunks: list[Future[tuple[bytes, float]]] = []
-        for start in range(0, count, step):
-            full_piece, delta_piece = self._analyse(data, indices, work, start, start + step)
-            if streams is not None:
-                streams.feed((full_piece, delta_piece))
-            elif early and len(full_piece):
-                full_chunks.append(
-                    compress.shared_pool().submit(compress.timed, method, full_piece)
+        # Consecutive parts of the batch are classified each on a thread, and each part's
+        # literals are compressed on the pool as soon as it is classified, while this thread
+        # classifies, then updates the store: all of them only read the batch and the store.
+        parts = max(1, min(self.threads, count // MIN_PART_PAGES, MAX_CHUNKS // 2))
+        starts = [count * i // parts for i in range(parts)]
+        ends = [*starts[1:], count]
+        pool = compress.shared_pool() if self.threads > 1 else None
+        classify_part = functools.partial(self._classify_part, table, slots)
+        later = zip(starts[1:], ends[1:], strict=True)
+        # parts > 1 only with threads > 1, hence with a pool.
+        jobs = [pool.submit(classify_part, a, b) for a, b in later] if pool else []
+        done = [classify_part(starts[0], ends[0])]
+        packing: list[Future[_Compressed] | _Compressed] = []
+        for number in range(parts):
+            if number:
+                done.append(jobs[number - 1].result())
+            if streams is None:
+                pieces = done[number][1]
+                packing.append(
+                    pool.submit(_compress_pieces, method, pieces)
+                    if pool
+                    else _compress_pieces(method, pieces)
                 )
-        literal_size = work.literal_size
+        found = merge([part for part, _ in done], starts)
+        control = found.control(indices)
+        if streams is not None:
+            pieces = done[0][1] if parts == 1 else _pieces(table, found)
+            streams.feed(pieces)
+            self._probe_on_the_side(pieces)
+        written, slots = self.cache.update(
+            indices, table, found.ops, found.slots, found.sources
+        )  # fmt: skip
+        self.cache.index(slots, found.fingerprints[written])
         if streams is not None:
             chunks, seconds = streams.finish()
             control_method = compress.CONTROL_METHOD
-        elif early:
-            chunks, seconds = compress.compress_chunks(method, work.delta_pieces, self.threads)
-            done = [future.result() for future in full_chunks]
-            sizes = [len(piece) for piece in work.full_pieces if len(piece)]
-            chunks = [(raw, out) for raw, (out, _) in zip(sizes, done, strict=True)] + chunks
-            seconds += sum(took for _, took in done)
-            control_method = method
         else:
-            chunks, seconds = compress.compress_chunks(method, work.pieces(), self.threads)
+            packed = [job.result() if isinstance(job, Future) else job for job in packing]
+            # The literal section: every part's whole pages, then every part's delta bytes.
+            chunks = [c for out in packed for c in out.chunks[:1] if c[0]]
+            chunks += [c for out in packed for c in out.chunks[1:] if c[0]]
+            seconds = sum(out.seconds for out in packed)
             control_method = method
+        literal_size = sum(raw for raw, _ in chunks)
         self.selector.observe(method, literal_size, sum(len(c) for _, c in chunks), seconds)
-        control = work.control(indices)
         packed_control = compress.compress(control_method, control)
         header = Header(
             method.kind, method.level, self.seq, self.stream_id, self.state, size,
-            self.cache.capacity, cache_length, count, checksum(fingerprints), len(control),
+            self.cache.capacity, cache_length, count, checksum(found.fingerprints), len(control),
             len(packed_control), literal_size, tuple((raw, len(c)) for raw, c in chunks),
         )  # fmt: skip
         payload = b"".join([header.pack(), packed_control, *(c for _, c in chunks)])
         self.state = next_state(self.state, control)
         self.seq += 1
-        self._count(work.ops, len(data), len(payload), method.name)
+        self._count(found, len(batch.data), len(payload), method.name)
         return payload
+
+    def _classify_part(
+        self, table: np.ndarray, slots: np.ndarray, start: int, stop: int
+    ) -> tuple[Classified, list[memoryview]]:
+        """Classify rows start..stop; their literal pieces (whole pages, delta bytes)."""
+        found = classify(table[start:stop], slots[start:stop], self.cache)
+        return found, _pieces(table[start:stop], found)
+
+    def _probe_on_the_side(self, pieces: list[memoryview]) -> None:
+        """Measure the selector's probe method on a copy of the literals (sent with streams)."""
+        probe = self.selector.shadow
+        if probe is None:
+            return
+        out = _compress_pieces(probe, pieces)
+        raw = sum(size for size, _ in out.chunks)
+        self.selector.observe(probe, raw, sum(len(c) for _, c in out.chunks), out.seconds)
 
     def _streams(self, method: compress.Method) -> stream.StreamEncoder | None:
         if method.kind != METHOD_ZSTD_LONG:
@@ -181,122 +206,44 @@ class DwcpEncoder(PageEncoder):
             self.streams = stream.StreamEncoder(method.level, parallel=self.threads > 1)
         return self.streams
 
-    def _analyse(
-        self, data: bytes, indices: list[int], work: _Work, start: int, stop: int
-    ) -> tuple[memoryview, memoryview]:
-        """Classify pages start..stop, compute their deltas; return their literal pieces."""
-        table = work.table
-        full, delta_pages, bases = self._classify(data, indices, work, start, min(stop, work.count))
-        delta_words = np.zeros(0, np.uint64)
-        if delta_pages:
-            pages = np.array(delta_pages, np.int64)
-            rows = table[pages]
-            old = np.frombuffer(b"".join(bases), np.uint64).reshape(len(bases), table.shape[1])
-            found = delta.compute(rows, old)
-            work.run_counts.append(found.run_counts)
-            work.offsets.append((found.offsets * 8).astype(np.uint16))
-            work.lengths.append((found.lengths * 8).astype(np.uint16))
-            delta_words = delta.gather(rows, found.run_rows, found.offsets, found.lengths)
-            fallback = pages[~found.use_delta]
-            if fallback.size:
-                # These deltas would not be smaller than the page: send the page instead.
-                np.frombuffer(work.ops, np.uint8)[fallback] = OP_FULL
-                full = sorted(full + fallback.tolist())
-        full_rows = table[full] if len(full) < len(table) else table
-        pieces = (full_rows.reshape(-1).view(np.uint8).data, delta_words.view(np.uint8).data)
-        work.full_pieces.append(pieces[0])
-        work.delta_pieces.append(pieces[1])
-        return pieces
-
-    def _classify(
-        self, data: bytes, indices: list[int], work: _Work, start: int, stop: int
-    ) -> tuple[list[int], list[int], list[bytes]]:
-        """Decide the operation of pages start..stop and update the cache as the decoder will."""
-        size = self.page_size
-        nonzero = cast("list[bool]", work.table[start:stop].any(axis=1).tolist())
-        keys = work.keys
-        cache = self.cache
-        pages = cache.pages
-        ops = work.ops
-        refs = work.refs
-        full: list[int] = []
-        delta_pages: list[int] = []
-        bases: list[bytes] = []
-        for k in range(start, stop):
-            index = indices[k]
-            if not nonzero[k - start]:
-                # ops[k] is already OP_ZERO.
-                if index in pages:
-                    cache.drop(index)
-                continue
-            page = data[k * size : (k + 1) * size]
-            old = pages.get(index)
-            if old is not None and old == page:
-                ops[k] = OP_SAME
-                pages.move_to_end(index)
-                continue
-            ref = cache.find(page, keys[k])
-            if ref is not None:
-                ops[k] = OP_DUP
-                refs.append(ref)
-                # Share the cached object: identical pages cost memory once.
-                page = pages[ref]
-            elif old is not None:
-                ops[k] = OP_DELTA
-                delta_pages.append(k)
-                bases.append(old)
-            else:
-                ops[k] = OP_FULL
-                full.append(k)
-            cache.put_indexed(index, page, keys[k])
-        return full, delta_pages, bases
-
-    def _count(self, ops: bytearray, bytes_in: int, bytes_out: int, method: str) -> None:
+    def _count(self, found: Classified, bytes_in: int, bytes_out: int, method: str) -> None:
         stats = self._stats
-        stats.pages_in += len(ops)
+        stats.pages_in += len(found.ops)
         stats.bytes_in += bytes_in
         stats.bytes_out += bytes_out
         kinds = stats.by_kind
-        for op, name in enumerate(OP_NAMES):
-            found = ops.count(op)
-            if found:
-                kinds[name] = kinds.get(name, 0) + found
+        counts = np.bincount(found.ops, minlength=len(OP_NAMES)).tolist()
+        for name, number in zip(OP_NAMES, counts, strict=True):
+            if number:
+                kinds[name] = kinds.get(name, 0) + number
         key = f"batches:{method}"
         kinds[key] = kinds.get(key, 0) + 1
 
 
-class _Work:
-    """What the analysis of one batch produced so far, in page order."""
+def _pieces(table: np.ndarray, found: Classified) -> list[memoryview]:
+    """The literal pieces of a batch (or part): its whole pages, then its delta bytes."""
+    full = found.full_rows
+    # No copy when every page goes whole.
+    rows = table if full.size == len(table) else table[full]
+    return [rows.reshape(-1).view(np.uint8).data, found.delta_words.view(np.uint8).data]
 
-    def __init__(self, count: int, table: np.ndarray, keys: list[int]) -> None:
-        self.count = count
-        self.table = table
-        self.keys = keys
-        self.ops = bytearray(count)
-        self.refs: list[int] = []
-        self.run_counts: list[np.ndarray] = []
-        self.offsets: list[np.ndarray] = []
-        self.lengths: list[np.ndarray] = []
-        self.full_pieces: list[memoryview] = []
-        self.delta_pieces: list[memoryview] = []
 
-    @property
-    def literal_size(self) -> int:
-        """Bytes of whole pages and delta runs."""
-        return sum(len(p) for p in self.full_pieces) + sum(len(p) for p in self.delta_pieces)
+@dataclass
+class _Compressed:
+    """The compressed literal pieces of one part, and the seconds it took."""
 
-    def pieces(self) -> list[memoryview]:
-        """The literal section: every whole page, then every delta run."""
-        return self.full_pieces + self.delta_pieces
+    chunks: list[tuple[int, bytes]] = field(default_factory=list)
+    seconds: float = 0.0
 
-    def control(self, indices: list[int]) -> bytes:
-        """The control section: ops, index deltas, references, run counts, offsets, lengths."""
-        index_array = np.array(indices, np.uint64)
-        parts = [bytes(self.ops), np.diff(index_array, prepend=np.uint64(0)).tobytes()]
-        parts.append(np.array(self.refs, np.uint64).tobytes())
-        for arrays in (self.run_counts, self.offsets, self.lengths):
-            parts.extend(array.tobytes() for array in arrays)
-        return b"".join(parts)
+
+def _compress_pieces(method: compress.Method, pieces: list[memoryview]) -> _Compressed:
+    """Each piece as one chunk (empty pieces stay empty)."""
+    out = _Compressed()
+    for piece in pieces:
+        packed, took = compress.timed(method, piece) if len(piece) else (b"", 0.0)
+        out.chunks.append((len(piece), packed))
+        out.seconds += took
+    return out
 
 
 class DwcpCodec(PageCodec):

@@ -17,7 +17,6 @@ import lz4.block
 import zstandard
 
 from novacron_dwcp.encoding.wire import (
-    MAX_CHUNKS,
     METHOD_LZ4,
     METHOD_RAW,
     METHOD_ZSTD,
@@ -72,8 +71,9 @@ METHODS: tuple[Method, ...] = (
     Method("raw", METHOD_RAW, 0, 0.0, 0.0),
     Method("lz4", METHOD_LZ4, 0, 1.3, 1.0e-9),
     Method("zstd-1", METHOD_ZSTD, 1, 1.0, 2.5e-9),
-    # History across batches: 0.5x-1x of zstd-1 on dirty rounds of the memory corpus. Two
-    # lanes, but whole pages (lane 0) dominate most batches: modelled as one busy thread.
+    # History across batches (a 128 MiB window): 0.25x-0.9x of zstd-1 on dirty rounds of the
+    # memory corpus. Two lanes, but whole pages (lane 0) dominate most batches: modelled as
+    # one busy thread; the prior ratio is deliberately conservative.
     Method("zstd-1-long", METHOD_ZSTD_LONG, 1, 0.85, 4.0e-9, lanes=1),
     Method("zstd-3", METHOD_ZSTD, 3, 0.96, 5.0e-9),
     Method("zstd-6", METHOD_ZSTD, 6, 0.93, 15.0e-9),
@@ -143,47 +143,11 @@ def decompress(kind: int, data: bytes | memoryview, raw_size: int) -> bytes:
     return result
 
 
-def split(size: int, parts: int) -> list[tuple[int, int]]:
-    """Cut ``size`` bytes into at most ``parts`` chunks of at least MIN_CHUNK bytes."""
-    count = max(1, min(parts, MAX_CHUNKS, size // MIN_CHUNK))
-    step = max(1, -(-size // count))
-    return [(start, min(size, start + step)) for start in range(0, size, step)]
-
-
 def timed(method: Method, piece: memoryview) -> tuple[bytes, float]:
     """Compress one piece; return the output and the seconds it took."""
     started = time.perf_counter()
     out = compress(method, piece)
     return out, time.perf_counter() - started
-
-
-def compress_chunks(
-    method: Method, pieces: Sequence[memoryview], threads: int
-) -> tuple[list[tuple[int, bytes]], float]:
-    """Compress the concatenation of ``pieces`` as independent chunks, in parallel.
-
-    Chunks never straddle two pieces (no copy is made to join them). Returns (raw size,
-    compressed) per chunk and the summed compression seconds of all workers.
-    """
-    total = sum(len(piece) for piece in pieces)
-    views: list[memoryview] = []
-    for piece in pieces:
-        share = max(1, round(threads * len(piece) / total)) if total else 1
-        views.extend(piece[start:end] for start, end in split(len(piece), share))
-    if not views:
-        return [], 0.0
-    if len(views) == 1:
-        out, seconds = timed(method, views[0])
-        return [(len(views[0]), out)], seconds
-    pool = shared_pool()
-    futures = [pool.submit(timed, method, view) for view in views[1:]]
-    first, seconds = timed(method, views[0])
-    chunks = [(len(views[0]), first)]
-    for view, future in zip(views[1:], futures, strict=True):
-        out, took = future.result()
-        chunks.append((len(view), out))
-        seconds += took
-    return chunks, seconds
 
 
 def decompress_chunks(kind: int, chunks: Sequence[tuple[int, memoryview]]) -> bytes:
@@ -218,6 +182,8 @@ class AdaptiveSelector:
         self.base_ratio = BASE_RATIO_PRIOR
         self.seconds_per_byte = {m.name: m.seconds_per_byte_prior for m in METHODS}
         self.bandwidth: float | None = None
+        # A method to measure on the side of this batch (see ``choose``), or None.
+        self.shadow: Method | None = None
         self._batches = 0
 
     def ratio(self, method: Method) -> float:
@@ -242,10 +208,16 @@ class AdaptiveSelector:
                 self.ratio(m),
             ),
         )
+        self.shadow = None
         if self._batches % PROBE_EVERY == 0:
             position = METHODS.index(best)
             step = 1 if (self._batches // PROBE_EVERY) % 2 else -1
-            return METHODS[min(len(METHODS) - 1, max(0, position + step))]
+            probe = METHODS[min(len(METHODS) - 1, max(0, position + step))]
+            if best.kind != METHOD_ZSTD_LONG or probe.kind == METHOD_RAW:
+                return probe
+            # Leaving the long-window streams for a batch would send it without their
+            # history: the probe compresses a copy of the literals on the side instead.
+            self.shadow = probe
         return best
 
     def observe(self, method: Method, raw: int, compressed: int, seconds: float) -> None:

@@ -7,12 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, delta, stream
-from novacron_dwcp.encoding.cache import PageCache
-from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, fingerprints, next_state
+from novacron_dwcp.encoding import compress, stream
+from novacron_dwcp.encoding.cache import PageStore
+from novacron_dwcp.encoding.classify import fingerprint_rows
+from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
 from novacron_dwcp.encoding.wire import (
     METHOD_ZSTD,
     METHOD_ZSTD_LONG,
+    OP_COPY,
     OP_DELTA,
     OP_DUP,
     OP_FULL,
@@ -36,7 +38,7 @@ class DwcpDecoder(PageDecoder):
         self.page_size = page_size
         # The encoder declares its cache size; this bounds what the decoder agrees to hold.
         self.max_cache_pages = int(settings.get("max_cache_mib", 4096)) * (1 << 20) // page_size
-        self.cache: PageCache | None = None
+        self.cache: PageStore | None = None
         self.stream_id = b""
         self.streams: stream.StreamDecoder | None = None
         self.seq = 0
@@ -67,14 +69,15 @@ class DwcpDecoder(PageDecoder):
             msg = "literal section size does not match the pages it should carry: payload corrupt"
             raise EncodingError(msg)
         try:
-            data = self._rebuild(plan, literal, cache)
-            table = np.frombuffer(data, np.uint64).reshape(header.page_count, self.page_size // 8)
-            if checksum(fingerprints(table)) != header.checksum:
+            table = self._rebuild(plan, literal, cache)
+            nonzero = np.flatnonzero(plan.ops != OP_ZERO)
+            if checksum(fingerprint_rows(table, nonzero)) != header.checksum:
                 msg = (
                     f"batch {header.seq}: pages rebuilt from the cache do not match the encoder's "
                     "checksum; the decoder's state diverged, restart the stream"
                 )
                 raise DesyncError(msg)
+            cache.update(plan.indices, table, plan.ops, plan.slots, plan.sources)
         except BaseException:
             self.broken = True
             raise
@@ -83,9 +86,9 @@ class DwcpDecoder(PageDecoder):
             self.cache, self.stream_id = cache, header.stream_id
         self.state = next_state(self.state, control)
         self.seq += 1
-        return PageBatch(plan.indices, data, self.page_size)
+        return PageBatch(plan.indices, table.tobytes(), self.page_size)
 
-    def _check_step(self, header: Header) -> PageCache:
+    def _check_step(self, header: Header) -> PageStore:
         """The cache to decode ``header``'s batch with, if the payload is the next one."""
         if self.cache is None:
             if header.seq != 0:
@@ -100,7 +103,8 @@ class DwcpDecoder(PageDecoder):
                     f"{self.max_cache_pages} (raise the max_cache_mib codec setting)"
                 )
                 raise EncodingError(msg)
-            cache, stream_id = PageCache(header.cache_capacity), header.stream_id
+            cache = PageStore(header.cache_capacity, self.page_size // 8)
+            stream_id = header.stream_id
         else:
             cache, stream_id = self.cache, self.stream_id
         if header.stream_id != stream_id:
@@ -140,81 +144,49 @@ class DwcpDecoder(PageDecoder):
             literal = compress.decompress_chunks(header.method, chunks) if chunks else b""
         return control, literal
 
-    def _rebuild(self, plan: _Plan, literal: bytes, cache: PageCache) -> bytes:
-        """Walk the operations in order, keeping the cache exactly as the encoder did.
+    def _rebuild(self, plan: _Plan, literal: bytes, cache: PageStore) -> np.ndarray:
+        """The batch's pages, read from the store as it was before the batch and the literals."""
+        words = self.page_size // 8
+        ops = plan.ops
+        table = np.zeros((len(ops), words), np.uint64)
+        rows_of = {op: np.flatnonzero(ops == op) for op in (OP_SAME, OP_DUP, OP_DELTA, OP_FULL)}
+        slots = plan.slots = cache.lookup(plan.indices)
+        for op in (OP_SAME, OP_DELTA):
+            rows = rows_of[op]
+            _check_held([plan.indices[k] for k in rows[slots[rows] < 0].tolist()])
+            table[rows] = cache.slab[slots[rows]]
+        plan.sources = cache.lookup(plan.dup_refs)
+        _check_held([plan.dup_refs[k] for k in np.flatnonzero(plan.sources < 0).tolist()])
+        table[rows_of[OP_DUP]] = cache.slab[plan.sources]
+        full = rows_of[OP_FULL]
+        whole = np.frombuffer(literal, np.uint64, full.size * words)
+        table[full] = whole.reshape(full.size, words)
+        plan.apply_all(table.reshape(-1).view(np.uint8), self.page_size, rows_of[OP_DELTA], literal)
+        # References point to earlier rows that are not copies: those are all final by now.
+        table[plan.copy_rows] = table[plan.copy_refs]
+        return table
 
-        Deltas are applied after the walk, all at once with numpy; until then their rows in
-        the output and their cache entries hold the base. A delta page that a later operation
-        of the same batch reads is finished on the spot, so every read sees final content.
-        """
-        size = self.page_size
-        out = bytearray(len(plan.ops) * size)
-        literals = memoryview(literal)
-        full_at = 0
-        refs = iter(plan.refs)
-        pages = cache.pages
-        pending: dict[int, int] = {}  # page index -> number of its unfinished delta
-        delta_rows: list[int] = []
-        finished: set[int] = set()
 
-        def finish(index: int) -> bytes:
-            number = pending.pop(index)
-            row = delta_rows[number]
-            page = plan.apply_one(number, out[row * size : (row + 1) * size], literals)
-            out[row * size : (row + 1) * size] = page
-            pages[index] = page
-            finished.add(number)
-            return page
-
-        for k, (op, index) in enumerate(zip(plan.ops, plan.indices, strict=True)):
-            if op == OP_ZERO:
-                pages.pop(index, None)
-                pending.pop(index, None)
-                continue
-            if op == OP_FULL:
-                page = bytes(literals[full_at : full_at + size])
-                full_at += size
-                out[k * size : (k + 1) * size] = page
-                pending.pop(index, None)
-                cache.put(index, page)
-                continue
-            source = next(refs) if op == OP_DUP else index
-            base = pages.get(source)
-            if base is None:
-                msg = f"payload refers to page {source}, which this decoder does not hold"
-                raise DesyncError(msg)
-            if source in pending:
-                base = finish(source)
-            out[k * size : (k + 1) * size] = base
-            if op == OP_SAME:
-                pages.move_to_end(index)
-                continue
-            pending.pop(index, None)
-            cache.put(index, base)
-            if op == OP_DELTA:
-                pending[index] = len(delta_rows)
-                delta_rows.append(k)
-        plan.apply_all(out, size, delta_rows, finished, literals)
-        for index, number in pending.items():
-            if index in pages:
-                row = delta_rows[number]
-                pages[index] = bytes(out[row * size : (row + 1) * size])
-        return bytes(out)
+def _check_held(missing: list[int]) -> None:
+    if missing:
+        msg = f"payload refers to page {missing[0]}, which this decoder does not hold"
+        raise DesyncError(msg)
 
 
 class _Plan:
     """The parsed, bound-checked control section of one payload."""
 
     __slots__ = (
-        "delta_literal_bytes", "full_count", "indices", "lengths", "offsets", "ops", "refs",
-        "run_counts", "run_first", "run_literal",
+        "copy_refs", "copy_rows", "delta_literal_bytes", "dup_refs", "full_count", "indices",
+        "lengths", "offsets", "ops", "run_counts", "run_first", "run_literal", "slots", "sources",
     )  # fmt: skip
 
     def __init__(self) -> None:
-        self.ops: bytes = b""
-        self.indices: list[int] = []
-        self.refs: list[int] = []
         empty = np.zeros(0, np.int64)
+        self.ops = np.zeros(0, np.uint8)
+        self.indices: list[int] = []
+        self.dup_refs: list[int] = []
+        self.slots = self.sources = self.copy_rows = self.copy_refs = empty
         # Per delta: its number of runs and its first run; per run: offset, length, and
         # where its bytes start in the literal section.
         self.run_counts = self.run_first = empty
@@ -228,19 +200,20 @@ class _Plan:
         plan = cls()
         count = header.page_count
         size = header.page_size
-        ops = control[:count]
-        if len(ops) != count or (count and max(ops) > OP_FULL):
+        ops = np.frombuffer(control, np.uint8, min(count, len(control)))
+        if len(ops) != count or (count and int(ops.max()) > OP_COPY):
             msg = "control section holds an unknown page operation: payload corrupt"
             raise EncodingError(msg)
-        dups, deltas = ops.count(OP_DUP), ops.count(OP_DELTA)
-        if len(control) < count * 9 + dups * 8 + deltas * 2:
+        tally = np.bincount(ops, minlength=OP_COPY + 1)
+        dups, deltas, copies = int(tally[OP_DUP]), int(tally[OP_DELTA]), int(tally[OP_COPY])
+        if len(control) < count * 9 + (dups + copies) * 8 + deltas * 2:
             msg = "control section is shorter than its page operations need: payload corrupt"
             raise EncodingError(msg)
         position = count
         index_deltas = np.frombuffer(control, np.uint64, count, position)
         position += 8 * count
-        refs = np.frombuffer(control, np.uint64, dups, position) if dups else np.zeros(0, np.uint64)
-        position += 8 * dups
+        refs = np.frombuffer(control, np.uint64, dups + copies, position)
+        position += 8 * (dups + copies)
         run_counts = np.frombuffer(control, np.uint16, deltas, position).astype(np.int64)
         position += 2 * deltas
         runs = int(run_counts.sum())
@@ -252,10 +225,22 @@ class _Plan:
         if runs and (int((offsets + lengths).max()) > size or int(lengths.min()) == 0):
             msg = "a delta run reaches past the end of its page: payload corrupt"
             raise EncodingError(msg)
+        referenced = np.flatnonzero((ops == OP_DUP) | (ops == OP_COPY))
+        is_copy = ops[referenced] == OP_COPY
+        plan.copy_rows = referenced[is_copy]
+        copy_refs = refs[is_copy]
+        # A copy names an earlier row that is not itself a copy (so one pass rebuilds it).
+        if copy_refs.size and (
+            bool((copy_refs >= plan.copy_rows.astype(np.uint64)).any())
+            or bool((ops[copy_refs.astype(np.int64)] == OP_COPY).any())
+        ):
+            msg = "a copy refers to a later page or to another copy: payload corrupt"
+            raise EncodingError(msg)
+        plan.copy_refs = copy_refs.astype(np.int64)
+        plan.dup_refs = refs[~is_copy].tolist()
         plan.ops = ops
         plan.indices = np.cumsum(index_deltas, dtype=np.uint64).tolist()
-        plan.refs = refs.tolist()
-        plan.full_count = ops.count(OP_FULL)
+        plan.full_count = int(tally[OP_FULL])
         plan.run_counts = run_counts
         plan.run_first = np.cumsum(run_counts) - run_counts
         plan.offsets = offsets
@@ -264,34 +249,15 @@ class _Plan:
         plan.delta_literal_bytes = int(lengths.sum())
         return plan
 
-    def apply_one(self, number: int, base: bytes | bytearray, literals: memoryview) -> bytes:
-        """Delta ``number`` applied to ``base`` (one page), run by run."""
-        first = int(self.run_first[number])
-        last = first + int(self.run_counts[number])
-        page, _ = delta.apply(
-            bytes(base), self.offsets[first:last].tolist(), self.lengths[first:last].tolist(),
-            literals, int(self.run_literal[first]) if last > first else 0,
-        )  # fmt: skip
-        return page
-
-    def apply_all(
-        self, out: bytearray, size: int, rows: list[int], finished: set[int], literals: memoryview
-    ) -> None:
-        """Apply every delta not in ``finished`` to its row of ``out`` (which holds the base)."""
-        if len(finished) == len(rows):
-            return
-        todo = np.array([n for n in range(len(rows)) if n not in finished], np.int64)
-        counts = self.run_counts[todo]
-        total_runs = int(counts.sum())
+    def apply_all(self, target: np.ndarray, size: int, rows: np.ndarray, literal: bytes) -> None:
+        """Write every delta's runs over its row of ``target`` (bytes; rows hold the base)."""
+        total_runs = int(self.run_counts.sum())
         if not total_runs:
             return
-        runs = np.repeat(self.run_first[todo] - (np.cumsum(counts) - counts), counts)
-        runs += np.arange(total_runs)
-        targets = np.repeat(np.array(rows, np.int64)[todo], counts) * size + self.offsets[runs]
-        sources = self.run_literal[runs]
-        lengths = self.lengths[runs]
-        target = np.frombuffer(out, np.uint8)
-        source = np.frombuffer(literals, np.uint8)
+        targets = np.repeat(rows, self.run_counts) * size + self.offsets
+        sources = self.run_literal
+        lengths = self.lengths
+        source = np.frombuffer(literal, np.uint8)
         # In slices of about a MiB of bytes, so the index arrays stay small.
         ends = np.cumsum(lengths)
         cuts = np.searchsorted(ends, np.arange(SCATTER_BYTES, int(ends[-1]), SCATTER_BYTES))

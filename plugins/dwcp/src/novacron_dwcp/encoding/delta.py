@@ -2,7 +2,7 @@
 
 Like QEMU's XBZRLE, a run carries the *new* bytes rather than the XOR: new content compresses
 better than the XOR of two unrelated values. Finding the runs is vectorised over the whole
-batch with numpy; applying them is a slice assignment per run.
+batch with numpy, and so is applying them (see the decoder).
 """
 
 from __future__ import annotations
@@ -74,14 +74,3 @@ def gather(
     first_of_run = np.cumsum(lengths) - lengths
     positions = np.repeat(starts - first_of_run, lengths) + np.arange(total)
     return rows.reshape(-1)[positions]
-
-
-def apply(
-    base: bytes, offsets: list[int], lengths: list[int], literals: memoryview, position: int
-) -> tuple[bytes, int]:
-    """``base`` with the runs written over it; returns the page and the next literal position."""
-    page = bytearray(base)
-    for offset, length in zip(offsets, lengths, strict=True):
-        page[offset : offset + length] = literals[position : position + length]
-        position += length
-    return bytes(page), position

@@ -2,12 +2,12 @@
 
 Memory moves: a file copied in the page cache, a buffer reallocated, a log line that repeats
 a value just written to the heap. Such content is not at the same page (no delta) nor a whole
-identical page (no duplicate), but the receiver has seen it. Two zstd streams with a 32 MiB
+identical page (no duplicate), but the receiver has seen it. Two zstd streams with a 128 MiB
 window and long-distance matching, one for whole pages and one for delta bytes, keep that
 history on both ends; each batch is flushed as complete blocks, so it decodes on arrival.
 
 The decoder reads each lane through a bounded ``stream_reader``: it never produces more than
-the size the header declares, and the window it keeps is capped at 32 MiB.
+the size the header declares, and the window it keeps is capped at 128 MiB.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import zstandard
 
 from novacron_sdk.errors import EncodingError
 
-WINDOW_LOG = 25
+# 128 MiB: the whole memory a small guest sends in its first round stays reachable.
+WINDOW_LOG = 27
 LANES = 2  # lane 0: whole pages; lane 1: delta bytes
 
 

@@ -13,7 +13,7 @@ from novacron_sdk.encoding.interface import MAX_BATCH_PAGES
 from novacron_sdk.errors import EncodingError
 
 MAGIC = b"DWCP"
-VERSION = 1
+VERSION = 2
 MAX_CHUNKS = 64
 MIN_PAGE_SIZE = 64
 # Run offsets and lengths are u16 on the wire.
@@ -25,7 +25,8 @@ OP_SAME = 1  # unchanged: the receiver's cached version of this page
 OP_DUP = 2  # identical to the receiver's cached version of another page (a reference)
 OP_DELTA = 3  # runs of new bytes over the receiver's cached version of this page
 OP_FULL = 4  # the whole page follows in the literal section
-OP_NAMES = ("zero", "same", "duplicate", "delta", "full")
+OP_COPY = 5  # identical to an earlier page of the same batch (a reference to its position)
+OP_NAMES = ("zero", "same", "duplicate", "delta", "full", "copy")
 
 # Compression methods of the control section and the literal chunks.
 METHOD_RAW = 0

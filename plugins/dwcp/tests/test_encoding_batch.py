@@ -1,0 +1,156 @@
+"""DWCP chain, batch-wide paths: copies within a batch, parallel parts, bulk eviction, store."""
+
+from __future__ import annotations
+
+import random
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from novacron_dwcp.encoding import compress
+from novacron_dwcp.encoding.cache import PageStore
+from novacron_dwcp.encoding.chain import MIN_PART_PAGES, DwcpCodec, DwcpDecoder, DwcpEncoder
+from novacron_dwcp.encoding.wire import OP_COPY, OP_FULL, parse_header
+from novacron_sdk.encoding.interface import PageBatch
+from novacron_sdk.errors import EncodingError
+
+PAGE = 512  # small pages keep batches of several parts cheap
+
+
+def _pair(settings_: dict[str, object]) -> tuple[DwcpEncoder, DwcpDecoder]:
+    codec = DwcpCodec(settings_)
+    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
+    assert isinstance(encoder, DwcpEncoder)
+    assert isinstance(decoder, DwcpDecoder)
+    return encoder, decoder
+
+
+def _content(kind: int, seed: int) -> bytes:
+    """Page content from a small alphabet, so that duplicates and copies are frequent."""
+    rng = random.Random(seed % 7)
+    return [bytes(PAGE), rng.randbytes(PAGE), bytes([seed % 5]) * PAGE,
+            rng.randbytes(PAGE // 2) + bytes(PAGE // 2)][kind]  # fmt: skip
+
+
+PAGES = st.lists(
+    st.tuples(st.integers(0, 300), st.integers(0, 3), st.integers(0, 20), st.integers(0, PAGE - 8)),
+    min_size=MIN_PART_PAGES * 2,
+    max_size=MIN_PART_PAGES * 5,
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rounds=st.lists(PAGES, min_size=1, max_size=4),
+    threads=st.integers(1, 4),
+    cache_pages=st.sampled_from([0, 5, 64, 100, 4096]),
+    method=st.sampled_from(["zstd-1", "lz4", "raw", "zstd-1-long"]),
+)
+def test_large_batches_in_parallel_parts_round_trip(
+    rounds: list[list[tuple[int, int, int, int]]], threads: int, cache_pages: int, method: str
+) -> None:
+    """Batches big enough to be split across threads decode exactly, with identical stores.
+
+    Indices repeat within and across batches; contents repeat (duplicates, copies, sames);
+    some pages get a small patch (deltas); small caches evict in bulk.
+    """
+    encoder, decoder = _pair(
+        {"threads": threads, "cache_mib": cache_pages * PAGE / (1 << 20), "method": method}
+    )
+    for pages in rounds:
+        data = bytearray()
+        for _, kind, seed, offset in pages:
+            page = bytearray(_content(kind, seed))
+            if seed % 3 == 0:
+                page[offset : offset + 8] = struct.pack("<Q", seed * 7919 + offset)
+            data += page
+        batch = PageBatch([index for index, *_ in pages], bytes(data), PAGE)
+        out = decoder.decode(encoder.encode(batch))
+        assert list(out.indices) == list(batch.indices)
+        assert out.data == batch.data
+        assert decoder.cache is not None
+        assert encoder.cache.items() == decoder.cache.items()
+        assert len(encoder.cache) <= cache_pages
+
+
+def test_identical_pages_of_one_batch_go_once() -> None:
+    """A page repeated in a batch (not held yet) is sent once and copied by the decoder."""
+    encoder, decoder = _pair({"threads": 1})
+    page = random.Random(1).randbytes(PAGE)
+    batch = PageBatch([3, 9, 12], page * 3, PAGE)
+    payload = encoder.encode(batch)
+    assert decoder.decode(payload).data == batch.data
+    assert encoder.stats().by_kind.get("copy") == 2
+    assert encoder.stats().by_kind.get("full") == 1
+
+
+def _raw_copy_payload() -> tuple[bytearray, int]:
+    """A raw-method payload for [A, A] (ops FULL, COPY) and the offset of its copy reference."""
+    encoder, _ = _pair({"threads": 1, "method": "raw"})
+    page = random.Random(2).randbytes(PAGE)
+    payload = bytearray(encoder.encode(PageBatch([0, 1], page * 2, PAGE)))
+    header = parse_header(bytes(payload), PAGE)
+    control = header.size
+    assert payload[control : control + 2] == bytes([OP_FULL, OP_COPY])
+    return payload, control + 2 + 8 * 2
+
+
+@pytest.mark.parametrize("reference", [1, 2, 1 << 40])
+def test_copy_of_itself_or_of_a_later_page_is_rejected(reference: int) -> None:
+    """A copy must name an earlier page of its batch: anything else is a corrupt payload."""
+    payload, at = _raw_copy_payload()
+    payload[at : at + 8] = struct.pack("<Q", reference)
+    decoder = DwcpCodec({"method": "raw"}).new_decoder(PAGE)
+    with pytest.raises(EncodingError, match="copy refers"):
+        decoder.decode(bytes(payload))
+
+
+def test_store_evicts_least_recently_used_in_bulk() -> None:
+    """When slots run out, the oldest untouched pages go (a sixteenth of the capacity at once)."""
+    words = 4
+    store = PageStore(32, words)
+    table = np.arange(32 * words, dtype=np.uint64).reshape(32, words) + 1
+    full = np.full(32, OP_FULL, np.uint8)
+    store.update(list(range(32)), table, full, np.full(32, -1, np.int64), np.zeros(0, np.int64))
+    # Pages 0..3 are used again, so 4..5 are now the oldest.
+    again = list(range(4))
+    store.update(again, table[:4], np.ones(4, np.uint8), store.lookup(again), np.zeros(0, np.int64))
+    store.update([100], table[:1], full[:1], np.full(1, -1, np.int64), np.zeros(0, np.int64))
+    assert len(store) == 32 - 2 + 1
+    assert store.get(4) is None
+    assert store.get(5) is None
+    assert store.get(0) == table[0].tobytes()
+    assert store.get(100) == table[0].tobytes()
+
+
+def test_store_of_zero_capacity_holds_nothing() -> None:
+    """A zero-page cache is valid: every page then goes whole or as a copy within its batch."""
+    store = PageStore(0, 4)
+    table = np.ones((3, 4), np.uint64)
+    written, slots = store.update(
+        [1, 2, 3], table, np.full(3, OP_FULL, np.uint8), np.full(3, -1, np.int64), np.zeros(0)
+    )
+    assert len(store) == 0
+    assert written.size == slots.size == 0
+
+
+def test_probes_do_not_leave_the_long_window_streams() -> None:
+    """When the long-window method is the choice, probes measure others on the side."""
+    encoder, decoder = _pair({"threads": 1})
+    encoder.set_bandwidth_hint(1e6)  # bytes matter most: the long window is the choice
+    rng = random.Random(3)
+    words = [b"alpha ", b"beta ", b"gamma ", b"delta "]
+    neighbours = {m.name: m.seconds_per_byte_prior for m in compress.METHODS}
+    for number in range(2 * compress.PROBE_EVERY):
+        text = b"".join(rng.choice(words) for _ in range(PAGE * 64 // 5))[: PAGE * 64]
+        batch = PageBatch(range(number * 64, number * 64 + 64), text, PAGE)
+        assert decoder.decode(encoder.encode(batch)).data == batch.data
+    batches = {k: v for k, v in encoder.stats().by_kind.items() if k.startswith("batches:")}
+    assert batches == {"batches:zstd-1-long": 2 * compress.PROBE_EVERY}
+    measured = encoder.selector.seconds_per_byte
+    probed = [n for n, prior in neighbours.items() if n != "zstd-1-long" and measured[n] != prior]
+    assert probed  # a neighbour was measured on the side
