@@ -12,6 +12,7 @@ EWMA and harmonic mean; the learned lower bound holds for >= 90 % of intervals.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,9 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Figure, parse_args, report
 
-from novacron_dwcp.prediction.evaluation import best_of, evaluate, format_table
+from novacron_dwcp.prediction.evaluation import (
+    PredictorFactory,
+    best_of,
+    evaluate,
+    format_table,
+)
 from novacron_dwcp.prediction.learned import load_model
-from novacron_dwcp.prediction.traces import files_in_split, read_trace
+from novacron_dwcp.prediction.traces import Trace, files_in_split, read_trace
 from novacron_sdk.plugin.manager import build_plugin_manager
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +36,11 @@ TRACES = ROOT.parent / "shared" / "data" / "bandwidth" / "pensieve-train"
 BASELINES = ("last-sample", "ewma", "harmonic")
 PREDICTORS = ("last-sample", "ewma", "harmonic", "robust-mpc", "holt", "learned")
 QUICK_FILES = 12
+LATENCY_HISTORY = 100
+LATENCY_CALLS = 300
+LATENCY_REPEATS = 5
+LATENCY_TARGET_US = 1000.0
+"""The planner calls predict() while deciding; it must stay well under a millisecond."""
 
 
 def main() -> int:
@@ -91,6 +102,7 @@ def main() -> int:
                 met=learned.coverage >= 0.9,
             )
         )
+    figures.append(_latency_figure(traces, factories["learned"], factories["ewma"]))
     model = load_model()
     extra = {
         "held_out_files": [p.name for p in held_out],
@@ -98,6 +110,38 @@ def main() -> int:
         "model_training": dict(model.metadata),
     }
     return report("prediction", "DWCP bandwidth prediction (held-out traces)", args, figures, extra)
+
+
+def _predict_time_us(trace: Trace, factory: PredictorFactory, repeats: int) -> list[float]:
+    """Microseconds per ``predict(10.0)`` after a full history, one figure per repeat."""
+    predictor = factory()
+    predictor.observe(trace.samples()[:LATENCY_HISTORY])
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(LATENCY_CALLS):
+            predictor.predict(10.0)
+        times.append((time.perf_counter() - started) / LATENCY_CALLS * 1e6)
+    return times
+
+
+def _latency_figure(
+    traces: list[Trace], learned: PredictorFactory, ewma: PredictorFactory
+) -> Figure:
+    """How long the migration planner waits for the learned estimate, next to EWMA's."""
+    trace = max(traces, key=lambda t: len(t.times))
+    ours = _predict_time_us(trace, learned, LATENCY_REPEATS)
+    theirs = _predict_time_us(trace, ewma, LATENCY_REPEATS)
+    return Figure(
+        "learned predict() time",
+        statistics.median(ours),
+        "us",
+        baseline_name="ewma predict()",
+        baseline_value=statistics.median(theirs),
+        target="< 1000 us",
+        met=statistics.median(ours) < LATENCY_TARGET_US,
+        samples=ours,
+    )
 
 
 def _options(parser: object) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from novacron_dwcp.prediction import hooks
-from novacron_dwcp.prediction.features import FEATURE_NAMES, features
-from novacron_dwcp.prediction.learned import LearnedPredictor, load_model
+from novacron_dwcp.prediction.features import FEATURE_NAMES, HISTORY, features
+from novacron_dwcp.prediction.learned import MODEL_FORMAT, LearnedPredictor, load_model
 from novacron_dwcp.prediction.predictors import (
     HoltPredictor,
     LastSamplePredictor,
@@ -170,6 +170,18 @@ def test_shipped_model_matches_this_feature_set_and_is_small():
     assert json.loads(path.read_text())["features"] == list(FEATURE_NAMES)
 
 
+def test_the_packed_forest_sums_exactly_what_the_trees_give():
+    model = load_model()
+    for step, horizon, rates in [
+        (1.0, 1.0, [3e6, 0.0, 5e6, 8e6, 2e6, 9e6]),
+        (5.0, 10.0, [1e6 * (1 + (i % 7)) for i in range(80)]),
+        (1.0, 30.0, [50e6 / (1 + i) for i in range(20)]),
+    ]:
+        row = features(rates, step, horizon)
+        by_tree = model.baseline + sum(tree.evaluate(row) for tree in model.trees)
+        assert model.predict_log_ratio(row) == by_tree
+
+
 def test_learned_predictor_honours_the_horizon_on_a_trend():
     predictor = LearnedPredictor()
     predictor.observe(samples([5e6 + i * 0.5e6 for i in range(30)]))
@@ -179,12 +191,99 @@ def test_learned_predictor_honours_the_horizon_on_a_trend():
 
 
 def test_feature_vector_length_and_horizon_features():
-    row = features([1e6] * 10, 1.0, 10.0, 10)
+    row = features([1e6] * 10, 2.0, 10.0)
     assert len(row) == len(FEATURE_NAMES)
-    assert row[FEATURE_NAMES.index("log2_horizon")] == pytest.approx(math.log2(10.0))
-    assert row[FEATURE_NAMES.index("horizon_steps")] == pytest.approx(10.0)
-    # A flat history sits exactly at the reference rate.
-    assert row[FEATURE_NAMES.index("lag1")] == pytest.approx(0.0, abs=1e-12)
+    assert row[FEATURE_NAMES.index("horizon_s")] == pytest.approx(10.0)
+    assert row[FEATURE_NAMES.index("horizon_steps")] == pytest.approx(5.0)
+    # A flat history sits exactly at the reference rate, with no spread and no trend.
+    for name in ("lag1", "lag10", "mean60", "median5", "ewma0.05", "std30", "slope30"):
+        assert row[FEATURE_NAMES.index(name)] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_window_features_match_hand_computed_statistics():
+    # Last five: 1, 2, 4, 8, 16 Mbit/s; harmonic mean 5 / (1 + 1/2 + 1/4 + 1/8 + 1/16) = 80/31.
+    rates = [1e6, 2e6, 4e6, 8e6, 16e6]
+    row = features(rates, 1.0, 1.0)
+    reference = 80e6 / 31
+    at = FEATURE_NAMES.index
+    assert row[at("lag1")] == pytest.approx(math.log(16e6 / reference))
+    assert row[at("lag3")] == pytest.approx(math.log(4e6 / reference))
+    assert row[at("mean5")] == pytest.approx(math.log(6.2e6 / reference))
+    assert row[at("median5")] == pytest.approx(math.log(4e6 / reference))
+    assert row[at("min5")] == pytest.approx(math.log(1e6 / reference))
+    assert row[at("q755")] == pytest.approx(math.log(8e6 / reference))
+    assert row[at("harmonic5")] == pytest.approx(0.0, abs=1e-12)
+    # The log rate rises by log 2 per sample: slope and mean absolute step both say so.
+    assert row[at("slope10")] == pytest.approx(math.log(2))
+    assert row[at("absdiff10")] == pytest.approx(math.log(2))
+
+
+def test_features_look_only_at_the_last_history_samples():
+    recent = [3e6 + 1e5 * (i % 7) for i in range(HISTORY)]
+    assert features([1e6] * 25 + recent, 1.0, 10.0) == features([9e6] * 3 + recent, 1.0, 10.0)
+
+
+def test_outages_are_counted_against_the_reference():
+    row = features([0.0] * 3 + [5e6] * 7, 1.0, 1.0)
+    # A zero rate is floored at 1 kbit/s; three of the last ten samples are outages.
+    assert row[FEATURE_NAMES.index("outages10")] == pytest.approx(0.3)
+
+
+def one_leaf_model(tmp_path, log_ratio):
+    """A model file whose single tree predicts ``log_ratio`` everywhere.
+
+    Its lower-bound factor encodes its bin: 0.1 * (horizon bin + 1) + 0.01 * (step bin + 1)
+    + 0.001 * (volatility bin + 1).
+    """
+    factors = [
+        [[0.1 * (h + 1) + 0.01 * (s + 1) + 0.001 * (v + 1) for v in range(3)] for s in range(2)]
+        for h in range(4)
+    ]
+    document = {
+        "format": MODEL_FORMAT,
+        "features": list(FEATURE_NAMES),
+        "horizons": [1.0, 30.0],
+        "baseline": 0.0,
+        "trees": [
+            {"feature": [-1], "threshold": [0.0], "left": [0], "right": [0], "value": [log_ratio]}
+        ],
+        "lower": {
+            "coverage": 0.9,
+            "horizon_edges": [2.0, 5.0, 20.0],
+            "step_edges": [3.0],
+            "volatility_edges": [0.1, 0.3],
+            "factors": factors,
+        },
+    }
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_the_lower_bound_comes_from_the_horizon_step_and_volatility_bin(tmp_path):
+    predictor = LearnedPredictor({"model": one_leaf_model(tmp_path, math.log(0.5))})
+    # Five-second steps, a flat-ish history (std of the last five log-ratios below 0.1).
+    predictor.observe(samples([10e6, 10.5e6, 10e6, 10.5e6, 10e6, 10.5e6], step=5.0))
+    estimate = predictor.predict(10.0)
+    reference = 5 / (2 / 10e6 + 3 / 10.5e6)
+    assert estimate.mean_bps == pytest.approx(0.5 * reference)
+    assert estimate.lower_bps == pytest.approx(estimate.mean_bps * 0.321)
+    # One-second steps with a jumpy history fall in the other step row and the top tercile.
+    jumpy = LearnedPredictor({"model": one_leaf_model(tmp_path, 0.0)})
+    jumpy.observe(samples([10e6, 40e6, 10e6, 40e6, 10e6, 40e6]))
+    estimate = jumpy.predict(1.0)
+    assert estimate.lower_bps == pytest.approx(estimate.mean_bps * 0.113)
+
+
+def test_a_steady_link_is_not_extrapolated_by_the_trees(tmp_path):
+    # The tree says "halve it"; a link that has not moved at all is predicted to stay put.
+    predictor = LearnedPredictor({"model": one_leaf_model(tmp_path, math.log(0.5))})
+    predictor.observe(samples([20e6] * 30))
+    assert predictor.predict(10.0).mean_bps == pytest.approx(20e6)
+    # Within a 5 % spread the trees decide again.
+    moving = LearnedPredictor({"model": one_leaf_model(tmp_path, math.log(0.5))})
+    moving.observe(samples([20e6, 21e6] * 15))
+    assert moving.predict(10.0).mean_bps < 11e6
 
 
 def test_a_model_file_of_another_format_is_rejected(tmp_path):
