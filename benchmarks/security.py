@@ -14,12 +14,14 @@ Handshake rows use ``time.process_time`` over many in-process runs of both sides
 The X25519-only key exchange and the Ed25519-only signatures are subclasses defined here, for
 measurement only; the product has no classical mode.
 
-Throughput sends 1 MiB frames over the builtin TCP transport on loopback between two child
-processes (each end seals or opens on its own core, as two hosts would), sealed through
+Throughput sends 1 MiB frames over the builtin TCP transport and over the DWCP multi-stream
+transport (default settings) on loopback between two child processes (each end seals or
+opens on its own core, as two hosts would), sealed through
 ``SecureChannel`` against the bare channel of the same transport, in the same run and with
 the same process setup, rounds interleaved. "sealed" uses the transport's default settings,
-so both ends skip the transport's CRC32 (the peers agree to it in the handshake; the AEAD tag
-covers every frame): the target >= 0.85x is judged on that row. "sealed, CRC kept" sets
+so both ends skip the transport's payload CRC32 (the peers agree to it in the handshake; the
+AEAD tag covers every frame; DWCP still checks a CRC over each header): the target >= 0.85x
+is judged on that row, per transport. "sealed, CRC kept" sets
 ``skip_crc_when_sealed: false`` (what a peer of an older version gets), for information. The
 CPU seconds both ends spend per GiB are reported too: on a busy machine they are steadier
 than wall time.
@@ -46,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from novacron_dwcp.transport.multistream import MultiStreamTransport
 from novacron_pqc import kem
 from novacron_pqc.http_auth import FrameQueueChannel
 from novacron_pqc.identity import SIGNATURE_CONTEXT, EnrolledKeys, NodeIdentity, PublicIdentity
@@ -54,7 +57,7 @@ from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import SecurityError
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.security.channel import secure_channel
-from novacron_sdk.transport.interface import Channel, Endpoint
+from novacron_sdk.transport.interface import Channel, Endpoint, Transport
 
 TH = hashlib.sha384(b"transcript").digest()
 
@@ -180,6 +183,7 @@ VARIANTS: dict[str, tuple[bool, dict[str, Any]]] = {
     "sealed": (True, {}),
     "sealed, CRC kept": (True, {"skip_crc_when_sealed": False}),
 }
+TRANSPORTS: dict[str, type[Transport]] = {"tcp": TcpTransport, "dwcp": MultiStreamTransport}
 
 
 def _provider(key_dir: str, me: str) -> PqcSecurityProvider:
@@ -191,11 +195,11 @@ def _provider(key_dir: str, me: str) -> PqcSecurityProvider:
     )
 
 
-def _receiver(queue: Any, variant: str, key_dir: str, total: int) -> None:
-    asyncio.run(_receive(queue, variant, key_dir, total))
+def _receiver(queue: Any, transport: str, variant: str, key_dir: str, total: int) -> None:
+    asyncio.run(_receive(queue, transport, variant, key_dir, total))
 
 
-async def _receive(queue: Any, variant: str, key_dir: str, total: int) -> None:
+async def _receive(queue: Any, transport: str, variant: str, key_dir: str, total: int) -> None:
     sealed, settings = VARIANTS[variant]
     plugins = build_plugin_manager(autoload=False)
     done = asyncio.Event()
@@ -212,7 +216,7 @@ async def _receive(queue: Any, variant: str, key_dir: str, total: int) -> None:
         await channel.drain()
         done.set()
 
-    listener = await TcpTransport(settings).listen(Endpoint(), serve)
+    listener = await TRANSPORTS[transport](settings).listen(Endpoint(), serve)
     queue.put(listener.endpoint.port)
     await done.wait()
     await asyncio.sleep(0.2)
@@ -220,10 +224,10 @@ async def _receive(queue: Any, variant: str, key_dir: str, total: int) -> None:
 
 
 async def _send(
-    port: int, variant: str, key_dir: str, frame: bytes, count: int
+    port: int, transport: str, variant: str, key_dir: str, frame: bytes, count: int
 ) -> tuple[float, float]:
     sealed, settings = VARIANTS[variant]
-    channel: Channel = await TcpTransport(settings).connect(Endpoint(port=port))
+    channel: Channel = await TRANSPORTS[transport](settings).connect(Endpoint(port=port))
     if sealed:
         plugins = build_plugin_manager(autoload=False)
         channel = await secure_channel(plugins, channel, "initiator", _provider(key_dir, "a"))
@@ -237,25 +241,36 @@ async def _send(
 
 
 def _sender(
-    queue: Any, port: int, variant: str, key_dir: str, frame_bytes: int, count: int
+    queue: Any,
+    port: int,
+    transport: str,
+    variant: str,
+    key_dir: str,
+    frame_bytes: int,
+    count: int,
 ) -> None:
-    queue.put(asyncio.run(_send(port, variant, key_dir, os.urandom(frame_bytes), count)))
+    frame = os.urandom(frame_bytes)
+    queue.put(asyncio.run(_send(port, transport, variant, key_dir, frame, count)))
 
 
 def throughput(
-    variant: str, key_dir: str, frame_bytes: int, total_bytes: int
+    transport: str, variant: str, key_dir: str, frame_bytes: int, total_bytes: int
 ) -> tuple[float, float]:
-    """Bytes/s between two fresh child processes over loopback TCP, and their CPU s/GiB."""
+    """Bytes/s between two fresh child processes over loopback, and their CPU s/GiB."""
     count = max(1, total_bytes // frame_bytes)
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     receiver = ctx.Process(
-        target=_receiver, args=(queue, variant, key_dir, count * frame_bytes), daemon=True
+        target=_receiver,
+        args=(queue, transport, variant, key_dir, count * frame_bytes),
+        daemon=True,
     )
     receiver.start()
     port = queue.get(timeout=30)
     sender = ctx.Process(
-        target=_sender, args=(queue, port, variant, key_dir, frame_bytes, count), daemon=True
+        target=_sender,
+        args=(queue, port, transport, variant, key_dir, frame_bytes, count),
+        daemon=True,
     )
     sender.start()
     try:
@@ -268,14 +283,16 @@ def throughput(
     return rate, (sender_cpu + receiver_cpu) * 2**30 / (count * frame_bytes)
 
 
-def throughput_figures(runs: dict[str, list[tuple[float, float]]], frame_kib: int) -> list[Figure]:
+def throughput_figures(
+    transport: str, runs: dict[str, list[tuple[float, float]]], frame_kib: int
+) -> list[Figure]:
     """Each sealed variant against unsealed: throughput and CPU per GiB (target on defaults)."""
     plain = runs["unsealed"]
     plain_rate = median([r[0] for r in plain])
     plain_cpu = median([r[1] for r in plain])
     figures = [
         Figure(
-            f"unsealed throughput, {frame_kib} KiB frames (the baseline, per round)",
+            f"{transport}: unsealed throughput, {frame_kib} KiB frames (the baseline, per round)",
             plain_rate / 1e6,
             "MB/s",
             samples=[r[0] / 1e6 for r in plain],
@@ -287,22 +304,22 @@ def throughput_figures(runs: dict[str, list[tuple[float, float]]], frame_kib: in
         ratios = [s[0] / p[0] for s, p in zip(sealed, plain, strict=True)]
         figures += [
             Figure(
-                f"{variant} throughput, {frame_kib} KiB frames (ratio per round: "
+                f"{transport}: {variant} throughput, {frame_kib} KiB frames (ratio per round: "
                 + ", ".join(f"{r:.2f}" for r in ratios)
                 + ")",
                 rate / 1e6,
                 "MB/s",
-                "unsealed tcp, same settings",
+                f"unsealed {transport}, same settings",
                 plain_rate / 1e6,
                 target=">= 0.85x" if variant == "sealed" else None,
                 met=rate >= 0.85 * plain_rate if variant == "sealed" else None,
                 samples=[r[0] / 1e6 for r in sealed],
             ),
             Figure(
-                f"{variant}: CPU per GiB, both ends",
+                f"{transport}: {variant}: CPU per GiB, both ends",
                 median([r[1] for r in sealed]),
                 "s/GiB",
-                "unsealed tcp",
+                f"unsealed {transport}",
                 plain_cpu,
                 samples=[r[1] for r in sealed],
             ),
@@ -362,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = args.frame_kib * 1024
     total = (256 if args.quick else 2048) * 1024 * 1024
     rounds = 2 if args.quick else 5
-    runs: dict[str, list[tuple[float, float]]] = {}
+    runs: dict[str, dict[str, list[tuple[float, float]]]] = {name: {} for name in TRANSPORTS}
     with tempfile.TemporaryDirectory() as key_dir:
         a, b = NodeIdentity.generate("a"), NodeIdentity.generate("b")
         a.save(Path(key_dir) / "a.key")
@@ -370,12 +387,14 @@ def main(argv: list[str] | None = None) -> int:
         EnrolledKeys(Path(key_dir) / "a-enrolled").enroll(b.public)
         EnrolledKeys(Path(key_dir) / "b-enrolled").enroll(a.public)
         for _ in range(rounds):  # interleaved so drift hits every variant alike
-            for variant in VARIANTS:
-                runs.setdefault(variant, []).append(throughput(variant, key_dir, frame, total))
+            for transport in TRANSPORTS:
+                for variant in VARIANTS:
+                    result = throughput(transport, variant, key_dir, frame, total)
+                    runs[transport].setdefault(variant, []).append(result)
 
     figures = [
         *handshake_figures(x_cpu, h_cpu, full),
-        *throughput_figures(runs, args.frame_kib),
+        *(f for name in TRANSPORTS for f in throughput_figures(name, runs[name], args.frame_kib)),
     ]
     return report("security", "Security: handshake and sealing costs", args, figures)
 

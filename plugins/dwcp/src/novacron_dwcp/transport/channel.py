@@ -22,7 +22,14 @@ from novacron_dwcp.transport.retransmit import SendWindow
 from novacron_dwcp.transport.settings import MultiStreamSettings, ResolvedSettings
 from novacron_dwcp.transport.stream import StreamConnection
 from novacron_dwcp.transport.striping import Striper
-from novacron_dwcp.transport.wire import HEADER_SIZE, Header, Kind, encode_frame, encode_header
+from novacron_dwcp.transport.wire import (
+    FLAG_UNCHECKED,
+    HEADER_SIZE,
+    Header,
+    Kind,
+    encode_frame,
+    encode_header,
+)
 from novacron_sdk.errors import FrameError, NovaCronError, TransportError
 from novacron_sdk.transport.interface import Channel, ChannelStats
 
@@ -90,6 +97,11 @@ class MultiStreamChannel(Channel):
         self.streams_lost = 0
         self.resumes = 0
         self._resuming = False
+        self.accept_unchecked = False
+        """DATA frames whose CRC covers only the header are taken (see ex_accept_unchecked)."""
+        self.unchecked_received = 0
+        """DATA frames received without payload CRC."""
+        self._data_flags = 0
 
     # -- streams -----------------------------------------------------------------------------
 
@@ -168,7 +180,7 @@ class MultiStreamChannel(Channel):
             waiter = asyncio.get_running_loop().create_future()
             self._send_waiters.append(waiter)
             await waiter
-        header = encode_header(Kind.DATA, 0, self._window.next_seq, frame)
+        header = encode_header(Kind.DATA, self._data_flags, self._window.next_seq, frame)
         pending = self._window.record(header, frame)
         self.frames_sent += 1
         self.payload_sent += size
@@ -287,6 +299,25 @@ class MultiStreamChannel(Channel):
         for stream in list(self.streams.values()):
             stream.abort()
 
+    def ex_accept_unchecked(self) -> bool:
+        """Accept DATA frames without payload CRC from now on (their header CRC still counts).
+
+        For a security layer that authenticates every frame it receives, from its handshake
+        on (whose messages a signed transcript covers): it calls this before it tells the
+        peer, in the handshake, that unchecked frames are welcome. Returns True (it can).
+        """
+        self.accept_unchecked = True
+        return True
+
+    def ex_send_unchecked(self) -> None:
+        """Send DATA frames without payload CRC from now on, if ``skip_crc_when_sealed``.
+
+        For a security layer whose peer accepted unchecked frames in its handshake; control
+        frames (acks, closes) are not sealed and keep their full CRC.
+        """
+        if self.settings.skip_crc_when_sealed:
+            self._data_flags = FLAG_UNCHECKED
+
     @property
     def resends(self) -> int:
         """Frames sent again (after a stream loss, a resume or a stall)."""
@@ -318,6 +349,8 @@ class MultiStreamChannel(Channel):
         self.wire_received += HEADER_SIZE + len(payload)
         kind = header.kind
         if kind == Kind.DATA:
+            if header.unchecked:
+                self.unchecked_received += 1
             if self._rx.add(header.seq, payload):
                 self._wake_receiver()
                 self._acks.schedule()

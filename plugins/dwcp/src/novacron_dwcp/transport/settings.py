@@ -65,6 +65,11 @@ class MultiStreamSettings(BaseModel):
         default=0.2, gt=0, description="No ack progress this long (or 4 RTT): rescue frames."
     )
     ack_delay_s: float = Field(default=0.002, ge=0)
+    skip_crc_when_sealed: bool = Field(
+        default=True,
+        description="On a sealed channel whose peer takes them, send DATA frames whose CRC "
+        "covers the header only (the AEAD tag checks the payload).",
+    )
     datacenter_rtt_s: float = Field(default=0.002, gt=0, description="Below: datacenter.")
     datacenter_loss: float = Field(default=0.001, ge=0, le=1, description="Below: datacenter.")
 

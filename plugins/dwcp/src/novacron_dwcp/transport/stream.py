@@ -4,6 +4,8 @@ The reader parses frames out of a reusable scratch buffer; a large frame's paylo
 straight into its own buffer, which is allocated only after the header passed validation and
 the owner reserved room for it in the receive window. The writer hands header and payload to
 ``sendmsg`` together, without joining them, and queues only what the kernel did not take.
+A DATA frame flagged unchecked (sealed channels only) skips the payload CRC; its header CRC
+is still checked.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ _IOV_MAX = 64
 
 class StreamOwner(Protocol):
     """What a stream reports to its channel."""
+
+    accept_unchecked: bool
+    """DATA frames without payload CRC are welcome (a security layer authenticates them)."""
 
     def on_data_header(self, stream: StreamConnection, header: Header) -> bool:
         """Reserve room for a DATA frame; False to skip a retransmitted duplicate."""
@@ -85,6 +90,7 @@ class StreamConnection:
         self._body_buffer = bytearray()
         self._body_got = 0
         self._body_crc = 0
+        self._body_checked = True
         self._discard = 0
         self._reserved = 0
         sock.setblocking(False)
@@ -182,9 +188,10 @@ class StreamConnection:
                     if not got:
                         self._lost(None)
                         return
-                    # Checksummed now, while the bytes the kernel just wrote are in cache.
-                    start = self._body_got
-                    self._body_crc = zlib.crc32(body[start : start + got], self._body_crc)
+                    if self._body_checked:
+                        # Checksummed now, while the bytes the kernel just wrote are in cache.
+                        start = self._body_got
+                        self._body_crc = zlib.crc32(body[start : start + got], self._body_crc)
                     self._body_got += got
                     if self._body_got == len(body):
                         self._finish_body()
@@ -225,7 +232,9 @@ class StreamConnection:
                 if avail < HEADER_SIZE:
                     break
                 header = decode_header(
-                    view[self._start : self._start + HEADER_SIZE], self._max_frame
+                    view[self._start : self._start + HEADER_SIZE],
+                    self._max_frame,
+                    accept_unchecked=self._owner.accept_unchecked,
                 )
                 self._start += HEADER_SIZE
                 avail -= HEADER_SIZE
@@ -244,13 +253,7 @@ class StreamConnection:
                 self._owner.on_frame(self, header, bytes(payload))
                 continue
             if length > _DIRECT_THRESHOLD:
-                if len(self._body_buffer) < length:
-                    self._body_buffer = bytearray(length)
-                body = memoryview(self._body_buffer)[:length]
-                body[:avail] = view[self._start : self._end]
-                self._body, self._body_got, self._pending = body, avail, header
-                self._body_crc = zlib.crc32(body[:avail], header.prefix_crc)
-                self._start = self._end = 0
+                self._start_body(header, avail)
                 break
             self._pending = header
             if self._start + length > SCRATCH_SIZE:
@@ -259,12 +262,26 @@ class StreamConnection:
         if self._start == self._end:
             self._start = self._end = 0
 
+    def _start_body(self, header: Header, avail: int) -> None:
+        """Read the rest of a large frame straight into the body buffer."""
+        length = header.length
+        if len(self._body_buffer) < length:
+            self._body_buffer = bytearray(length)
+        body = memoryview(self._body_buffer)[:length]
+        body[:avail] = self._view[self._start : self._end]
+        self._body, self._body_got, self._pending = body, avail, header
+        self._body_checked = not header.unchecked
+        if self._body_checked:
+            self._body_crc = zlib.crc32(body[:avail], header.prefix_crc)
+        self._start = self._end = 0
+
     def _finish_body(self) -> None:
         body, header = self._body, self._pending
         if body is None or header is None:  # set together in _parse; defensive
             return
         self._body, self._pending, self._body_got = None, None, 0
-        header.check_crc(self._body_crc)
+        if self._body_checked:
+            header.check_crc(self._body_crc)
         payload = bytes(body)
         body.release()
         if len(self._body_buffer) > _KEEP_BODY_BUFFER:

@@ -17,7 +17,15 @@ from collections.abc import Callable, Iterable
 from novacron_dwcp.transport.congestion import tcp_info
 from novacron_dwcp.transport.retransmit import UNASSIGNED, Pending, SendWindow
 from novacron_dwcp.transport.stream import StreamConnection
-from novacron_dwcp.transport.wire import FLAG_RETRANSMIT, HEADER_SIZE, Kind, encode_header
+from novacron_dwcp.transport.wire import (
+    FLAG_RETRANSMIT,
+    FLAG_UNCHECKED,
+    HEADER_SIZE,
+    Kind,
+    encode_header,
+)
+
+_FLAGS_OFFSET = 3
 
 _ESTIMATE_TTL_S = 0.01
 _UNKNOWN_RATE = 1e6
@@ -96,7 +104,12 @@ class Striper:
         size = len(pending.payload)
         self.queued_bytes -= size
         if pending.retransmit:
-            pending.header = encode_header(Kind.DATA, FLAG_RETRANSMIT, pending.seq, pending.payload)
+            # A resend is checked as its first copy was: a frame sent before the channel was
+            # sealed (a handshake message) keeps its payload CRC.
+            unchecked = pending.header[_FLAGS_OFFSET] & FLAG_UNCHECKED
+            pending.header = encode_header(
+                Kind.DATA, FLAG_RETRANSMIT | unchecked, pending.seq, pending.payload
+            )
             self.resends += 1
         pending.stream_id = stream.stream_id
         self.wire_bytes += size + HEADER_SIZE

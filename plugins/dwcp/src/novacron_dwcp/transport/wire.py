@@ -3,7 +3,8 @@
 Every message on every TCP stream is a frame with the 20-byte header of
 :mod:`novacron_sdk.transport.framing` (magic, version, flags, seq, length, CRC32 over the
 header fields and the payload). DWCP uses the transport-defined ``flags`` byte: the low four
-bits carry the frame kind, bit 7 marks a retransmission.
+bits carry the frame kind, bit 7 marks a retransmission, bit 6 a DATA frame whose CRC covers
+the header only (its payload is sealed by a security layer, whose AEAD tag checks it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from novacron_sdk.transport import framing
 
 HEADER_SIZE = framing.HEADER_SIZE
 _CRC_OFFSET = HEADER_SIZE - 4
+_PREFIX = struct.Struct("!2sBBQI")
 
 HELLO_BODY = struct.Struct("!B16sIQQII")
 """kind/status u8, session id 16 bytes, stream id u32, receive window u64,
@@ -49,13 +51,26 @@ class HelloKind(IntEnum):
 
 FLAG_RETRANSMIT = 0x80
 """The frame is a resend after a stream died: a duplicate of it is dropped, not an error."""
+FLAG_UNCHECKED = 0x40
+"""DATA only: the CRC covers the 16 header bytes, not the payload, which a security layer
+seals (its AEAD tag detects any change). Accepted only on channels switched to it."""
 _KIND_MASK = 0x0F
-_KNOWN_FLAGS = FLAG_RETRANSMIT | _KIND_MASK
+_KNOWN_FLAGS = FLAG_RETRANSMIT | FLAG_UNCHECKED | _KIND_MASK
 
 
 def encode_header(kind: int, flags: int, seq: int, payload: bytes | memoryview) -> bytes:
     """Return the shared 20-byte header of a DWCP frame carrying ``payload``."""
+    if flags & FLAG_UNCHECKED:
+        return _unchecked_header(kind | flags, seq, len(payload))
     return framing.pack_header(seq, payload, flags=kind | flags)
+
+
+def _unchecked_header(flags: int, seq: int, length: int) -> bytes:
+    if not 0 <= seq <= framing.MAX_SEQ or length > framing.MAX_LENGTH:
+        msg = f"frame seq {seq} of {length} bytes does not fit the header; open a new channel"
+        raise FrameError(msg)
+    prefix = _PREFIX.pack(framing.MAGIC, framing.VERSION, flags, seq, length)
+    return prefix + zlib.crc32(prefix).to_bytes(4, "big")
 
 
 def encode_frame(kind: int, seq: int, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -79,9 +94,15 @@ class Header:
         """The sender resent this frame after a stream died."""
         return bool(self.flags & FLAG_RETRANSMIT)
 
+    @property
+    def unchecked(self) -> bool:
+        """The CRC covered the header only (checked in decode_header); the payload is sealed."""
+        return bool(self.flags & FLAG_UNCHECKED)
+
     def check_payload(self, payload: bytes | bytearray | memoryview) -> None:
-        """Raise FrameError unless the CRC covers this payload."""
-        self.check_crc(zlib.crc32(payload, self.prefix_crc))
+        """Raise FrameError unless the CRC covers this payload (unchecked frames: no-op)."""
+        if not self.flags & FLAG_UNCHECKED:
+            self.check_crc(zlib.crc32(payload, self.prefix_crc))
 
     def check_crc(self, crc: int) -> None:
         """Raise FrameError unless ``crc`` (over prefix and payload) is the header's."""
@@ -94,10 +115,14 @@ class Header:
             raise FrameError(msg)
 
 
-def decode_header(raw: bytes | bytearray | memoryview, max_frame: int) -> Header:
+def decode_header(
+    raw: bytes | bytearray | memoryview, max_frame: int, *, accept_unchecked: bool = False
+) -> Header:
     """Parse and validate a header; raise FrameError for anything malformed or oversized.
 
     Runs before any payload byte is read, so an absurd length never causes an allocation.
+    A FLAG_UNCHECKED frame is refused unless ``accept_unchecked`` (the channel was switched
+    to it by its security layer); its header CRC is checked here.
     """
     parsed = framing.parse_header(raw, max_frame_bytes=max_frame)
     flags = parsed.flags
@@ -116,14 +141,31 @@ def decode_header(raw: bytes | bytearray | memoryview, max_frame: int) -> Header
             f"{MAX_CONTROL_PAYLOAD}-byte limit for control frames"
         )
         raise FrameError(msg)
-    return Header(
-        kind,
-        flags & ~_KIND_MASK,
-        parsed.length,
-        parsed.seq,
-        parsed.crc,
-        zlib.crc32(raw[:_CRC_OFFSET]),
-    )
+    prefix_crc = zlib.crc32(raw[:_CRC_OFFSET])
+    if flags & FLAG_UNCHECKED:
+        _check_unchecked(kind, parsed, prefix_crc, accept_unchecked)
+    return Header(kind, flags & ~_KIND_MASK, parsed.length, parsed.seq, parsed.crc, prefix_crc)
+
+
+def _check_unchecked(
+    kind: int, parsed: framing.FrameHeader, prefix_crc: int, accept_unchecked: bool
+) -> None:
+    if not accept_unchecked:
+        msg = (
+            f"frame seq {parsed.seq} came without a payload CRC, which only sealed channels "
+            "accept: the peer skips the CRC though this side never switched to sealed frames "
+            "(or the header was corrupted); the channel was closed"
+        )
+        raise FrameError(msg)
+    if kind != Kind.DATA:
+        msg = f"control frame (kind {kind}) without a payload CRC: only DATA frames may skip it"
+        raise FrameError(msg)
+    if parsed.crc != prefix_crc:
+        msg = (
+            f"frame seq {parsed.seq} failed its header CRC32 check: the header was corrupted "
+            "in transit; the channel was closed"
+        )
+        raise FrameError(msg)
 
 
 @dataclass(frozen=True, slots=True)
