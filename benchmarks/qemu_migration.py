@@ -8,13 +8,23 @@ migrated to the destination daemon by libvirt (migrate3), in the same run, these
 - ``native multifd+zstd``: the same with 2 multifd channels and zstd (libvirt 9.0 cannot ask
   for multifd compression, so it is set with QEMU's ``-global migration.multifd-compression``
   on the destination and ``migrate-set-parameters`` on the source);
-- ``novacron tcp`` / ``novacron dwcp``: QEMU's stream carried by the NovaCron transport
-  (``novacron_libvirt.migration.migrate_stream``; DWCP only when novacron-dwcp is installed).
+- ``novacron tcp``: QEMU's stream carried by the builtin TCP transport through the stream
+  bridge (``novacron_libvirt.bridge``), as it is;
+- ``novacron dwcp raw``: carried by DWCP, as it is (the bridge's ``codec="raw"``);
+- ``novacron dwcp``: carried by DWCP compressed (the bridge's default over DWCP: zstd frames,
+  level chosen by the bridge from where its sender waits);
+- ``novacron dwcp + page refs``: the same, and the guest's kernel and initrd (which the
+  destination must hold too) given to both bridge ends as reference files: RAM pages found in
+  them go as references (``novacron_libvirt.pagerefs``). DWCP rows only when novacron-dwcp
+  is installed.
 
 All use the same libvirt settings (live pre-copy, 300 ms downtime limit, no bandwidth cap).
 Figures: total time (wall clock of the migration call), QEMU's reported downtime and bytes,
-each beside the native baseline of the same run. QEMU 7.2 counts multifd pages before
-compression, so its byte count does not show zstd's effect; over the WAN the emulator's own
+each beside the native baseline of the same run, and total time and bytes on the wire beside
+multifd+zstd too; for bridged paths also the bytes the transport carried (after the bridge's
+codec). The bridge's source and sink run in two event loops (two threads), like two hosts.
+QEMU 7.2 counts multifd pages before compression, so its byte count does not show zstd's
+effect; over the WAN the emulator's own
 counter of IP bytes it delivered source -> destination is reported too ("bytes on the wire":
 headers and retransmissions included, packets the link dropped not).
 
@@ -22,9 +32,11 @@ Loopback: both daemons in this machine's network namespace (``Lab``). WAN (not w
 ``--quick``): the source daemon (and so its QEMU) runs in the WAN emulator's host a, the
 destination's in host b, at the issue's target profile (100 Mbit/s, 100 ms RTT, 0.5% loss):
 native paths use QEMU's own TCP (``tcp://`` to host b), bridged paths carry the stream with
-the bridge's source end in host a and its sink in host b (each in its own event loop, since
-``migrate_stream`` runs both ends in one). The target figures compare DWCP's total time with
-native and with multifd+zstd there.
+the bridge's source end in host a and its sink in host b. The target figures compare
+(compressed) DWCP's total time with native and with multifd+zstd there, for the default
+``novacron dwcp`` path and, beside it, for ``novacron dwcp + page refs``. ``--paths`` runs
+some paths only (native always), ``--no-loopback`` the WAN only: for development, not for
+figures to quote.
 Needs root, libvirt-python and the system packages listed in docs/libvirt.md.
 """
 
@@ -64,6 +76,7 @@ NATIVE_WAN_PORT = 49152
 CLONE_NEWNET = 0x40000000
 WAN_RATE_BPS, WAN_RTT_S, WAN_LOSS = 100e6, 0.100, 0.005
 WIRE_COUNTER_LAG_S = 0.2  # the emulator publishes its counters every 50 ms
+QUICK_PATHS = ("native", "native multifd+zstd", "novacron dwcp")
 T = TypeVar("T")
 
 
@@ -75,6 +88,8 @@ class Method:
     transport: str | None = None  # None = QEMU's own stream, straight to the destination
     multifd: int = 0
     zstd: bool = False
+    codec: str | None = None  # the bridge's codec; None = its default for the transport
+    references: bool = False  # the guest's kernel and initrd as the bridge's reference files
 
 
 @dataclass
@@ -87,6 +102,7 @@ class Sample:
     bytes_bridge: int | None = None
     wire_bytes: int | None = None  # IP bytes the emulator delivered source -> destination
     stats: dict[str, Any] = field(default_factory=dict)
+    bridge: dict[str, Any] = field(default_factory=dict)  # codec, frame bytes, streams, levels
 
 
 def methods() -> list[Method]:
@@ -97,7 +113,9 @@ def methods() -> list[Method]:
         Method("novacron tcp", transport="tcp"),
     ]
     if "dwcp" in build_plugin_manager().transports:
+        found.append(Method("novacron dwcp raw", transport="dwcp", codec="raw"))
         found.append(Method("novacron dwcp", transport="dwcp"))
+        found.append(Method("novacron dwcp + page refs", transport="dwcp", references=True))
     return found
 
 
@@ -187,65 +205,26 @@ async def migrate_native(
     )
 
 
-async def migrate_bridged(
-    site: Site, source: Any, destination: Any, name: str, method: Method, xml: str
-) -> Sample:
-    """QEMU's stream carried by the NovaCron transport ``method.transport``."""
-    from novacron_libvirt.migration import migrate_stream
-
-    qemu_socket, source_socket, destination_socket = site.lab.migration_sockets(name)
-    if site.wan_namespaces is not None:
-        return await _migrate_bridged_split(
-            site, source, destination, name, method, xml, destination_socket
-        )
-    result = await migrate_stream(
-        source,
-        destination,
-        name,
-        transport=_transport(method),
-        qemu_socket=qemu_socket,
-        source_socket=source_socket,
-        destination_socket=destination_socket,
-        settings=settings_for(method),
-        destination_xml=xml,
-    )
-    stats = result.qemu_stats
-    return Sample(
-        result.total_s,
-        float(result.downtime_ms or 0),
-        int(stats["data_processed"]),
-        bytes_bridge=result.bytes_to_destination,
-        stats=stats,
-    )
-
-
 def _transport(method: Method) -> Any:
     return build_plugin_manager().transports.get(str(method.transport))()
 
 
-async def _migrate_bridged_split(
-    site: Site,
-    source: Any,
-    destination: Any,
-    name: str,
-    method: Method,
-    xml: str,
-    destination_socket: Path,
+async def migrate_bridged(
+    site: Site, source: Any, destination: Any, name: str, method: Method, xml: str
 ) -> Sample:
-    """migrate_stream's steps with the sink in the destination's namespace (its own loop).
+    """QEMU's stream carried by the NovaCron transport ``method.transport``, via the bridge.
 
-    migrate_stream runs both bridge ends in one event loop, i.e. one network namespace; over
-    the emulator the sink must listen in host b while the source end (this loop) is in a.
+    ``migrate_stream``'s steps, with the sink in its own event loop (in host b's namespace
+    over the WAN) while the source end runs in this one (host a's), like two hosts.
     """
     from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
     from novacron_libvirt.migration import migration_flags_and_params
     from novacron_sdk.transport.interface import Endpoint
 
-    if site.wan_namespaces is None:
-        msg = "the split bridge is only for the WAN site"
-        raise ValueError(msg)
-    sink_loop = _loop_in_namespace(site.wan_namespaces[1])
+    sink_loop = _loop_in_namespace(site.wan_namespaces[1] if site.wan_namespaces else None)
     session = secrets.token_hex(8)
+    qemu_socket, source_socket, destination_socket = site.lab.migration_sockets(name)
+    references = [site.lab.guest.kernel, site.lab.guest.initramfs] if method.references else []
 
     async def make_sink() -> Any:
         sink = StreamBridgeSink(
@@ -253,6 +232,7 @@ async def _migrate_bridged_split(
             Endpoint(host=site.destination_address),
             destination_socket,
             session,
+            reference_files=references,
         )
         await sink.start()
         return sink
@@ -261,8 +241,14 @@ async def _migrate_bridged_split(
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, sink_loop))
 
     sink = await in_sink_loop(make_sink())
-    qemu_socket, source_socket, _ = site.lab.migration_sockets(name)
-    bridge = StreamBridgeSource(_transport(method), sink.endpoint, source_socket, session)
+    bridge = StreamBridgeSource(
+        _transport(method),
+        sink.endpoint,
+        source_socket,
+        session,
+        codec=method.codec,
+        reference_files=references,
+    )
     try:
         started = time.monotonic()
         await bridge.start()
@@ -284,6 +270,12 @@ async def _migrate_bridged_split(
         int(stats["data_processed"]),
         bytes_bridge=bridge.stats.bytes_to_destination,
         stats=stats,
+        bridge={
+            "codec": bridge.stats.codec,
+            "frame_bytes": bridge.stats.frame_bytes_to_destination,
+            "streams": bridge.stats.streams,
+            "levels": [[list(step) for step in steps] for steps in bridge.stats.levels],
+        },
     )
 
 
@@ -295,13 +287,14 @@ def enter_namespace(namespace: str) -> None:
             raise OSError(ctypes.get_errno(), f"setns {namespace}")
 
 
-def _loop_in_namespace(namespace: str) -> asyncio.AbstractEventLoop:
+def _loop_in_namespace(namespace: str | None) -> asyncio.AbstractEventLoop:
     """A new event loop running in a thread inside ``namespace`` (stop it when done)."""
     loop = asyncio.new_event_loop()
     ready = threading.Event()
 
     def serve() -> None:
-        enter_namespace(namespace)
+        if namespace is not None:
+            enter_namespace(namespace)
         asyncio.set_event_loop(loop)
         loop.call_soon(ready.set)
         loop.run_forever()
@@ -361,10 +354,18 @@ def _median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def _figure(where: str, name: str, label: str, unit: str, values: list[float]) -> Figure:
+    return Figure(f"{where}: {name} {label}", _median(values), unit, samples=values)
+
+
 def figures_for(
     where: str, samples: dict[str, list[Sample]], baseline: str = "native"
 ) -> list[Figure]:
-    """Total time, downtime and bytes of every path beside the native baseline."""
+    """Total time, downtime and bytes of every path beside the native baseline.
+
+    Total time and bytes on the wire also beside multifd+zstd (the best QEMU can do alone),
+    and the bridged paths' bytes through the transport (after the bridge's codec).
+    """
     figures: list[Figure] = []
     base = samples[baseline]
     measures: list[tuple[str, str, Callable[[Sample], float]]] = [
@@ -375,24 +376,35 @@ def figures_for(
     if base[0].wire_bytes is not None:
         measures.append(("bytes on the wire", "MiB", lambda s: (s.wire_bytes or 0) / 2**20))
     for label, unit, get in measures:
-        base_values = [get(s) for s in base]
-        figures.append(
-            Figure(f"{where}: {baseline} {label}", _median(base_values), unit, samples=base_values)
-        )
+        figures.append(_figure(where, baseline, label, unit, [get(s) for s in base]))
         for name, runs in samples.items():
             if name == baseline:
                 continue
-            values = [get(s) for s in runs]
-            figures.append(
-                Figure(
-                    f"{where}: {name} {label}",
-                    _median(values),
-                    unit,
-                    baseline_name=baseline,
-                    baseline_value=_median(base_values),
-                    samples=values,
-                )
-            )
+            figure = _figure(where, name, label, unit, [get(s) for s in runs])
+            figure.baseline_name = baseline
+            figure.baseline_value = _median([get(s) for s in base])
+            figure.__post_init__()
+            figures.append(figure)
+    second = "native multifd+zstd"
+    for label, unit, get in measures:
+        if label not in {"total time", "bytes on the wire"} or second not in samples:
+            continue
+        reference = _median([get(s) for s in samples[second]])
+        for name, runs in samples.items():
+            if name.startswith("novacron"):
+                figure = _figure(where, name, f"{label} vs {second}", unit, [get(s) for s in runs])
+                figure.baseline_name, figure.baseline_value = second, reference
+                figure.__post_init__()
+                figures.append(figure)
+    native_bytes = _median([s.bytes_qemu / 2**20 for s in base])
+    for name, runs in samples.items():
+        if name.startswith("novacron"):
+            values = [s.bridge.get("frame_bytes", 0) / 2**20 for s in runs]
+            figure = _figure(where, name, "bytes through the transport", "MiB", values)
+            figure.baseline_name = f"{baseline} (QEMU-reported)"
+            figure.baseline_value = native_bytes
+            figure.__post_init__()
+            figures.append(figure)
     return figures
 
 
@@ -493,30 +505,42 @@ def measure_wan(paths: list[Method], runs: int, extra: dict[str, Any]) -> dict[s
 
 
 def target_figures(samples: dict[str, list[Sample]]) -> list[Figure]:
-    """The issue's target: DWCP's total time against native and multifd+zstd, over the WAN."""
+    """The issue's target: DWCP's total time against native and multifd+zstd, over the WAN.
+
+    Judged on the default DWCP path (compressed); the page-reference path, which needs the
+    reference files at both ends, is judged beside it.
+    """
     figures: list[Figure] = []
-    if "novacron dwcp" not in samples:
-        return figures
-    dwcp = _median([s.total_s for s in samples["novacron dwcp"]])
-    for baseline, limit in (("native", 0.5), ("native multifd+zstd", 0.8)):
-        base = _median([s.total_s for s in samples[baseline]])
-        figures.append(
-            Figure(
-                f"wan: dwcp total time vs {baseline} (target)",
-                dwcp,
-                "s",
-                baseline_name=baseline,
-                baseline_value=base,
-                target=f"<= {limit}x",
-                met=dwcp <= limit * base,
+    for path in ("novacron dwcp", "novacron dwcp + page refs"):
+        if path not in samples:
+            continue
+        dwcp = _median([s.total_s for s in samples[path]])
+        for baseline, limit in (("native", 0.5), ("native multifd+zstd", 0.8)):
+            if baseline not in samples:
+                continue
+            base = _median([s.total_s for s in samples[baseline]])
+            figures.append(
+                Figure(
+                    f"wan: {path.removeprefix('novacron ')} total time vs {baseline} (target)",
+                    dwcp,
+                    "s",
+                    baseline_name=baseline,
+                    baseline_value=base,
+                    target=f"<= {limit}x",
+                    met=dwcp <= limit * base,
+                )
             )
-        )
     return figures
 
 
 def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]:
     """Loopback always; the WAN profile unless ``--quick`` or ``--no-wan``."""
     paths = methods()
+    if args.paths:
+        wanted = {p.strip() for p in args.paths.split(",")} | {"native"}
+        paths = [m for m in paths if m.name in wanted]
+    elif args.quick:  # three boots and migrations fit in a minute, six do not
+        paths = [m for m in paths if m.name in QUICK_PATHS]
     runs = 1 if args.quick else args.runs
     extra: dict[str, Any] = {
         "runs": runs,
@@ -524,32 +548,43 @@ def run(args: argparse.Namespace) -> tuple[list[Figure], dict[str, Any]]:
         "settings": "live pre-copy, downtime limit 300 ms, no bandwidth cap, no auto-converge",
         "target": TARGET,
     }
-    loopback = measure_loopback(paths, runs)
-    figures = figures_for("loopback", loopback)
-    extra["loopback bridge payload bytes"] = {
-        name: [s.bytes_bridge for s in runs_] for name, runs_ in loopback.items()
-    }
+    figures: list[Figure] = []
+    if not args.no_loopback:
+        loopback = measure_loopback(paths, runs)
+        figures += figures_for("loopback", loopback)
+        extra["loopback bridge"] = _bridge_extra(loopback)
     if args.quick or args.no_wan:
         extra["target status"] = "not measured: the WAN profile runs without --quick/--no-wan"
         return figures, extra
     wan = measure_wan(paths, args.wan_runs, extra)
     figures += figures_for("wan", wan) + target_figures(wan)
     extra["wan runs"] = args.wan_runs
-    extra["wan bridge payload bytes"] = {
-        name: [s.bytes_bridge for s in runs_] for name, runs_ in wan.items()
-    }
+    extra["wan bridge"] = _bridge_extra(wan)
     extra["wan qemu stats"] = {name: [s.stats for s in runs_] for name, runs_ in wan.items()}
     return figures, extra
+
+
+def _bridge_extra(samples: dict[str, list[Sample]]) -> dict[str, Any]:
+    """Per bridged path and run: stream bytes, frame bytes, codec, streams, level decisions."""
+    return {
+        name: [{"stream_bytes": s.bytes_bridge, **s.bridge} for s in runs]
+        for name, runs in samples.items()
+        if name.startswith("novacron")
+    }
 
 
 def _extra_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=3, help="loopback migrations per path")
     parser.add_argument("--wan-runs", type=int, default=3, help="WAN migrations per path")
     parser.add_argument("--no-wan", action="store_true", help="skip the WAN emulator profile")
+    parser.add_argument("--no-loopback", action="store_true", help="skip the loopback site")
+    parser.add_argument(
+        "--paths", default="", help="comma list of path names to run (native always runs)"
+    )
 
 
 def main() -> int:
-    """Run the benchmark (``--quick``: loopback only, one migration per path)."""
+    """Run the benchmark (``--quick``: loopback only, one migration of QUICK_PATHS each)."""
     from novacron_libvirt.testing.lab import qemu_unavailable_reason
 
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "", extra=_extra_options)

@@ -136,6 +136,13 @@ async def assert_running_only_at_destination(
     with pytest.raises(NotFoundError):
         await source.get_vm(guest.vm.id)
     assert result.bytes_to_destination > MIB
+    # Over DWCP the bridge compresses by default; elsewhere frames carry the stream as is.
+    if result.transport == "dwcp":
+        assert result.codec == "zstd"
+        assert 0 < result.frame_bytes_to_destination < result.bytes_to_destination
+    else:
+        assert result.codec == "raw"
+        assert result.frame_bytes_to_destination >= result.bytes_to_destination
 
 
 @pytest.mark.parametrize("transport_name", TRANSPORTS)

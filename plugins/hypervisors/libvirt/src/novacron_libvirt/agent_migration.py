@@ -275,7 +275,7 @@ async def migrate(
         memory_total=int(stats.get("memory_total", 0)),
         page_size=page_size,
         pages_sent=int(stats.get("memory_normal", 0)),
-        bytes_on_wire=result.bytes_to_destination + result.bytes_from_destination,
+        bytes_on_wire=result.frame_bytes_to_destination + result.bytes_from_destination,
         postcopy_started=result.postcopy_started,
         stats={k: v for k, v in stats.items() if isinstance(v, int | float | str)},
     )

@@ -7,8 +7,20 @@ to the destination QEMU's incoming unix socket. QEMU 7.2 takes the *first* conne
 arrives as the main channel, so the sink connects in the order the source accepted:
 connection ``n`` is opened only after connections ``0..n-1`` are.
 
-Frames on a channel: ``H`` + JSON hello (first frame, source to sink: session and index),
-``D`` + bytes (stream data, either direction), ``E`` (that direction has ended: half-close).
+Frames on a channel: ``H`` + JSON hello (first frame, source to sink: ``version``,
+``session``, ``index``, ``codec`` and optional ``references``), ``D`` + bytes (stream data,
+either direction), ``Z`` + one zstd frame and ``R`` + page references (source to sink, codec
+``zstd`` only: see :mod:`novacron_libvirt.streamcodec` and :mod:`novacron_libvirt.pagerefs`),
+``E`` (that direction has ended: half-close; the pump is :mod:`novacron_libvirt.streampump`).
+A hello without ``version`` is version 1: codec
+``raw``. The sink refuses a codec it does not know, so both ends agree or the migration fails
+before QEMU sees a byte. Codec ``zstd`` is the default over DWCP (its data plane compresses),
+``raw`` over other transports; the source chooses, the sink follows its hello.
+
+The source keeps one channel connected ahead of QEMU's next connection, so connecting (a
+few round trips over a WAN) overlaps libvirt's preparation of the destination instead of
+delaying QEMU's first bytes. A spare channel that is closed unused sends no hello; the sink
+drops it quietly.
 """
 
 from __future__ import annotations
@@ -17,50 +29,127 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from novacron_sdk.errors import TransportError
+from novacron_libvirt.pagerefs import ReferenceIndex, ReferenceStore
+from novacron_libvirt.streamcodec import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    CODECS,
+    ChunkDecoder,
+    LevelController,
+)
+from novacron_libvirt.streampump import BridgeStats, connect_unix, pump
+from novacron_sdk.errors import FrameError, TransportError
 from novacron_sdk.transport.interface import Channel, Endpoint, Listener, Transport
 
 logger = logging.getLogger(__name__)
 
-CHUNK_BYTES = 256 * 1024
-CONNECT_PATIENCE_S = 30.0
-_HELLO, _DATA, _END = b"H", b"D", b"E"
+__all__ = [
+    "STREAM_OPTIONS",
+    "BridgeStats",
+    "StreamBridgeSink",
+    "StreamBridgeSource",
+    "default_codec",
+]
+
+WIRE_VERSION = 2
+_HELLO = b"H"
 
 
-@dataclass
-class BridgeStats:
-    """Bytes carried by a bridge end (payload only, without frame headers)."""
+def default_codec(transport: Transport) -> str:
+    """The codec a source bridge uses unless told: zstd over DWCP, raw otherwise."""
+    return CODEC_ZSTD if transport.name == "dwcp" else CODEC_RAW
 
-    connections: int = 0
-    bytes_to_destination: int = 0
-    bytes_from_destination: int = 0
+
+# QEMU paces itself by how fast its socket takes the stream and stops the guest once the
+# rest fits its downtime limit at that pace: every byte buffered past the socket is sent
+# during the downtime. DWCP's defaults buffer for bulk transfers (4 MiB queue, 512 KiB
+# unsent per stream); the bridge asks for less. The endpoint's own options win.
+STREAM_OPTIONS: dict[str, dict[str, str]] = {
+    "dwcp": {"send_queue_bytes": str(1 << 20), "notsent_lowat_bytes": str(128 << 10)},
+}
 
 
 class StreamBridgeSource:
-    """Source end: QEMU connects to ``socket_path``; each connection goes over a channel."""
+    """Source end: QEMU connects to ``socket_path``; each connection goes over a channel.
+
+    ``codec``: ``"zstd"`` or ``"raw"`` for QEMU's bytes toward the destination; None picks
+    :func:`default_codec`. ``preconnect``: keep one channel connected ahead of QEMU.
+    ``connect_options``: endpoint options for its channels (default: ``STREAM_OPTIONS`` of
+    the transport). ``reference_files``: files the destination holds too (a direct-boot
+    kernel, an initrd, base images); with codec zstd, RAM pages found in them are sent as
+    references (:mod:`novacron_libvirt.pagerefs`). The sink needs the same files.
+    """
 
     def __init__(
-        self, transport: Transport, endpoint: Endpoint, socket_path: Path, session: str
+        self,
+        transport: Transport,
+        endpoint: Endpoint,
+        socket_path: Path,
+        session: str,
+        *,
+        codec: str | None = None,
+        preconnect: bool = True,
+        connect_options: Mapping[str, str] | None = None,
+        reference_files: Sequence[Path] = (),
     ) -> None:
         self.transport = transport
         self.endpoint = endpoint
+        self.reference_files = list(reference_files)
+        self._indexing: asyncio.Future[ReferenceIndex] | None = None
+        options = STREAM_OPTIONS.get(transport.name, {})
+        if connect_options is not None:
+            options = dict(connect_options)
+        self._connect_to = endpoint.model_copy(update={"options": {**options, **endpoint.options}})
         self.socket_path = socket_path
         self.session = session
-        self.stats = BridgeStats()
+        self.codec = codec or default_codec(transport)
+        if self.codec not in CODECS:
+            msg = f"unknown stream codec {self.codec!r}: use one of {', '.join(CODECS)}"
+            raise ValueError(msg)
+        self.preconnect = preconnect
+        self.stats = BridgeStats(codec=self.codec)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._spare: asyncio.Task[Channel] | None = None
         self.errors: list[BaseException] = []
 
     async def start(self) -> None:
         """Listen on the unix socket (QEMU, possibly another uid, must be able to connect)."""
+        if self.reference_files and self.codec == CODEC_ZSTD and self._indexing is None:
+            # Indexed while libvirt prepares the destination; the first connection waits.
+            self._indexing = asyncio.ensure_future(
+                asyncio.to_thread(ReferenceIndex, self.reference_files)
+            )
+            # A failure is raised to every connection that needs the index.
+            self._indexing.add_done_callback(lambda task: task.cancelled() or task.exception())
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
         # QEMU may run as another (unprivileged) uid; a socket needs write access to connect.
         self.socket_path.chmod(0o666)
+        self._connect_spare()
+
+    def _connect_spare(self) -> None:
+        if self.preconnect and self._server is not None:
+            spare = asyncio.ensure_future(self.transport.connect(self._connect_to))
+            # Its failure is handled when it is used (or irrelevant if it never is).
+            spare.add_done_callback(lambda task: task.cancelled() or task.exception())
+            self._spare = spare
+
+    async def _channel(self) -> Channel:
+        """The spare channel (and a new spare for the next connection), or a new one."""
+        spare, self._spare = self._spare, None
+        self._connect_spare()
+        if spare is not None:
+            try:
+                return await spare
+            except Exception as exc:  # a failed early connect gets one more chance now
+                logger.info("the pre-connected migration channel failed (%s); connecting", exc)
+        return await self.transport.connect(self._connect_to)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Numbered before the first await: connection callbacks start in accept order.
@@ -70,10 +159,27 @@ class StreamBridgeSource:
         if task is not None:
             self._tasks.add(task)
         try:
-            channel = await self.transport.connect(self.endpoint)
-            hello = json.dumps({"session": self.session, "index": index}).encode()
-            await channel.send(_HELLO + hello)
-            await _pump(reader, writer, channel, self.stats, outbound=True)
+            channel = await self._channel()
+            hello: dict[str, object] = {
+                "version": WIRE_VERSION,
+                "session": self.session,
+                "index": index,
+                "codec": self.codec,
+            }
+            references = await self._indexing if self._indexing is not None else None
+            if references is not None:
+                hello["references"] = references.digests
+            await channel.send(_HELLO + json.dumps(hello).encode())
+            controller = LevelController() if self.codec == CODEC_ZSTD else None
+            await pump(
+                reader,
+                writer,
+                channel,
+                self.stats,
+                outbound=True,
+                controller=controller,
+                references=references,
+            )
         except Exception as exc:
             logger.warning("migration connection %d failed at the source bridge: %s", index, exc)
             self.errors.append(exc)
@@ -92,15 +198,32 @@ class StreamBridgeSource:
             self.socket_path.unlink()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=10)
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await (await spare).close()
 
 
 class StreamBridgeSink:
-    """Destination end: each channel is connected, in source order, to QEMU's socket."""
+    """Destination end: each channel is connected, in source order, to QEMU's socket.
+
+    ``reference_files``: this host's copies of the files a source may refer to (see
+    :class:`StreamBridgeSource`); matched by content, so their paths may differ.
+    """
 
     def __init__(
-        self, transport: Transport, endpoint: Endpoint, socket_path: Path, session: str
+        self,
+        transport: Transport,
+        endpoint: Endpoint,
+        socket_path: Path,
+        session: str,
+        *,
+        reference_files: Sequence[Path] = (),
     ) -> None:
         self.transport = transport
+        self.reference_files = list(reference_files)
+        self._references = ReferenceStore({})
         self.requested = endpoint
         self.socket_path = socket_path
         self.session = session
@@ -110,6 +233,8 @@ class StreamBridgeSink:
         self._connected = 0
         self._failed = False
         self._turn = asyncio.Condition()
+        self._waiting: set[asyncio.Task[Any]] = set()  # channels before their hello
+        self._active: set[asyncio.Task[Any]] = set()
 
     @property
     def endpoint(self) -> Endpoint:
@@ -121,23 +246,51 @@ class StreamBridgeSink:
 
     async def start(self) -> None:
         """Start accepting channels."""
+        if self.reference_files:
+            self._references = await asyncio.to_thread(
+                ReferenceStore.from_files, self.reference_files
+            )
         self._listener = await self.transport.listen(self.requested, self._on_channel)
 
     async def _on_channel(self, channel: Channel) -> None:
-        writer: asyncio.StreamWriter | None = None
+        task = asyncio.current_task()
+        if task is not None:
+            self._waiting.add(task)
         try:
             hello = await channel.recv()
-            index = self._check_hello(hello)
+        except (TransportError, asyncio.CancelledError):
+            # A spare the source pre-connected and closed unused (or the sink is closing
+            # while it waits): no QEMU connection is owed.
+            await channel.close()
+            return
+        finally:
+            if task is not None:
+                self._waiting.discard(task)
+        if task is not None:
+            self._active.add(task)
+        try:
+            await self._serve(channel, hello)
+        finally:
+            if task is not None:
+                self._active.discard(task)
+
+    async def _serve(self, channel: Channel, hello: bytes) -> None:
+        writer: asyncio.StreamWriter | None = None
+        try:
+            index, codec, digests = self._check_hello(hello)
+            references = self._references.select(digests) if digests else None
+            decoder = ChunkDecoder(codec, references)
             async with self._turn:
                 await self._turn.wait_for(lambda: self._failed or self._connected == index)
                 if self._failed:
                     msg = f"an earlier migration connection failed; dropping connection {index}"
                     raise TransportError(msg)
-                reader, writer = await _connect_unix(self.socket_path)
+                reader, writer = await connect_unix(self.socket_path)
                 self._connected += 1
                 self.stats.connections += 1
+                self.stats.codec = codec
                 self._turn.notify_all()
-            await _pump(reader, writer, channel, self.stats, outbound=False)
+            await pump(reader, writer, channel, self.stats, outbound=False, decoder=decoder)
         except Exception as exc:
             logger.warning("migration connection failed at the sink bridge: %s", exc)
             self.errors.append(exc)
@@ -148,83 +301,40 @@ class StreamBridgeSink:
                 writer.close()
             await channel.close()
 
-    def _check_hello(self, frame: bytes) -> int:
+    def _check_hello(self, frame: bytes) -> tuple[int, str, list[str]]:
         if frame[:1] != _HELLO:
             msg = "the first frame of a migration channel must be its hello"
-            raise TransportError(msg)
-        hello = json.loads(frame[1:])
+            raise FrameError(msg)
+        try:
+            hello = json.loads(frame[1:])
+            index = int(hello["index"])
+        except (ValueError, KeyError, TypeError) as exc:
+            msg = f"unreadable migration channel hello: {exc}"
+            raise FrameError(msg) from exc
         if hello.get("session") != self.session:
             got = hello.get("session")
             msg = f"migration channel for session {got!r}, expected {self.session!r}"
             raise TransportError(msg)
-        return int(hello["index"])
+        version = int(hello.get("version", 1))
+        if version > WIRE_VERSION:
+            msg = (
+                f"the source bridge speaks version {version}, this sink {WIRE_VERSION}: "
+                "upgrade novacron-libvirt on the destination"
+            )
+            raise FrameError(msg)
+        digests = hello.get("references", [])
+        if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+            msg = "migration channel hello with malformed references"
+            raise FrameError(msg)
+        return index, str(hello.get("codec", CODEC_RAW)), digests
 
     async def close(self) -> None:
-        """Stop accepting channels. Safe to call twice."""
+        """Stop accepting channels, drop unused ones, let the others finish. Safe twice."""
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
-
-
-async def _connect_unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Connect to QEMU's incoming socket, which may appear a moment after prepare."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_PATIENCE_S
-    while True:
-        try:
-            return await asyncio.open_unix_connection(str(path))
-        except (FileNotFoundError, ConnectionRefusedError):
-            if loop.time() > deadline:
-                raise
-            await asyncio.sleep(0.02)
-
-
-async def _pump(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    channel: Channel,
-    stats: BridgeStats,
-    *,
-    outbound: bool,
-) -> None:
-    """Copy socket -> channel and channel -> socket until both directions ended."""
-    sent_end = asyncio.Event()
-
-    async def socket_to_channel() -> None:
-        while data := await reader.read(CHUNK_BYTES):
-            await channel.send(_DATA + data)
-            if outbound:
-                stats.bytes_to_destination += len(data)
-            else:
-                stats.bytes_from_destination += len(data)
-        await channel.send(_END)
-        sent_end.set()
-
-    async def channel_to_socket() -> None:
-        while True:
-            try:
-                frame = await channel.recv()
-            except TransportError:
-                if sent_end.is_set():  # the peer closed after both sides ended
-                    return
-                raise
-            if frame[:1] == _END:
-                if writer.can_write_eof():
-                    with contextlib.suppress(OSError):
-                        writer.write_eof()
-                return
-            writer.write(frame[1:])
-            await writer.drain()
-            if outbound:
-                stats.bytes_from_destination += len(frame) - 1
-            else:
-                stats.bytes_to_destination += len(frame) - 1
-
-    try:
-        await asyncio.gather(socket_to_channel(), channel_to_socket())
-    finally:
-        await channel.drain()
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-        await channel.close()
+        for task in list(self._waiting):
+            task.cancel()
+        pending = self._waiting | self._active
+        if pending:
+            await asyncio.wait(pending, timeout=10)

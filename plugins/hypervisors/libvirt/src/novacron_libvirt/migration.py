@@ -52,8 +52,12 @@ class StreamMigrationResult(BaseModel):
     total_s: float
     downtime_ms: float | None = Field(default=None, description="QEMU's measured downtime.")
     connections: int = Field(description="Connections QEMU opened (1 + multifd channels).")
-    bytes_to_destination: int
+    bytes_to_destination: int = Field(description="QEMU's stream toward the destination.")
     bytes_from_destination: int
+    frame_bytes_to_destination: int = Field(
+        default=0, description="What the transport carried for it (after the bridge's codec)."
+    )
+    codec: str = Field(default="raw", description="The bridge's stream codec.")
     postcopy_started: bool = Field(default=False, description="QEMU switched to post-copy.")
     qemu_stats: dict[str, Any] = Field(default_factory=dict)
 
@@ -233,6 +237,8 @@ async def migrate_out(
         connections=bridge.stats.connections,
         bytes_to_destination=bridge.stats.bytes_to_destination,
         bytes_from_destination=bridge.stats.bytes_from_destination,
+        frame_bytes_to_destination=bridge.stats.frame_bytes_to_destination,
+        codec=bridge.stats.codec,
         postcopy_started=postcopy_started,
         qemu_stats=stats,
     )
@@ -262,7 +268,7 @@ class _Watch:
                 memory_processed=int(stats.get("memory_processed", 0)),
                 memory_remaining=int(stats.get("memory_remaining", 0)),
                 page_size=int(stats.get("memory_page_size", 4096)) or 4096,
-                bytes_on_wire=self.bridge.stats.bytes_to_destination,
+                bytes_on_wire=self.bridge.stats.frame_bytes_to_destination,
                 data={k: v for k, v in stats.items() if isinstance(v, int | float)},
             )
             try:

@@ -1,0 +1,149 @@
+"""Page references: RAM pages found in files both hosts hold go as references, and come back.
+
+Streams here are shaped like QEMU's RAM section (8-byte page headers with the page and
+continue flags, then 4 KiB); some pages are copies of a reference file at sector (not page)
+offsets, like a bzImage's payload in guest memory. Hostile reference frames are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
+from novacron_libvirt.pagerefs import PAGE, ReferenceIndex, ReferenceStore
+from novacron_libvirt.streamcodec import MAX_CHUNK_BYTES, ChunkDecoder, compress_chunk
+from novacron_sdk.builtin.tcp_transport import TcpTransport
+from novacron_sdk.errors import FrameError
+from novacron_sdk.transport.interface import Endpoint
+
+PAGE_AND_CONTINUE = 0x28
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A short directory for the reference files and unix sockets."""
+    with tempfile.TemporaryDirectory(prefix="ncr-") as path:
+        yield Path(path)
+
+
+def ram_records(kernel: bytes, pages: int) -> tuple[bytes, int]:
+    """A RAM section: every other page a copy of ``kernel`` at a 512-byte offset; the count."""
+    out = bytearray(b"QEVM-like preamble")
+    copies = 0
+    for n in range(pages):
+        out += struct.pack(">Q", (n << 12) | PAGE_AND_CONTINUE)
+        if n % 2 == 0:
+            offset = 512 * (3 + 9 * n) % (len(kernel) - PAGE)
+            offset -= offset % 512
+            out += kernel[offset : offset + PAGE]
+            copies += 1
+        else:
+            out += os.urandom(PAGE)
+    return bytes(out), copies
+
+
+def test_pages_found_in_a_reference_file_go_as_references(workdir: Path) -> None:
+    kernel = os.urandom(256 * 1024)
+    (workdir / "vmlinuz").write_bytes(kernel)
+    index = ReferenceIndex([workdir / "vmlinuz"])
+    chunk, copies = ram_records(kernel, 40)
+    found = index.find(chunk)
+    assert len(found) == copies
+    frame, _seconds = compress_chunk({}, chunk, 1, index)
+    assert frame[:1] == b"R"
+    assert len(frame) < len(chunk) - copies * (PAGE - 16)
+    # The destination's copy may live elsewhere: it is found by content.
+    (workdir / "elsewhere").mkdir()
+    (workdir / "elsewhere" / "kernel-copy").write_bytes(kernel)
+    store = ReferenceStore.from_files([workdir / "elsewhere" / "kernel-copy"])
+    decoder = ChunkDecoder("zstd", store.select(index.digests))
+    assert decoder.decode(frame) == chunk
+
+
+def test_a_sink_without_the_file_refuses_and_bad_references_are_refused(workdir: Path) -> None:
+    kernel = os.urandom(64 * 1024)
+    (workdir / "vmlinuz").write_bytes(kernel)
+    (workdir / "other").write_bytes(os.urandom(64 * 1024))
+    index = ReferenceIndex([workdir / "vmlinuz"])
+    with pytest.raises(FrameError, match="lacks"):
+        ReferenceStore.from_files([workdir / "other"]).select(index.digests)
+    store = ReferenceStore.from_files([workdir / "vmlinuz"]).select(index.digests)
+    decoder = ChunkDecoder("zstd", store)
+
+    def reference_frame(refs: list[tuple[int, int, int]], rest: bytes) -> bytes:
+        header = struct.pack(">H", len(refs))
+        header += b"".join(struct.pack(">IHQ", *ref) for ref in refs)
+        return b"R" + header + b"D" + rest
+
+    assert decoder.decode(reference_frame([(4, 0, 512)], b"abcdefgh")) == (
+        b"abcd" + kernel[512 : 512 + PAGE] + b"efgh"
+    )
+    hostile = [
+        reference_frame([(0, 1, 0)], b""),  # no file 1
+        reference_frame([(0, 0, len(kernel))], b""),  # past the end of the file
+        reference_frame([(9, 0, 0)], b"abc"),  # a gap the rest cannot fill
+        reference_frame([(0, 0, 0)] * (MAX_CHUNK_BYTES // PAGE + 1), b""),  # expands too far
+        b"R\x00\x05\x00",  # truncated
+        reference_frame([(0, 0, 0)], b"")[:-1] + b"R" + reference_frame([], b""),  # nested
+    ]
+    for frame in hostile:
+        with pytest.raises(FrameError):
+            decoder.decode(frame)
+    with pytest.raises(FrameError, match="unexpected frame"):
+        ChunkDecoder("zstd").decode(reference_frame([], b"x"))
+
+
+async def test_the_bridge_carries_references_end_to_end(workdir: Path) -> None:
+    kernel = os.urandom(128 * 1024)
+    (workdir / "src-kernel").write_bytes(kernel)
+    (workdir / "dst-kernel").write_bytes(kernel)
+    stream, _copies = ram_records(kernel, 300)
+    received: list[bytes] = []
+    done = asyncio.Event()
+
+    async def fake_destination_qemu(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        received.append(await reader.read())
+        writer.close()
+        done.set()
+
+    incoming = workdir / "dst.sock"
+    server = await asyncio.start_unix_server(fake_destination_qemu, path=str(incoming))
+    sink = StreamBridgeSink(
+        TcpTransport(), Endpoint(), incoming, "r", reference_files=[workdir / "dst-kernel"]
+    )
+    await sink.start()
+    source = StreamBridgeSource(
+        TcpTransport(),
+        sink.endpoint,
+        workdir / "src.sock",
+        "r",
+        codec="zstd",
+        reference_files=[workdir / "src-kernel"],
+    )
+    await source.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(workdir / "src.sock"))
+        writer.write(stream)
+        writer.write_eof()
+        await asyncio.wait_for(done.wait(), timeout=20)
+        await reader.read()
+        writer.close()
+    finally:
+        await source.close()
+        await sink.close()
+        server.close()
+        await server.wait_closed()
+    assert received == [stream]
+    # Half the pages are random and go as they are; the other half as references.
+    assert source.stats.frame_bytes_to_destination < 0.6 * len(stream)
+    assert not source.errors
+    assert not sink.errors
