@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 
@@ -26,7 +25,7 @@ pytest.importorskip("libvirt", reason="libvirt-python is not installed (needs li
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.testing.agents import agent_settings
 from novacron_libvirt.testing.console import SerialConsole
-from novacron_libvirt.testing.lab import BootedGuest, Lab, boot_guest
+from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
 from novacron_sdk.errors import InvalidStateError, MigrationError, NotFoundError
@@ -53,19 +52,8 @@ def agents(lab: Lab) -> Iterator[tuple[LocalAgent, LocalAgent]]:
 @pytest.fixture
 async def guest(lab: Lab) -> AsyncIterator[BootedGuest]:
     """A freshly booted guest on the source daemon (destroyed wherever it ends up)."""
-    name = f"ag-{secrets.token_hex(3)}"  # short: QEMU's socket paths derive from it
-    booted = await boot_guest(lab, name)
-    try:
+    async with fresh_guest(lab, "ag") as booted:
         yield booted
-    finally:
-        for uri in (lab.source.uri, lab.destination.uri):
-            driver = LibvirtDriver({"uri": uri, "events": False})
-            try:
-                await driver.destroy(name)
-            except NotFoundError:
-                pass
-            finally:
-                await driver.close()
 
 
 async def names_on(uri: str) -> set[str]:

@@ -6,7 +6,6 @@ Skipped when novacron-pqc is not installed.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,16 +14,14 @@ import pytest
 pytest.importorskip("libvirt", reason="libvirt-python is not installed (needs libvirt-dev)")
 pytest.importorskip("novacron_pqc", reason="novacron-pqc is not installed")
 
-from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.testing.agents import agent_settings
 from novacron_libvirt.testing.console import SerialConsole
-from novacron_libvirt.testing.lab import BootedGuest, Lab, boot_guest
+from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
 from novacron_pqc.http_client import PqcHttpAuth
 from novacron_pqc.identity import EnrolledKeys, NodeIdentity
 from novacron_pqc.provider import PqcSecurityProvider
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
-from novacron_sdk.errors import NotFoundError
 from novacron_sdk.migration.models import MigrationPhase, MigrationSettings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMState
@@ -53,19 +50,9 @@ def security_settings(root: Path, name: str) -> list[str]:
 
 @pytest.fixture
 async def guest(lab: Lab) -> AsyncIterator[BootedGuest]:
-    name = f"sec-{secrets.token_hex(3)}"
-    booted = await boot_guest(lab, name)
-    try:
+    """A freshly booted guest on the source daemon (destroyed wherever it ends up)."""
+    async with fresh_guest(lab, "sec") as booted:
         yield booted
-    finally:
-        for uri in (lab.source.uri, lab.destination.uri):
-            driver = LibvirtDriver({"uri": uri, "events": False})
-            try:
-                await driver.destroy(name)
-            except NotFoundError:
-                pass
-            finally:
-                await driver.close()
 
 
 async def test_secured_agents_migrate_a_guest(lab: Lab, guest: BootedGuest, tmp_path) -> None:

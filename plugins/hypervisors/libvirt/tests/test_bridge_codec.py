@@ -26,8 +26,8 @@ from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.migration import migration_flags_and_params, rewrite_paths
 from novacron_libvirt.testing.console import SerialConsole
-from novacron_libvirt.testing.lab import BootedGuest, Lab, boot_guest
-from novacron_sdk.errors import FrameError, NotFoundError
+from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
+from novacron_sdk.errors import FrameError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
@@ -161,19 +161,8 @@ async def bridged_migration(
 @pytest.fixture
 async def guest(lab: Lab) -> AsyncIterator[BootedGuest]:
     """A freshly booted guest on the source (destroyed wherever it ends up)."""
-    name = f"zst-{secrets.token_hex(3)}"  # short: QEMU's socket paths derive from it
-    booted = await boot_guest(lab, name)
-    try:
+    async with fresh_guest(lab, "zst") as booted:
         yield booted
-    finally:
-        for uri in (lab.source.uri, lab.destination.uri):
-            driver = LibvirtDriver({"uri": uri, "events": False})
-            try:
-                await driver.destroy(name)
-            except NotFoundError:
-                pass
-            finally:
-                await driver.close()
 
 
 async def test_compressed_live_migration_over_dwcp_keeps_the_heartbeat(

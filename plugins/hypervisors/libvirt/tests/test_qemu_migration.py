@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import secrets
 from collections.abc import AsyncIterator
 
 import pytest
@@ -29,7 +28,7 @@ import libvirt
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.migration import StreamMigrationResult, migrate_stream, rewrite_paths
 from novacron_libvirt.testing.console import SerialConsole
-from novacron_libvirt.testing.lab import BootedGuest, Lab, boot_guest
+from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
 from novacron_sdk.errors import MigrationAbortedError, NotFoundError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VMState
@@ -90,19 +89,8 @@ def heartbeats(console: SerialConsole) -> list[int]:
 @pytest.fixture
 async def guest(lab: Lab) -> AsyncIterator[BootedGuest]:
     """A freshly booted guest on the source (destroyed wherever it ends up)."""
-    name = f"mig-{secrets.token_hex(3)}"  # short: QEMU's socket paths derive from it
-    booted = await boot_guest(lab, name)
-    try:
+    async with fresh_guest(lab, "mig") as booted:
         yield booted
-    finally:
-        for uri in (lab.source.uri, lab.destination.uri):
-            driver = LibvirtDriver({"uri": uri, "events": False})
-            try:
-                await driver.destroy(name)
-            except NotFoundError:
-                pass
-            finally:
-                await driver.close()
 
 
 async def assert_heartbeat_goes_on(moved: SerialConsole) -> None:

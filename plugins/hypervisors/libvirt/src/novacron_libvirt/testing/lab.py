@@ -6,16 +6,20 @@ same migration socket path (``migration_dir``) as two different directories, lik
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from novacron_libvirt.testing.console import SerialConsole
 from novacron_libvirt.testing.daemon import PrivateLibvirtDaemon, missing_binaries
 from novacron_libvirt.testing.guest import GuestFiles, build_guest, missing_tools
+from novacron_sdk.errors import NotFoundError
 from novacron_sdk.models import VM, VMSpec
 
 
@@ -135,3 +139,23 @@ async def boot_guest(lab: Lab, name: str) -> BootedGuest:
         return BootedGuest(vm, socket)
     finally:
         await driver.close()
+
+
+@contextlib.asynccontextmanager
+async def fresh_guest(lab: Lab, prefix: str) -> AsyncIterator[BootedGuest]:
+    """A guest freshly booted on the source daemon, destroyed wherever it ends up."""
+    from novacron_libvirt.driver import LibvirtDriver
+
+    name = f"{prefix}-{secrets.token_hex(3)}"  # short: QEMU's socket paths derive from it
+    booted = await boot_guest(lab, name)
+    try:
+        yield booted
+    finally:
+        for uri in (lab.source.uri, lab.destination.uri):
+            driver = LibvirtDriver({"uri": uri, "events": False})
+            try:
+                await driver.destroy(name)
+            except NotFoundError:
+                pass
+            finally:
+                await driver.close()
