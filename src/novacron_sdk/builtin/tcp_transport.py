@@ -74,15 +74,14 @@ class _TcpFrameProtocol(FrameProtocol):
 
     accept_unchecked = False
 
-    def _deliver(
+    def _check_frame(
         self,
         header: bytes | memoryview,
         parsed: framing.FrameHeader,
         checked: bytes | bytearray | memoryview,
-        payload: bytes,
     ) -> None:
         if not parsed.flags & FLAG_UNCHECKED:
-            super()._deliver(header, parsed, checked, payload)
+            super()._check_frame(header, parsed, checked)
             return
         if not self.accept_unchecked:
             msg = (
@@ -93,17 +92,6 @@ class _TcpFrameProtocol(FrameProtocol):
         if parsed.crc or len(checked) != parsed.length:
             msg = f"frame {parsed.seq} without CRC is malformed (CRC field or length wrong)"
             raise FrameError(msg)
-        # The same bookkeeping as FrameProtocol._deliver, minus the CRC.
-        framing.check_sequence(parsed, self._expected_seq)
-        self._expected_seq += 1
-        self.frames_received += 1
-        self.payload_bytes_received += parsed.length
-        self._frames.append(payload)
-        self._queued += len(payload)
-        if self._queued > self._queue_limit and not self._reading_paused and self.transport:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self._wake_reader()
 
 
 def _unchecked_header(seq: int, size: int) -> bytes:

@@ -234,6 +234,18 @@ class FrameProtocol(asyncio.BufferedProtocol):
             self._scratch[: len(rest)] = rest
             self._start, self._end = 0, len(rest)
 
+    def _check_frame(
+        self,
+        header: bytes | memoryview,
+        parsed: FrameHeader,
+        checked: bytes | bytearray | memoryview,
+    ) -> None:
+        """Raise FrameError unless the payload matches its header (length and CRC).
+
+        Subclasses may accept other frame kinds here (e.g. sealed frames without a CRC).
+        """
+        check_payload(header, parsed, checked)
+
     def _deliver(
         self,
         header: bytes | memoryview,
@@ -241,7 +253,7 @@ class FrameProtocol(asyncio.BufferedProtocol):
         checked: bytes | bytearray | memoryview,
         payload: bytes,
     ) -> None:
-        check_payload(header, parsed, checked)
+        self._check_frame(header, parsed, checked)
         check_sequence(parsed, self._expected_seq)
         self._expected_seq += 1
         self.frames_received += 1
