@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from novacron_pqc.session import HEADER_BYTES, AeadSession
+from novacron_pqc.session import HEADER_BYTES, OVERHEAD_BYTES, AeadSession
 from novacron_sdk.errors import SecurityError
 
 
@@ -163,6 +163,23 @@ def test_a_released_seal_buffer_is_reused() -> None:
     second = a.seal(frame := os.urandom(100_000))
     assert id(second) == first_id  # the buffer came back from the pool
     assert b.open(second) == frame
+
+
+def test_the_seal_pool_is_bounded_in_bytes_and_covers_a_resend_window() -> None:
+    """A transport holding many frames (DWCP until acknowledged) gets them recycled, within
+    the byte budget: memory kept per session is bounded."""
+    from novacron_pqc import session as session_module
+
+    a, _ = sessions()
+    size = 1024 * 1024
+    held = [a.seal(os.urandom(size)) for _ in range(40)]
+    pooled = {id(frame) for frame in held[:16]}
+    kept = sum(map(len, a._seal_pool))
+    assert kept <= session_module._SEAL_POOL_BYTES
+    assert len(a._seal_pool) == session_module._SEAL_POOL_BYTES // (size + OVERHEAD_BYTES)
+    del held
+    again = [a.seal(os.urandom(size)) for _ in range(len(a._seal_pool))]
+    assert {id(frame) for frame in again} <= pooled
 
 
 def test_a_view_keeps_its_buffer_out_of_the_pool() -> None:

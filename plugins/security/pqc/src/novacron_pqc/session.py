@@ -40,11 +40,12 @@ AEADS: dict[str, type[AESGCM] | type[ChaCha20Poly1305]] = {
 }
 OVERHEAD_BYTES = HEADER_BYTES + TAG_BYTES
 # Frames in this size range are sealed into recycled buffers (smaller ones are cheap to
-# allocate; larger ones are rare and not worth keeping). A sender keeps at most
-# _SEAL_POOL_SIZE of them, enough for the frames a transport's write buffer still holds.
+# allocate; larger ones are rare and not worth keeping). A sender keeps up to
+# _SEAL_POOL_BYTES of them: enough for the frames a transport still holds, which for DWCP
+# is its whole resend window (every frame stays referenced until the peer acknowledges it).
 _RECYCLE_MIN_BYTES = 64 * 1024
 _RECYCLE_MAX_BYTES = 8 * 1024 * 1024
-_SEAL_POOL_SIZE = 4
+_SEAL_POOL_BYTES = 16 * 1024 * 1024
 
 
 def _refcount_when_unshared() -> int:
@@ -160,7 +161,7 @@ class AeadSession(SecureSession):
                     pool[index] = bytearray(size)
                 return pool[index]
         buffer = bytearray(size)
-        if len(pool) < _SEAL_POOL_SIZE:
+        if sum(map(len, pool)) + size <= _SEAL_POOL_BYTES:
             pool.append(buffer)
         return buffer
 
