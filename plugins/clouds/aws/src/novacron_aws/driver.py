@@ -29,7 +29,7 @@ from novacron_aws.convert import (
 )
 from novacron_aws.errors import is_retryable, map_error
 from novacron_aws.settings import AwsSettings
-from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
+from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
 from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError, NotFoundError
@@ -60,8 +60,6 @@ class AwsDriver(CloudDriver):
         super().__init__(settings)
         self.config = AwsSettings.parse(self.settings)
         self.retry_policy = RetryPolicy.from_settings(self.config.retry)
-        self.progress: ProgressCallback | None = None
-        """Called while actions wait for a state (default: log at INFO)."""
         self._session: boto3.Session | None = None
         self._client: Any = None
         self._client_lock = asyncio.Lock()
@@ -224,21 +222,21 @@ class AwsDriver(CloudDriver):
         self.require(DriverFeature.CREATE)
         result = await self._call("run_instances", **self._run_params(spec))
         vm = instance_to_vm(result["Instances"][0])
-        return await self._settle(vm, VMState.RUNNING)
+        return await self.settle(vm, VMState.RUNNING, self.config)
 
     async def start(self, vm_id: str) -> VM:
         """Start a stopped instance."""
         self.require(DriverFeature.START_STOP)
         vm = await self.get_vm(vm_id)
         await self._call("start_instances", InstanceIds=[vm.id])
-        return await self._settle(await self.get_vm(vm.id), VMState.RUNNING)
+        return await self.settle(await self.get_vm(vm.id), VMState.RUNNING, self.config)
 
     async def stop(self, vm_id: str) -> VM:
         """Stop a running instance (EBS-backed instances keep their disks)."""
         self.require(DriverFeature.START_STOP)
         vm = await self.get_vm(vm_id)
         await self._call("stop_instances", InstanceIds=[vm.id])
-        return await self._settle(await self.get_vm(vm.id), VMState.STOPPED)
+        return await self.settle(await self.get_vm(vm.id), VMState.STOPPED, self.config)
 
     async def reboot(self, vm_id: str) -> VM:
         """Reboot a running instance (EC2 reports it as running throughout)."""
@@ -252,17 +250,6 @@ class AwsDriver(CloudDriver):
         self.require(DriverFeature.DESTROY)
         vm = await self.get_vm(vm_id)
         await self._call("terminate_instances", InstanceIds=[vm.id])
-
-    async def _settle(self, vm: VM, target: VMState) -> VM:
-        if not self.config.wait or vm.state == target:
-            return vm
-        return await self.wait_for_state(
-            vm.id,
-            target,
-            timeout=self.config.wait_timeout,
-            interval=self.config.wait_interval,
-            progress=self.progress or _log_progress,
-        )
 
     # -- catalogue ---------------------------------------------------------------------------
     async def list_images(self) -> list[Image]:
@@ -358,7 +345,3 @@ class AwsDriver(CloudDriver):
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.close)
-
-
-def _log_progress(vm: VM, waited: float) -> None:
-    log.info("waiting for %s (%s): %s after %.0fs", vm.name, vm.id, vm.state.value, waited)

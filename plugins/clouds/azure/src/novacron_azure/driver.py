@@ -32,7 +32,7 @@ from novacron_azure.convert import (
 )
 from novacron_azure.errors import is_retryable, map_error
 from novacron_azure.settings import AzureSettings
-from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
+from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
 from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError
@@ -65,8 +65,6 @@ class AzureDriver(CloudDriver):
         super().__init__(settings)
         self.config = AzureSettings.parse(self.settings)
         self.retry_policy = RetryPolicy.from_settings(self.config.retry)
-        self.progress: ProgressCallback | None = None
-        """Called while actions wait for a state (default: log at INFO)."""
         self._credential = credential
         self._transport = transport
         self._client: ComputeManagementClient | None = None
@@ -199,7 +197,9 @@ class AzureDriver(CloudDriver):
             ).result(self.config.wait_timeout),
         )
         vm = vm_from_arm(created.as_dict()) if created is not None else None
-        return await self._settle(vm.id if vm else spec.name, VMState.RUNNING)
+        return await self.settle(
+            await self.get_vm(vm.id if vm else spec.name), VMState.RUNNING, self.config
+        )
 
     async def _power(self, vm_id: str, action: str, target: VMState) -> VM:
         vm = await self.get_vm(vm_id)
@@ -217,7 +217,7 @@ class AzureDriver(CloudDriver):
             begin(group, name, polling=wait).result(self.config.wait_timeout)
 
         await self._call(f"{action} VM {name!r}", run)
-        return await self._settle(vm.id, target)
+        return await self.settle(await self.get_vm(vm.id), target, self.config)
 
     async def start(self, vm_id: str) -> VM:
         """Start a stopped or deallocated VM."""
@@ -245,19 +245,6 @@ class AzureDriver(CloudDriver):
             lambda c: c.virtual_machines.begin_delete(group, name, polling=wait).result(
                 self.config.wait_timeout
             ),
-        )
-
-    async def _settle(self, vm_id: str, target: VMState) -> VM:
-        """The VM after an operation; with ``wait`` on, confirm it reached ``target``."""
-        vm = await self.get_vm(vm_id)
-        if not self.config.wait or vm.state == target:
-            return vm
-        return await self.wait_for_state(
-            vm.id,
-            target,
-            timeout=self.config.wait_timeout,
-            interval=self.config.wait_interval,
-            progress=self.progress or _log_progress,
         )
 
     # -- catalogue ---------------------------------------------------------------------------
@@ -372,7 +359,3 @@ def _image_versions(
         return [version.as_dict() for version in found]
 
     return fetch
-
-
-def _log_progress(vm: VM, waited: float) -> None:
-    log.info("waiting for %s: %s after %.0fs", vm.name, vm.state.value, waited)

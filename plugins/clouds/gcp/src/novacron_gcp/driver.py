@@ -34,7 +34,7 @@ from novacron_gcp.convert import (
 from novacron_gcp.credentials import SCOPES, load_credentials_file
 from novacron_gcp.errors import is_retryable, map_error, operation_error
 from novacron_gcp.settings import GcpSettings
-from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
+from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
 from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError, NotFoundError
@@ -66,8 +66,6 @@ class GcpDriver(CloudDriver):
         super().__init__(settings)
         self.config = GcpSettings.parse(self.settings)
         self.retry_policy = RetryPolicy.from_settings(self.config.retry)
-        self.progress: ProgressCallback | None = None
-        """Called while actions wait for a state (default: log at INFO)."""
         self._credentials = credentials
         self._project = self.config.project
         self._clients: dict[str, Any] = {}
@@ -215,7 +213,9 @@ class GcpDriver(CloudDriver):
             lambda: client.insert(project=project, zone=zone, instance_resource=resource),
         )
         await self._wait_operation(zone, operation, f"create instance {spec.name!r}")
-        return await self._settle(f"{zone}/{spec.name}", VMState.RUNNING)
+        return await self.settle(
+            await self.get_vm(f"{zone}/{spec.name}"), VMState.RUNNING, self.config
+        )
 
     async def _action(self, vm_id: str, action: str, target: VMState | None) -> VM:
         vm = await self.get_vm(vm_id)
@@ -227,7 +227,7 @@ class GcpDriver(CloudDriver):
             lambda: method(project=project, zone=zone, instance=name),
         )
         await self._wait_operation(zone, operation, f"{action} instance {name!r}")
-        return await self._settle(vm.id, target) if target else vm
+        return await self.settle(await self.get_vm(vm.id), target, self.config) if target else vm
 
     async def start(self, vm_id: str) -> VM:
         """Start a stopped (TERMINATED) instance."""
@@ -248,18 +248,6 @@ class GcpDriver(CloudDriver):
         """Delete an instance and its auto-delete disks."""
         self.require(DriverFeature.DESTROY)
         await self._action(vm_id, "delete", None)
-
-    async def _settle(self, vm_id: str, target: VMState) -> VM:
-        vm = await self.get_vm(vm_id)
-        if not self.config.wait or vm.state == target:
-            return vm
-        return await self.wait_for_state(
-            vm.id,
-            target,
-            timeout=self.config.wait_timeout,
-            interval=self.config.wait_interval,
-            progress=self.progress or _log_progress,
-        )
 
     # -- catalogue ---------------------------------------------------------------------------
     async def list_images(self) -> list[Image]:
@@ -367,7 +355,3 @@ def _images_of(
         return list(client.list(project=project))
 
     return fetch
-
-
-def _log_progress(vm: VM, waited: float) -> None:
-    log.info("waiting for %s (%s): %s after %.0fs", vm.name, vm.id, vm.state.value, waited)
