@@ -12,15 +12,19 @@ missing=()
 for pkg in $apt_packages; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" = 0 ]; then
-    echo "setup: installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" = 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  # The libvirt tests fetch Debian's kernel with `apt-get download`, which needs package
+  # lists even when every package below is already installed (images often ship none).
+  if [ ${#missing[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
-  else
-    echo "setup: not root; tests that need these Debian packages will skip: ${missing[*]}" >&2
   fi
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian packages: ${missing[*]}"
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+elif [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: not root; tests that need these Debian packages will skip: ${missing[*]}" >&2
 fi
 
 # The core first, then every plugin package found by glob (never the template).
