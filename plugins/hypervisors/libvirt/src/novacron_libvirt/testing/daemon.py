@@ -25,6 +25,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -110,7 +111,10 @@ class PrivateLibvirtDaemon:
             *(f"{key}={value}" for key, value in env.items()),
             "libvirtd",
         ]
-        command = ["unshare", "--mount", "--propagation", "private"]
+        # Under a subreaper, so that the QEMU processes libvirt daemonizes are reaped at once
+        # (see novacron_libvirt.testing.reaper) whatever this machine's init does.
+        command = [sys.executable, "-m", "novacron_libvirt.testing.reaper", "--"]
+        command += ["unshare", "--mount", "--propagation", "private"]
         if self.migration_dir is not None and self.migration_backing is not None:
             bind = (
                 f"mount --bind {shlex.quote(str(self.migration_backing))} "
