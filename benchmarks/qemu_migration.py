@@ -11,12 +11,14 @@ migrated to the destination daemon by libvirt (migrate3), in the same run, these
 - ``novacron tcp``: QEMU's stream carried by the builtin TCP transport through the stream
   bridge (``novacron_libvirt.bridge``), as it is;
 - ``novacron dwcp raw``: carried by DWCP, as it is (the bridge's ``codec="raw"``);
-- ``novacron dwcp``: carried by DWCP compressed (the bridge's default over DWCP: zstd frames,
-  level chosen by the bridge from where its sender waits);
-- ``novacron dwcp + page refs``: the same, and the guest's kernel and initrd (which the
-  destination must hold too) given to both bridge ends as reference files: RAM pages found in
-  them go as references (``novacron_libvirt.pagerefs``). DWCP rows only when novacron-dwcp
-  is installed.
+- ``novacron dwcp``: carried by DWCP with the SDK's defaults (``migrate_stream`` and the
+  agents): zstd frames, level chosen by the bridge from where its sender waits, and RAM pages
+  found in the guest's direct-boot kernel and initrd (which the destination QEMU opens too)
+  sent as references to the destination's copies (``novacron_libvirt.pagerefs.boot_files``,
+  matched by SHA-256);
+- ``novacron dwcp without page refs``: the same without page references
+  (``page_references=False``), to show what compression alone does. DWCP rows only when
+  novacron-dwcp is installed.
 
 All use the same libvirt settings (live pre-copy, 300 ms downtime limit, no bandwidth cap).
 Figures: total time (wall clock of the migration call), QEMU's reported downtime and bytes,
@@ -24,19 +26,19 @@ each beside the native baseline of the same run, and total time and bytes on the
 multifd+zstd too; for bridged paths also the bytes the transport carried (after the bridge's
 codec). The bridge's source and sink run in two event loops (two threads), like two hosts.
 QEMU 7.2 counts multifd pages before compression, so its byte count does not show zstd's
-effect; over the WAN the emulator's own
-counter of IP bytes it delivered source -> destination is reported too ("bytes on the wire":
-headers and retransmissions included, packets the link dropped not).
+effect; over the WAN the emulator's own counter of IP bytes it delivered source ->
+destination is reported too ("bytes on the wire": headers and retransmissions included,
+packets the link dropped not).
 
 Loopback: both daemons in this machine's network namespace (``Lab``). WAN (not with
 ``--quick``): the source daemon (and so its QEMU) runs in the WAN emulator's host a, the
 destination's in host b, at the issue's target profile (100 Mbit/s, 100 ms RTT, 0.5% loss):
 native paths use QEMU's own TCP (``tcp://`` to host b), bridged paths carry the stream with
 the bridge's source end in host a and its sink in host b. The target figures compare
-(compressed) DWCP's total time with native and with multifd+zstd there, for the default
-``novacron dwcp`` path and, beside it, for ``novacron dwcp + page refs``. ``--paths`` runs
-some paths only (native always), ``--no-loopback`` the WAN only: for development, not for
-figures to quote.
+DWCP's total time with native and with multifd+zstd there, for the default ``novacron dwcp``
+path (the SDK's defaults) and, beside it, for ``novacron dwcp without page refs``.
+``--paths`` runs some paths only (native always), ``--no-loopback`` the WAN only: for
+development, not for figures to quote.
 Needs root, libvirt-python and the system packages listed in docs/libvirt.md.
 """
 
@@ -89,7 +91,7 @@ class Method:
     multifd: int = 0
     zstd: bool = False
     codec: str | None = None  # the bridge's codec; None = its default for the transport
-    references: bool = False  # the guest's kernel and initrd as the bridge's reference files
+    references: bool = True  # page references to the guest's boot files (the SDK's default)
 
 
 @dataclass
@@ -115,7 +117,7 @@ def methods() -> list[Method]:
     if "dwcp" in build_plugin_manager().transports:
         found.append(Method("novacron dwcp raw", transport="dwcp", codec="raw"))
         found.append(Method("novacron dwcp", transport="dwcp"))
-        found.append(Method("novacron dwcp + page refs", transport="dwcp", references=True))
+        found.append(Method("novacron dwcp without page refs", transport="dwcp", references=False))
     return found
 
 
@@ -217,14 +219,19 @@ async def migrate_bridged(
     ``migrate_stream``'s steps, with the sink in its own event loop (in host b's namespace
     over the WAN) while the source end runs in this one (host a's), like two hosts.
     """
-    from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
-    from novacron_libvirt.migration import migration_flags_and_params
+    from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource, default_codec
+    from novacron_libvirt.migration import migration_flags_and_params, source_references
+    from novacron_libvirt.pagerefs import boot_files
     from novacron_sdk.transport.interface import Endpoint
 
     sink_loop = _loop_in_namespace(site.wan_namespaces[1] if site.wan_namespaces else None)
     session = secrets.token_hex(8)
     qemu_socket, source_socket, destination_socket = site.lab.migration_sockets(name)
-    references = [site.lab.guest.kernel, site.lab.guest.initramfs] if method.references else []
+    transport = _transport(method)
+    # As migrate_stream and the agents do: the sink offers the boot files of the domain's
+    # XML, the source refers to those of its own whose digest the sink announced.
+    wanted = method.references and (method.codec or default_codec(transport)) == "zstd"
+    references = boot_files(xml) if wanted else []
 
     async def make_sink() -> Any:
         sink = StreamBridgeSink(
@@ -240,17 +247,17 @@ async def migrate_bridged(
     def in_sink_loop(coro: Any) -> Any:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, sink_loop))
 
+    started = time.monotonic()
     sink = await in_sink_loop(make_sink())
     bridge = StreamBridgeSource(
-        _transport(method),
+        transport,
         sink.endpoint,
         source_socket,
         session,
         codec=method.codec,
-        reference_files=references,
+        reference_files=await source_references(source, name, sink.reference_digests),
     )
     try:
-        started = time.monotonic()
         await bridge.start()
         domain = await source.ex_domain(name)
         await asyncio.to_thread(domain.migrateSetMaxDowntime, 300, 0)
@@ -274,6 +281,7 @@ async def migrate_bridged(
             "codec": bridge.stats.codec,
             "frame_bytes": bridge.stats.frame_bytes_to_destination,
             "streams": bridge.stats.streams,
+            "referenced_pages": bridge.stats.referenced_pages,
             "levels": [[list(step) for step in steps] for steps in bridge.stats.levels],
         },
     )
@@ -507,11 +515,11 @@ def measure_wan(paths: list[Method], runs: int, extra: dict[str, Any]) -> dict[s
 def target_figures(samples: dict[str, list[Sample]]) -> list[Figure]:
     """The issue's target: DWCP's total time against native and multifd+zstd, over the WAN.
 
-    Judged on the default DWCP path (compressed); the page-reference path, which needs the
-    reference files at both ends, is judged beside it.
+    Judged on the default DWCP path (compressed, page references to the guest's boot files);
+    the path without page references is shown beside it.
     """
     figures: list[Figure] = []
-    for path in ("novacron dwcp", "novacron dwcp + page refs"):
+    for path in ("novacron dwcp", "novacron dwcp without page refs"):
         if path not in samples:
             continue
         dwcp = _median([s.total_s for s in samples[path]])

@@ -8,12 +8,12 @@ import pytest
 
 pytest.importorskip("libvirt", reason="libvirt-python is not installed (needs libvirt-dev)")
 
-from novacron_libvirt.agent_migration import StreamSettings
+from novacron_libvirt.agent_migration import StreamSettings, ticket_reference_digests
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.migration import rewrite_path_prefixes
 from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.compute.interface import StreamMigrationOffer, StreamMigrationTicket
-from novacron_sdk.errors import ConfigError, FeatureNotSupportedError
+from novacron_sdk.errors import ConfigError, FeatureNotSupportedError, MigrationError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import DriverFeature
 from novacron_sdk.transport.interface import Endpoint
@@ -45,6 +45,25 @@ def test_stream_settings_defaults_and_checks() -> None:
         StreamSettings.from_settings({"migration_path_map": ["/a"]}, "qemu:///system")
     with pytest.raises(ConfigError, match="absolute"):
         StreamSettings.from_settings({"migration_dir": "relative"}, "qemu:///system")
+    assert settings.page_references is True
+    off = StreamSettings.from_settings({"page_references": False}, "qemu:///system")
+    assert off.page_references is False
+    with pytest.raises(ConfigError, match="page_references must be true or false"):
+        StreamSettings.from_settings({"page_references": "yes"}, "qemu:///system")
+
+
+def test_a_ticket_with_malformedticket_reference_digests_is_refused() -> None:
+    good = StreamMigrationTicket(
+        endpoint=Endpoint(host="127.0.0.1", port=1),
+        session="s",
+        data={"reference_digests": ["ab" * 32]},
+    )
+    assert ticket_reference_digests(good) == ["ab" * 32]
+    assert ticket_reference_digests(good.model_copy(update={"data": {}})) == []
+    for bad in ("ab" * 32, ["short"], [1], None):
+        ticket = good.model_copy(update={"data": {"reference_digests": bad}})
+        with pytest.raises(MigrationError, match="malformed reference_digests"):
+            ticket_reference_digests(ticket)
 
 
 async def test_test_driver_offers_no_stream_migration() -> None:

@@ -16,8 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from novacron_libvirt import pagerefs
 from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
-from novacron_libvirt.pagerefs import PAGE, ReferenceIndex, ReferenceStore
+from novacron_libvirt.pagerefs import (
+    PAGE,
+    ReferenceIndex,
+    ReferenceStore,
+    boot_files,
+    file_digest,
+    reference_count,
+    shared_files,
+)
 from novacron_libvirt.streamcodec import MAX_CHUNK_BYTES, ChunkDecoder, compress_chunk
 from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import FrameError
@@ -147,3 +156,59 @@ async def test_the_bridge_carries_references_end_to_end(workdir: Path) -> None:
     assert source.stats.frame_bytes_to_destination < 0.6 * len(stream)
     assert not source.errors
     assert not sink.errors
+
+
+def domain_xml(kernel: str | None, initrd: str | None) -> str:
+    """A domain XML with the given direct-boot paths (None leaves the element out)."""
+    os_items = "<type arch='x86_64'>hvm</type>"
+    if kernel is not None:
+        os_items += f"<kernel>{kernel}</kernel>"
+    if initrd is not None:
+        os_items += f"<initrd>{initrd}</initrd>"
+    return f"<domain type='qemu'><name>g</name><os>{os_items}</os></domain>"
+
+
+def test_boot_files_are_the_direct_boot_kernel_and_initrd_that_exist(workdir: Path) -> None:
+    (workdir / "vmlinuz").write_bytes(b"k" * 5000)
+    (workdir / "initrd").write_bytes(b"i" * 3000)
+    both = domain_xml(str(workdir / "vmlinuz"), str(workdir / "initrd"))
+    assert boot_files(both) == [workdir / "vmlinuz", workdir / "initrd"]
+    # A guest booting from disk has none; a path missing here is left out; junk is no XML.
+    assert boot_files(domain_xml(None, None)) == []
+    assert boot_files(domain_xml(str(workdir / "vmlinuz"), str(workdir / "gone"))) == [
+        workdir / "vmlinuz"
+    ]
+    assert boot_files("<domain") == []
+
+
+def test_boot_files_over_the_index_limit_are_left_out(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "vmlinuz").write_bytes(b"k" * 5000)
+    monkeypatch.setattr(pagerefs, "MAX_FILE_BYTES", 4096)
+    assert boot_files(domain_xml(str(workdir / "vmlinuz"), None)) == []
+
+
+def test_the_source_refers_only_to_files_the_sink_announced(workdir: Path) -> None:
+    kernel, initrd = os.urandom(64 * 1024), os.urandom(32 * 1024)
+    (workdir / "vmlinuz").write_bytes(kernel)
+    (workdir / "initrd").write_bytes(initrd)
+    files = [workdir / "vmlinuz", workdir / "initrd"]
+    store = ReferenceStore.from_files([workdir / "initrd"])
+    assert store.digests == [file_digest(initrd)]
+    assert shared_files(files, set(store.digests)) == [workdir / "initrd"]
+    assert shared_files(files, set()) == []
+    # A file the sink holds with other content (another kernel build) is not referred to.
+    assert shared_files(files, {file_digest(b"another kernel")}) == []
+
+
+def test_reference_count_reads_the_frame_header(workdir: Path) -> None:
+    kernel = os.urandom(128 * 1024)
+    (workdir / "vmlinuz").write_bytes(kernel)
+    chunk, copies = ram_records(kernel, 20)
+    frame, _seconds = compress_chunk({}, chunk, 1, ReferenceIndex([workdir / "vmlinuz"]))
+    assert copies > 0
+    assert reference_count(frame) == copies
+    plain, _seconds = compress_chunk({}, chunk, 1, None)
+    assert reference_count(plain) == 0
+    assert reference_count(b"R") == 0

@@ -61,6 +61,8 @@ async def migrate(
     destination: LibvirtDriver,
     transport: Transport,
     settings: MigrationSettings,
+    *,
+    page_references: bool = True,
 ) -> tuple[StreamMigrationResult, SerialConsole]:
     """Migrate ``guest``; return the result and a console on the destination guest."""
     name = guest.vm.name
@@ -77,6 +79,7 @@ async def migrate(
         destination_socket=destination_socket,
         settings=settings,
         destination_xml=rewrite_paths(xml, {str(guest.serial_socket): str(destination_console)}),
+        page_references=page_references,
     )
     return result, await SerialConsole.connect(destination_console)
 
@@ -131,6 +134,24 @@ async def assert_running_only_at_destination(
     else:
         assert result.codec == "raw"
         assert result.frame_bytes_to_destination >= result.bytes_to_destination
+        assert result.referenced_pages == 0  # references need the compressing codec
+
+
+REFERENCE_CASES = [
+    pytest.param("tcp", True, id="tcp"),
+    *[
+        pytest.param(
+            "dwcp",
+            refs,
+            id=f"dwcp-{'page-refs' if refs else 'no-page-refs'}",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("novacron_dwcp") is None,
+                reason="novacron-dwcp not installed",
+            ),
+        )
+        for refs in (True, False)
+    ],
+]
 
 
 @pytest.mark.parametrize("transport_name", TRANSPORTS)
@@ -165,11 +186,22 @@ async def test_live_migration_with_multifd_keeps_the_heartbeat(
         await moved.close()
 
 
+@pytest.mark.parametrize(("transport_name", "page_references"), REFERENCE_CASES)
 async def test_paused_guest_arrives_with_its_memory(
-    lab: Lab, guest: BootedGuest, source_driver: LibvirtDriver, destination_driver: LibvirtDriver
+    lab: Lab,
+    guest: BootedGuest,
+    source_driver: LibvirtDriver,
+    destination_driver: LibvirtDriver,
+    transport_name: str,
+    page_references: bool,
 ) -> None:
-    # Memory is compared only for a paused guest: QEMU 7.2 under TCG may lose writes the
-    # guest makes during a live migration (fixed in QEMU 9.0), see the module docstring.
+    """A paused guest's memory arrives intact, also with pages sent as references.
+
+    Memory is compared only for a paused guest: QEMU 7.2 under TCG may lose writes the
+    guest makes during a live migration (fixed in QEMU 9.0), see the module docstring. Over
+    DWCP the guest's compressed kernel, still in its RAM, goes as references to the
+    destination's copy of the kernel file (the default), or compressed when they are off.
+    """
     console = await SerialConsole.connect(guest.serial_socket)
     try:
         out = await console.run(
@@ -183,12 +215,17 @@ async def test_paused_guest_arrives_with_its_memory(
             guest,
             source_driver,
             destination_driver,
-            transport_named("tcp"),
+            transport_named(transport_name),
             MigrationSettings(),
+            page_references=page_references,
         )
     finally:
         await console.close()
     try:
+        if transport_name == "dwcp" and page_references:
+            assert result.referenced_pages > 256, "the kernel image's pages are references"
+        else:
+            assert result.referenced_pages == 0
         assert result.vm.state == VMState.PAUSED
         await destination_driver.resume(guest.vm.name)
         result = result.model_copy(update={"vm": await destination_driver.get_vm(guest.vm.name)})

@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 
 from novacron_libvirt import domains
+from novacron_libvirt.bridge import default_codec
 from novacron_libvirt.errors import is_not_found, translate
 from novacron_libvirt.migration import migrate_out, open_sink, rewrite_path_prefixes
+from novacron_libvirt.pagerefs import boot_files
+from novacron_libvirt.streamcodec import CODEC_ZSTD
 from novacron_sdk.compute.interface import (
     IncomingStreamMigration,
     ProgressCallback,
@@ -70,6 +73,8 @@ class StreamSettings:
     """The libvirt URI other hosts reach this host's daemon at."""
     migration_path_map: dict[str, str] = field(default_factory=dict)
     """Source directory -> directory here, applied to the incoming domain's XML."""
+    page_references: bool = True
+    """Send RAM pages found in the guest's direct-boot kernel and initrd as references."""
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], uri: str) -> StreamSettings:
@@ -85,11 +90,16 @@ class StreamSettings:
         if not directory.is_absolute() or not local.is_absolute():
             msg = "libvirt settings migration_dir and migration_local_dir must be absolute paths"
             raise ConfigError(msg)
+        page_references = settings.get("page_references", True)
+        if not isinstance(page_references, bool):
+            msg = "libvirt setting page_references must be true or false"
+            raise ConfigError(msg)
         return cls(
             migration_dir=directory,
             migration_local_dir=local,
             migration_uri=str(settings.get("migration_uri", uri)),
             migration_path_map=dict(path_map),
+            page_references=page_references,
         )
 
     def local_path(self, qemu_path: Path) -> Path:
@@ -205,7 +215,12 @@ async def prepare(
         socket_name = f"nc-{session[:24]}.sock"
         local_dir = settings.migration_local_dir
         await asyncio.to_thread(local_dir.mkdir, mode=0o755, parents=True, exist_ok=True)
-        sink = await open_sink(transport, local_dir / socket_name, session, listen)
+        references: list[Path] = []
+        if settings.page_references and default_codec(transport) == CODEC_ZSTD:
+            references = await asyncio.to_thread(boot_files, xml)
+        sink = await open_sink(
+            transport, local_dir / socket_name, session, listen, reference_files=references
+        )
     except BaseException:
         await asyncio.to_thread(discard, driver.ex_connection, uuid)
         raise
@@ -218,6 +233,7 @@ async def prepare(
             "xml": xml,
             "uuid": uuid,
             "defined": True,
+            "reference_digests": sink.reference_digests,
         },
     )
     return LibvirtIncomingStream(driver, sink, ticket, uuid)
@@ -254,6 +270,9 @@ async def migrate(
                 settings=migration,
                 destination_xml=str(ticket.data["xml"]),
                 on_progress=on_progress,
+                reference_digests=ticket_reference_digests(ticket)
+                if settings.page_references
+                else (),
             )
         except BaseException:
             if ticket.data.get("defined"):
@@ -281,4 +300,23 @@ async def migrate(
     )
 
 
-__all__ = ["LibvirtIncomingStream", "StreamSettings", "discard", "migrate", "offer", "prepare"]
+def ticket_reference_digests(ticket: StreamMigrationTicket) -> list[str]:
+    """The sink's reference files named in its ticket; MigrationError if malformed."""
+    digests = ticket.data.get("reference_digests", [])
+    if not isinstance(digests, list) or not all(
+        isinstance(d, str) and len(d) == 64 for d in digests
+    ):
+        msg = "the destination's ticket has malformed reference_digests (SHA-256 hex strings)"
+        raise MigrationError(msg)
+    return digests
+
+
+__all__ = [
+    "LibvirtIncomingStream",
+    "StreamSettings",
+    "discard",
+    "migrate",
+    "offer",
+    "prepare",
+    "ticket_reference_digests",
+]

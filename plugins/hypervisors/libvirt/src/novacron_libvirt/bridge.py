@@ -252,6 +252,11 @@ class StreamBridgeSink:
             )
         self._listener = await self.transport.listen(self.requested, self._on_channel)
 
+    @property
+    def reference_digests(self) -> list[str]:
+        """SHA-256 of the reference files this sink holds (after :meth:`start`)."""
+        return self._references.digests
+
     async def _on_channel(self, channel: Channel) -> None:
         task = asyncio.current_task()
         if task is not None:

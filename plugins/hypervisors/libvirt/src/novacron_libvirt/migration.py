@@ -21,16 +21,18 @@ import logging
 import secrets
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import libvirt
 from pydantic import BaseModel, ConfigDict, Field
 
-from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource
+from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource, default_codec
 from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.errors import translate
+from novacron_libvirt.pagerefs import boot_files, shared_files
+from novacron_libvirt.streamcodec import CODEC_ZSTD
 from novacron_sdk.compute.interface import ProgressCallback, StreamMigrationProgress
 from novacron_sdk.errors import MigrationAbortedError, MigrationError, NovaCronError
 from novacron_sdk.migration.models import MigrationSettings
@@ -58,6 +60,9 @@ class StreamMigrationResult(BaseModel):
         default=0, description="What the transport carried for it (after the bridge's codec)."
     )
     codec: str = Field(default="raw", description="The bridge's stream codec.")
+    referenced_pages: int = Field(
+        default=0, description="RAM pages sent as references to the guest's boot files."
+    )
     postcopy_started: bool = Field(default=False, description="QEMU switched to post-copy.")
     qemu_stats: dict[str, Any] = Field(default_factory=dict)
 
@@ -146,18 +151,30 @@ async def migrate_stream(
     settings: MigrationSettings | None = None,
     destination_xml: str | None = None,
     listen: Endpoint | None = None,
+    page_references: bool = True,
 ) -> StreamMigrationResult:
     """Live-migrate ``vm_id`` from ``source`` to ``destination`` through ``transport``.
 
     Both ends in one process: the destination's sink (:func:`open_sink`) and the source's
     half (:func:`migrate_out`). ``qemu_socket`` is the unix socket path both QEMUs are given;
     ``source_socket`` and ``destination_socket`` are the same sockets as this process sees
-    them (default: the same path). Raises MigrationError (the VM still runs at the source)
-    on failure, and MigrationAbortedError when ``settings.timeout_s`` passed.
+    them (default: the same path). ``page_references``: with a compressing bridge (over
+    DWCP), RAM pages found in the guest's direct-boot kernel and initrd go as references to
+    the destination's copies (:func:`~novacron_libvirt.pagerefs.boot_files`). Raises
+    MigrationError (the VM still runs at the source) on failure, and MigrationAbortedError
+    when ``settings.timeout_s`` passed.
     """
     session = secrets.token_hex(8)
+    references: list[Path] = []
+    if page_references and default_codec(transport) == CODEC_ZSTD:
+        xml = destination_xml or await source.ex_domain_xml(vm_id)
+        references = await asyncio.to_thread(boot_files, xml)
     sink = await open_sink(
-        transport, destination_socket or qemu_socket, session, listen or Endpoint()
+        transport,
+        destination_socket or qemu_socket,
+        session,
+        listen or Endpoint(),
+        reference_files=references,
     )
     try:
         return await migrate_out(
@@ -171,18 +188,40 @@ async def migrate_stream(
             source_socket=source_socket,
             settings=settings,
             destination_xml=destination_xml,
+            reference_digests=sink.reference_digests,
         )
     finally:
         await sink.close()
 
 
 async def open_sink(
-    transport: Transport, socket_path: Path, session: str, listen: Endpoint
+    transport: Transport,
+    socket_path: Path,
+    session: str,
+    listen: Endpoint,
+    *,
+    reference_files: Sequence[Path] = (),
 ) -> StreamBridgeSink:
-    """The destination's half: a started sink feeding the QEMU socket at ``socket_path``."""
-    sink = StreamBridgeSink(transport, listen, socket_path, session)
+    """The destination's half: a started sink feeding the QEMU socket at ``socket_path``.
+
+    ``reference_files``: this host's files a source may send page references to (its
+    :attr:`~StreamBridgeSink.reference_digests` tell the source which ones).
+    """
+    sink = StreamBridgeSink(
+        transport, listen, socket_path, session, reference_files=reference_files
+    )
     await sink.start()
     return sink
+
+
+async def source_references(
+    source: LibvirtDriver, vm_id: str, digests: Sequence[str]
+) -> list[Path]:
+    """The domain's boot files whose SHA-256 the sink announced (none if it announced none)."""
+    if not digests:
+        return []
+    files = await asyncio.to_thread(boot_files, await source.ex_domain_xml(vm_id))
+    return await asyncio.to_thread(shared_files, files, set(digests))
 
 
 async def migrate_out(
@@ -198,15 +237,25 @@ async def migrate_out(
     settings: MigrationSettings | None = None,
     destination_xml: str | None = None,
     on_progress: ProgressCallback | None = None,
+    reference_digests: Sequence[str] = (),
 ) -> StreamMigrationResult:
     """The source's half: carry QEMU's stream to the sink at ``endpoint`` and migrate.
 
     ``destination`` is a connection to the destination's libvirt daemon, which libvirt
     needs for the prepare and finish steps. ``on_progress`` gets QEMU's job statistics
-    about every half second. Raises as :func:`migrate_stream` does.
+    about every half second. ``reference_digests``: the reference files the sink holds
+    (:attr:`StreamBridgeSink.reference_digests`); the domain's boot files among them are
+    given to the bridge. Raises as :func:`migrate_stream` does.
     """
     settings = settings or MigrationSettings()
-    bridge = StreamBridgeSource(transport, endpoint, source_socket or qemu_socket, session)
+    references = await source_references(source, vm_id, reference_digests)
+    bridge = StreamBridgeSource(
+        transport,
+        endpoint,
+        source_socket or qemu_socket,
+        session,
+        reference_files=references,
+    )
     started = time.monotonic()
     try:
         await bridge.start()
@@ -239,6 +288,7 @@ async def migrate_out(
         bytes_from_destination=bridge.stats.bytes_from_destination,
         frame_bytes_to_destination=bridge.stats.frame_bytes_to_destination,
         codec=bridge.stats.codec,
+        referenced_pages=bridge.stats.referenced_pages,
         postcopy_started=postcopy_started,
         qemu_stats=stats,
     )

@@ -17,9 +17,11 @@ then an inner ``D``/``Z`` frame with the rest of the chunk.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import struct
-from collections.abc import Sequence
+import xml.etree.ElementTree as ET
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 from novacron_sdk.errors import FrameError
@@ -39,6 +41,9 @@ _PAGE_HEADER = re.compile(
     re.DOTALL,
 )
 _HEADER_BYTES = 8
+_BOOT_ELEMENTS = ("os/kernel", "os/initrd")
+
+logger = logging.getLogger(__name__)
 
 
 def _key(window: bytes | memoryview) -> bytes:
@@ -48,6 +53,53 @@ def _key(window: bytes | memoryview) -> bytes:
 def file_digest(content: bytes) -> str:
     """The name both ends give a reference file: its SHA-256, hex."""
     return hashlib.sha256(content).hexdigest()
+
+
+def reference_count(frame: bytes) -> int:
+    """How many page references a frame carries (0 for any frame but ``R``)."""
+    if frame[:1] != REF_TAG or len(frame) < 1 + _COUNT.size:
+        return 0
+    return int(_COUNT.unpack_from(frame, 1)[0])
+
+
+def boot_files(xml: str) -> list[Path]:
+    """The direct-boot kernel and initrd of a domain's XML that exist here (may be none).
+
+    These are the default reference files of a stream migration: the destination QEMU opens
+    the same paths (from the destination XML) when it starts, so a destination that can run
+    the guest holds them; the sink still names its copies by SHA-256 and the source refers
+    only to files whose digest the sink announced. Files over the index's size limit in
+    total are left out (with a log line) rather than failing the migration.
+    """
+    try:
+        root = ET.fromstring(xml)  # noqa: S314 - XML produced by a libvirt daemon
+    except ET.ParseError:
+        return []
+    found: list[Path] = []
+    for element in _BOOT_ELEMENTS:
+        text = (root.findtext(element) or "").strip()
+        if text and Path(text).is_file():
+            found.append(Path(text))
+    total = sum(path.stat().st_size for path in found)
+    if total > MAX_FILE_BYTES:
+        logger.info("boot files hold %d bytes, over %d: no page references", total, MAX_FILE_BYTES)
+        return []
+    return found
+
+
+def shared_files(files: Sequence[Path], digests: Collection[str]) -> list[Path]:
+    """Those of ``files`` whose SHA-256 is among ``digests`` (what the sink holds)."""
+    if not digests:
+        return []
+    shared: list[Path] = []
+    for path in files:
+        digest = hashlib.sha256()
+        with Path(path).open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        if digest.hexdigest() in digests:
+            shared.append(Path(path))
+    return shared
 
 
 def _read_all(files: Sequence[Path]) -> list[bytes]:
@@ -119,6 +171,11 @@ class ReferenceStore:
     def from_files(cls, files: Sequence[Path]) -> ReferenceStore:
         """Read ``files`` (this host's copies, any paths) and name them by digest."""
         return cls({file_digest(c): c for c in _read_all(files)})
+
+    @property
+    def digests(self) -> list[str]:
+        """The SHA-256 of every file held, the names a source may refer to."""
+        return sorted(self._by_digest)
 
     def select(self, digests: Sequence[str]) -> ReferenceStore:
         """The files the source named, in its order; FrameError when one is missing."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from novacron_libvirt.pagerefs import REF_TAG, ReferenceIndex, ReferenceStore
+from novacron_libvirt.pagerefs import REF_TAG, ReferenceIndex, ReferenceStore, reference_count
 from novacron_sdk.errors import FrameError
 from novacron_sdk.transport.interface import Channel
 
@@ -247,7 +247,7 @@ async def send_encoded(
     channel: Channel,
     controller: LevelController,
     chunk_bytes: int,
-    counted: Callable[[int, int], None],
+    counted: Callable[[int, int, int], None],
     *,
     references: ReferenceIndex | None = None,
 ) -> None:
@@ -255,7 +255,7 @@ async def send_encoded(
 
     Reading, compressing (``controller.workers`` threads; zstd releases the GIL) and sending
     overlap; order is kept by sending the chunks' results in the order they were read.
-    ``counted(raw, framed)`` is called for every frame sent.
+    ``counted(raw, framed, referenced_pages)`` is called for every frame sent.
     """
     loop = asyncio.get_running_loop()
     local = threading.local()
@@ -292,7 +292,7 @@ async def send_encoded(
             sent = time.perf_counter()
             controller.chunk_done(level, raw, len(frame), cpu_s)
             controller.waited(link=sent - compressed, codec=compressed - got, qemu=got - started)
-            counted(raw, len(frame))
+            counted(raw, len(frame), reference_count(frame))
 
     pool = ThreadPoolExecutor(max_workers=controller.workers, thread_name_prefix="nclv-zstd")
     try:

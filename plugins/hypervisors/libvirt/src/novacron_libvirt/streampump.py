@@ -33,9 +33,19 @@ class BridgeStats:
     bytes_to_destination: int = 0
     bytes_from_destination: int = 0
     frame_bytes_to_destination: int = 0
+    referenced_pages: int = 0  # RAM pages sent as references to a file the sink holds
     codec: str = CODEC_RAW
     streams: list[int] = field(default_factory=list)  # transport streams per channel, at end
     levels: list[list[tuple[int, str, float]]] = field(default_factory=list)
+
+    def count_sent(self, raw: int, framed: int, referenced: int, *, outbound: bool) -> None:
+        """Count a frame this end sent: ``raw`` stream bytes as ``framed`` bytes."""
+        if outbound:
+            self.bytes_to_destination += raw
+            self.frame_bytes_to_destination += framed
+            self.referenced_pages += referenced
+        else:
+            self.bytes_from_destination += raw
 
 
 async def connect_unix(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -69,12 +79,8 @@ async def pump(
     sent_end = asyncio.Event()
     decoder = decoder or ChunkDecoder(CODEC_RAW)
 
-    def counted(raw: int, framed: int) -> None:
-        if outbound:
-            stats.bytes_to_destination += raw
-            stats.frame_bytes_to_destination += framed
-        else:
-            stats.bytes_from_destination += raw
+    def counted(raw: int, framed: int, referenced: int = 0) -> None:
+        stats.count_sent(raw, framed, referenced, outbound=outbound)
 
     async def socket_to_channel() -> None:
         if controller is not None:
