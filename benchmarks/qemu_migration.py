@@ -36,7 +36,7 @@ destination's in host b, at the issue's target profile (100 Mbit/s, 100 ms RTT, 
 native paths use QEMU's own TCP (``tcp://`` to host b), bridged paths carry the stream with
 the bridge's source end in host a and its sink in host b. The target figures compare
 DWCP's total time with native and with multifd+zstd there, for the default ``novacron dwcp``
-path (the SDK's defaults) and, beside it, for ``novacron dwcp without page refs``.
+path (the SDK's defaults); ``novacron dwcp without page refs`` has its ratios beside them.
 ``--paths`` runs some paths only (native always), ``--no-loopback`` the WAN only: for
 development, not for figures to quote.
 Needs root, libvirt-python and the system packages listed in docs/libvirt.md.
@@ -516,10 +516,10 @@ def target_figures(samples: dict[str, list[Sample]]) -> list[Figure]:
     """The issue's target: DWCP's total time against native and multifd+zstd, over the WAN.
 
     Judged on the default DWCP path (compressed, page references to the guest's boot files);
-    the path without page references is shown beside it.
+    the path without page references has its ratios among the other figures, not here.
     """
     figures: list[Figure] = []
-    for path in ("novacron dwcp", "novacron dwcp without page refs"):
+    for path in ("novacron dwcp",):
         if path not in samples:
             continue
         dwcp = _median([s.total_s for s in samples[path]])
