@@ -71,6 +71,7 @@ class ServiceComponent(Component):
             migration_advertise=agent.migration_advertise,
             migration_defaults=self.context.config.get("migration", MigrationSettings),
             capacity=(agent.vcpus, agent.memory_mib),
+            incoming_timeout_s=agent.incoming_timeout_s,
             security=self.context.values.get("agent.security"),
         )
         # None unless cluster.enabled: then migrations are fenced by VM ownership records.

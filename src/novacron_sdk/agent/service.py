@@ -121,6 +121,7 @@ class AgentService:
         migration_defaults: MigrationSettings | None = None,
         capacity: tuple[int, int] = (8, 16384),
         security: Any | None = None,
+        incoming_timeout_s: float = INCOMING_CONNECT_TIMEOUT_S,
     ) -> None:
         self.plugins = plugins
         self.driver = driver
@@ -131,6 +132,7 @@ class AgentService:
         self.migration_advertise = migration_advertise
         self.migration_defaults = migration_defaults or MigrationSettings()
         self.capacity = capacity
+        self.incoming_timeout_s = incoming_timeout_s
         # An AgentSecurity from the "agent.security" init component, or None. Duck-typed:
         # the core never imports a security plugin.
         self.security = security
@@ -510,18 +512,19 @@ class AgentService:
 
     async def _reap_incoming(self) -> None:
         """Abort prepared migrations whose source never connected."""
+        limit = self.incoming_timeout_s
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(min(5.0, limit / 4))
             now = time.monotonic()
             for inc in list(self.incoming.values()):
-                stale = now - inc.created > INCOMING_CONNECT_TIMEOUT_S
+                stale = now - inc.created > limit
                 if not inc.connected and stale and inc.receiver.state == "pending":
                     log.warning("incoming migration %s: source never connected", inc.id)
                     inc.receiver.state = "aborted"
                     inc.receiver.error = "source never connected"
                     with contextlib.suppress(NovaCronError):
                         await inc.receiver.sink.abort()
-            await stream.reap(self.incoming_streams, INCOMING_CONNECT_TIMEOUT_S)
+            await stream.reap(self.incoming_streams, limit)
 
 
 def _check_url(url: str) -> str:

@@ -26,6 +26,12 @@ class AgentSettings(BaseModel):
     driver: str = Field(default="sim", description="Hypervisor driver this agent manages.")
     vcpus: int = Field(default=8, ge=1, description="Capacity announced for placement.")
     memory_mib: int = Field(default=16384, ge=1, description="Capacity announced for placement.")
+    incoming_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A prepared incoming migration whose source never connects, or vanishes "
+        "without finishing it, is discarded after this long.",
+    )
 
 
 class DriversSettings(BaseModel):

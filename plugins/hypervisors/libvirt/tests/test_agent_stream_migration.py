@@ -247,3 +247,39 @@ async def test_destination_agent_killed_mid_stream(
     # The destination agent is gone: the source cleaned the destination daemon itself.
     assert guest.vm.name not in await names_on(lab.destination.uri)
     await assert_heartbeat_goes_on(guest.serial_socket)
+
+
+async def test_source_agent_killed_mid_stream(lab: Lab, guest: BootedGuest) -> None:
+    """The agent driving the migration dies: the guest runs on at the source, and the
+    destination agent discards what it prepared once ``agent.incoming_timeout_s`` passed.
+
+    QEMU's stream went through the dead agent's bridge, so QEMU's migration fails and libvirt
+    resumes the guest at the source; the destination's incoming QEMU loses its stream. No one
+    tells the destination agent how it ended: its reaper does the clean-up.
+    """
+    destination_items = [*agent_settings(lab, "destination"), "agent.incoming_timeout_s=2"]
+    with (
+        LocalAgent("lv-src-doomed", settings=agent_settings(lab, "source")) as doomed,
+        LocalAgent("lv-dst-patient", settings=destination_items) as destination,
+    ):
+        async with AgentClient(doomed.url) as src, AgentClient(destination.url) as dst:
+            # 16 Mbit/s: about a minute for the guest's memory, time enough to kill mid-way.
+            overrides = {"transport": "tcp", "max_bandwidth_bps": 16e6}
+            started = await src.start_migration(guest.vm.name, destination.url, overrides)
+            await wait_for_bytes(src, started["id"], 2 * MIB)
+            assert guest.vm.name in await names_on(lab.destination.uri)
+            doomed.kill()
+            async with asyncio.timeout(60):
+                while (await dst.incoming_stream_state(started["id"]))["state"] != "aborted":
+                    await asyncio.sleep(0.5)
+            state = await dst.incoming_stream_state(started["id"])
+            assert state["error"] == "the source never finished the migration"
+    assert guest.vm.name not in await names_on(lab.destination.uri)
+    source = LibvirtDriver({"uri": lab.source.uri, "events": False})
+    try:
+        async with asyncio.timeout(30):  # libvirt resumes the guest once QEMU's job failed
+            while (await source.get_vm(guest.vm.name)).state is not VMState.RUNNING:
+                await asyncio.sleep(0.2)
+    finally:
+        await source.close()
+    await assert_heartbeat_goes_on(guest.serial_socket)
