@@ -19,7 +19,12 @@ import pytest
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
 from novacron_sdk.compute.interface import StreamMigrationOffer
-from novacron_sdk.errors import FeatureNotSupportedError, MigrationError, NotFoundError
+from novacron_sdk.errors import (
+    FeatureNotSupportedError,
+    MigrationError,
+    NotFoundError,
+    NovaCronError,
+)
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMSpec, VMState
@@ -391,3 +396,9 @@ async def test_stream_hello_for_unknown_migration_is_rejected(clients) -> None:
     finally:
         await channel.close()
     assert (await cb.incoming_state("probe2"))["state"] == "pending"
+
+
+def test_agent_refuses_settings_for_an_unknown_transport() -> None:
+    bad = LocalAgent("bad-transports", env=CORE_ONLY, settings=['transports.settings={"nope": {}}'])
+    with pytest.raises(NovaCronError, match="no transport named 'nope'; known: "), bad:
+        pass

@@ -25,7 +25,7 @@ from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
 
-CORE_SECTIONS = {"agent", "drivers", "migration", "state", "logging", "cluster"}
+CORE_SECTIONS = {"agent", "drivers", "transports", "migration", "state", "logging", "cluster"}
 
 
 class WidgetSettings(BaseModel):

@@ -10,7 +10,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from novacron_sdk.config.sections import AgentSettings, DriversSettings
+from novacron_sdk.config.sections import AgentSettings, DriversSettings, TransportsSettings
 from novacron_sdk.errors import InitError
 from novacron_sdk.init.interface import Component
 from novacron_sdk.migration.models import MigrationSettings
@@ -62,6 +62,10 @@ class ServiceComponent(Component):
         from novacron_sdk.agent.service import AgentService
 
         agent = self.context.config.get("agent", AgentSettings)
+        transports = self.context.config.get("transports", TransportsSettings)
+        for name, settings in transports.settings.items():
+            # Unknown names and bad settings fail here, naming what to fix, not mid-migration.
+            self.context.plugins.transports.get(name)(settings)
         self.service = AgentService(
             plugins=self.context.plugins,
             driver=self.context.values["driver"],
@@ -72,6 +76,7 @@ class ServiceComponent(Component):
             migration_defaults=self.context.config.get("migration", MigrationSettings),
             capacity=(agent.vcpus, agent.memory_mib),
             incoming_timeout_s=agent.incoming_timeout_s,
+            transport_settings=transports.settings,
             security=self.context.values.get("agent.security"),
         )
         # None unless cluster.enabled: then migrations are fenced by VM ownership records.

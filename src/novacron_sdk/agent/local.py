@@ -109,7 +109,11 @@ class LocalAgent:
             self.process.wait(10)
 
     def __enter__(self) -> LocalAgent:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self._dir.cleanup()  # __exit__ does not run when __enter__ fails
+            raise
 
     def __exit__(
         self,

@@ -13,6 +13,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,7 +44,7 @@ from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.migration.receiver import MigrationReceiver
 from novacron_sdk.models import VM, DriverFeature, Host, VMState
 from novacron_sdk.plugin.manager import NovaCronPluginManager
-from novacron_sdk.transport.interface import Channel, Endpoint, Listener
+from novacron_sdk.transport.interface import Channel, Endpoint, Listener, Transport
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class AgentService:
         capacity: tuple[int, int] = (8, 16384),
         security: Any | None = None,
         incoming_timeout_s: float = INCOMING_CONNECT_TIMEOUT_S,
+        transport_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.plugins = plugins
         self.driver = driver
@@ -133,6 +135,7 @@ class AgentService:
         self.migration_defaults = migration_defaults or MigrationSettings()
         self.capacity = capacity
         self.incoming_timeout_s = incoming_timeout_s
+        self.transport_settings = {k: dict(v) for k, v in (transport_settings or {}).items()}
         # An AgentSecurity from the "agent.security" init component, or None. Duck-typed:
         # the core never imports a security plugin.
         self.security = security
@@ -204,7 +207,10 @@ class AgentService:
             return await stream.start_outgoing(self, vm, settings, dest_url)
         migration_id = uuid.uuid4().hex[:12]
         plan = plan_migration(
-            self.plugins, settings, Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1")
+            self.plugins,
+            settings,
+            Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1"),
+            transport_settings=self.transport_settings,
         )
         source = await self.driver.open_migration_source(vm.id)
         auth = self._auth()
@@ -460,11 +466,14 @@ class AgentService:
             msg = f"no incoming migration {migration_id!r} on agent {self.name}"
             raise NotFoundError(msg) from None
 
+    def new_transport(self, name: str) -> Transport:
+        """A transport ``name`` built with its ``transports.settings`` entry."""
+        return self.plugins.transports.get(name)(self.transport_settings.get(name, {}))
+
     async def _listener(self, transport: str) -> Listener:
         async with self._listener_lock:
             if transport not in self._listeners:
-                cls = self.plugins.transports.get(transport)
-                self._listeners[transport] = await cls().listen(
+                self._listeners[transport] = await self.new_transport(transport).listen(
                     Endpoint(host=self.migration_host, port=self.migration_port),
                     self._accept,
                 )

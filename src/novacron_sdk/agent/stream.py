@@ -264,7 +264,7 @@ async def start_outgoing(
     mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=run)
     service.outgoing[migration_id] = mig
     transport = StreamSourceTransport(
-        service.plugins.transports.get(transport_name)(),
+        service.new_transport(transport_name),
         migration_id=migration_id,
         token=token,
         security=service.security,
@@ -320,9 +320,7 @@ async def prepare_incoming(
     try:
         incoming.handle = await service.driver.prepare_stream_migration(
             offer,
-            transport=StreamSinkTransport(
-                incoming, endpoint, service.plugins.transports.get(transport)()
-            ),
+            transport=StreamSinkTransport(incoming, endpoint, service.new_transport(transport)),
             listen=endpoint,
             session=migration_id,
         )

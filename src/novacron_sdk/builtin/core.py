@@ -16,17 +16,19 @@ if TYPE_CHECKING:
 
 @hookimpl
 def novacron_add_config_sections(registry: Registry[type[BaseModel]]) -> None:
-    """The core sections: agent, drivers, migration, state, logging."""
+    """The core sections: agent, drivers, transports, migration, state, logging, cluster."""
     from novacron_sdk.config.sections import (
         AgentSettings,
         DriversSettings,
         LoggingSettings,
         StateSettings,
+        TransportsSettings,
     )
     from novacron_sdk.migration.models import MigrationSettings
 
     registry.register("agent", AgentSettings)
     registry.register("drivers", DriversSettings)
+    registry.register("transports", TransportsSettings)
     registry.register("migration", MigrationSettings)
     registry.register("state", StateSettings)
     registry.register("logging", LoggingSettings)

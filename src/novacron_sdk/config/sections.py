@@ -45,6 +45,17 @@ class DriversSettings(BaseModel):
     )
 
 
+class TransportsSettings(BaseModel):
+    """``transports``: per-transport settings for the transports the agent builds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Transport name -> that transport's settings (e.g. dwcp: resume_window_s).",
+    )
+
+
 class StateSettings(BaseModel):
     """``state``: where cluster state lives."""
 

@@ -7,7 +7,9 @@ builtin switch-over rule lives here too, so that the engine only asks the hook a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from novacron_sdk.encoding.interface import PageCodec
 from novacron_sdk.migration.models import MigrationSettings
@@ -61,8 +63,13 @@ def plan_migration(
     *,
     estimate: BandwidthEstimate | None = None,
     rtt_s: float | None = None,
+    transport_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MigrationPlan:
-    """Choose the parts of a migration to ``destination``."""
+    """Choose the parts of a migration to ``destination``.
+
+    ``transport_settings``: transport name -> settings the chosen transport is built with
+    (the ``transports`` config section).
+    """
     transport_name = _choose(
         plugins,
         "transports",
@@ -93,7 +100,9 @@ def plan_migration(
         codec_name=codec_name,
         predictor_name=predictor_name,
         streams=streams,
-        transport=plugins.transports.get(transport_name)(),
+        transport=plugins.transports.get(transport_name)(
+            (transport_settings or {}).get(transport_name, {})
+        ),
         codec=plugins.codecs.get(codec_name)(),
         predictor=plugins.predictors.get(predictor_name)(),
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 
@@ -225,20 +226,38 @@ async def define_namesake(lab: Lab, guest: BootedGuest) -> None:
         await destination.close()
 
 
+KILL_TRANSPORTS = [
+    "tcp",
+    pytest.param("dwcp", marks=pytest.mark.skipif(not HAVE_DWCP, reason="no novacron-dwcp")),
+]
+# DWCP first tries to resume lost connections for its resume window (30 s by default); the
+# agents' ``transports`` section shortens it, so the migration fails about as fast as on TCP.
+SHORT_RESUME = 'transports.settings={"dwcp": {"resume_window_s": 1}}'
+
+
+@pytest.mark.parametrize("transport", KILL_TRANSPORTS)
 async def test_destination_agent_killed_mid_stream(
-    lab: Lab, agents: tuple[LocalAgent, LocalAgent], guest: BootedGuest
+    lab: Lab, guest: BootedGuest, transport: str
 ) -> None:
-    source, _ = agents
-    with LocalAgent("lv-dst-doomed", settings=agent_settings(lab, "destination")) as doomed:
+    with (
+        LocalAgent(
+            "lv-src-short", settings=[*agent_settings(lab, "source"), SHORT_RESUME]
+        ) as source,
+        LocalAgent(
+            "lv-dst-doomed", settings=[*agent_settings(lab, "destination"), SHORT_RESUME]
+        ) as doomed,
+    ):
         async with AgentClient(source.url) as src:
             # 16 Mbit/s: about a minute for the guest's memory, time enough to kill mid-way.
-            # TCP, because DWCP would first try to resume the lost connections for its
-            # resume window (30 s) before the migration fails the same way.
-            overrides = {"transport": "tcp", "max_bandwidth_bps": 16e6}
+            overrides = {"transport": transport, "max_bandwidth_bps": 16e6}
             started = await src.start_migration(guest.vm.name, doomed.url, overrides)
             await wait_for_bytes(src, started["id"], 2 * MIB)
             doomed.kill()
+            killed = time.monotonic()
             final = await wait_done(src, started["id"])
+            # Not a speed check: with DWCP's default 30 s resume window this takes > 30 s,
+            # so a failure within 20 s shows the agents applied the transports section.
+            assert time.monotonic() - killed < 20
             assert final["error"]
             assert "runs at the source" in final["error"]
             assert final["report"]["outcome"] == "rolled_back"
