@@ -9,11 +9,13 @@ pages of 4 KiB by default, the migration engine's batch size):
   The chain sees image 0 and every earlier round first, as it would in a migration; the
   stateless codecs compress each batch alone.
 
-The chain runs three times: without a bandwidth estimate ("dwcp": zstd-1, the batch split
-across the default threads), the same limited to one thread ("dwcp 1 thread"), and told the
-link runs at 100 Mbit/s ("dwcp 100Mbit/s": the selector then prefers zstd-1-long, whose
-history spans batches). "xor+zstd-1" XORs each page with its previous version and
-compresses that, the reference the issue quotes. "zstd-1 N threads" is zstd-1 with the
+The chain runs four times: without a bandwidth estimate ("dwcp": zstd-1, the batch split
+across the default threads), the same limited to one thread ("dwcp 1 thread"), the same with
+the numpy fallback instead of the native hot path ("dwcp 1 thread numpy"), and told the
+link runs at 100 Mbit/s ("dwcp 100Mbit/s": the selector then prefers the long-window
+streams, whose history spans batches, at level 3 when the link leaves time for it).
+"xor+zstd-1" XORs each page with its previous version and compresses that, the reference the
+issue quotes. "zstd-1 N threads" is zstd-1 with the
 chain's thread budget (each batch cut into N frames compressed at once): the baseline of the
 chain's speed; "dwcp 1 thread" is judged against single-threaded zstd-1. Every codec's
 payloads are decoded and checked against the input. Times are the best of ``--repeat`` runs
@@ -48,6 +50,7 @@ import zstandard
 from _common import Figure, parse_args, report
 
 from novacron_dwcp.encoding.compress import default_threads
+from novacron_dwcp.encoding.native import AVAILABLE as NATIVE
 from novacron_sdk.encoding.interface import PageBatch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,14 +62,17 @@ THREADS = default_threads()
 PARALLEL_ZSTD = f"zstd-1 {THREADS} threads"
 CODECS = (
     "zstd-1", PARALLEL_ZSTD, "zstd-3", "lz4", "xor+zstd-1", "dwcp", "dwcp 1 thread",
-    "dwcp 100Mbit/s",
+    "dwcp 1 thread numpy", "dwcp 100Mbit/s",
 )  # fmt: skip
 # The chain without a bandwidth estimate (zstd-1 in parallel chunks), the same on one thread
-# (how much the threads bring), and told that the link runs at 100 Mbit/s, where bytes matter
-# more than CPU (the selector then picks zstd-1-long): settings and bandwidth hint.
+# (how much the threads bring), the same without the native hot path (the numpy fallback;
+# same bytes, shows what the extension brings), and told that the link runs at 100 Mbit/s,
+# where bytes matter more than CPU (the selector then picks the long-window streams): settings
+# and bandwidth hint.
 CHAIN_VARIANTS: dict[str, tuple[dict[str, object], float | None]] = {
     "dwcp": ({}, None),
     "dwcp 1 thread": ({"threads": 1}, None),
+    "dwcp 1 thread numpy": ({"threads": 1, "native": False}, None),
     "dwcp 100Mbit/s": ({}, 100e6),
 }
 TARGETS = {"changes": 0.35, "first": 0.85}
@@ -327,7 +333,7 @@ def figures_for(workload: str, results: dict[str, dict[str, Result]]) -> list[Fi
                 continue  # against zero pages: zstd-1 plus a pass over the data
             mine = results[name][label]
             ratio = mine.bytes_out / mine.bytes_in
-            chain = name in CHAIN_VARIANTS and name != "dwcp 1 thread"
+            chain = name in ("dwcp", "dwcp 100Mbit/s")
             limit = TARGETS[label]
             figures.append(Figure(
                 f"{workload} {label}: {name} bytes out/in", ratio, "", "zstd-1", base_ratio,
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds_by_workload: dict[str, dict[str, dict[str, int]]] = {}
     extra = {
         "corpus": manifest, "batch_pages": args.batch_pages, "kinds": kinds_by_workload,
-        "threads": THREADS, "ratio_per_run": SPREAD,
+        "threads": THREADS, "ratio_per_run": SPREAD, "native_extension": NATIVE,
     }  # fmt: skip
     for workload in workloads:
         corpus = load_rounds(args.corpus / workload, images, args.batch_pages)
@@ -388,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                 history[name].append(current)
         kinds_by_workload[workload] = kinds
         figures.extend(figures_for(workload, {n: _best(h) for n, h in history.items()}))
+    path = "native hot path" if NATIVE else "numpy fallback: the native extension is NOT built"
     title = (
-        f"DWCP encoding on real guest memory ({args.batch_pages}-page batches, best of {repeat})"
+        f"DWCP encoding on real guest memory ({args.batch_pages}-page batches, best of {repeat}, "
+        f"{path})"
     )
     code = report("encoding", title, args, figures, extra)
     print("ratio to the baseline in each run (bytes, encode, decode):")

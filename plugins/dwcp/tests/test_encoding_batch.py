@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from novacron_dwcp.encoding import compress
 from novacron_dwcp.encoding.cache import PageStore
-from novacron_dwcp.encoding.chain import MIN_PART_PAGES, DwcpCodec, DwcpDecoder, DwcpEncoder
-from novacron_dwcp.encoding.wire import OP_COPY, OP_FULL, parse_header
+from novacron_dwcp.encoding.chain import DwcpCodec, DwcpDecoder, DwcpEncoder
+from novacron_dwcp.encoding.wire import FLAG_NEW_STREAMS, OP_COPY, OP_FULL, parse_header
 from novacron_sdk.encoding.interface import PageBatch
 from novacron_sdk.errors import EncodingError
 
@@ -35,20 +35,26 @@ def _content(kind: int, seed: int) -> bytes:
             rng.randbytes(PAGE // 2) + bytes(PAGE // 2)][kind]  # fmt: skip
 
 
+SPAN = 8
 PAGES = st.lists(
     st.tuples(st.integers(0, 300), st.integers(0, 3), st.integers(0, 20), st.integers(0, PAGE - 8)),
-    min_size=MIN_PART_PAGES * 2,
-    max_size=MIN_PART_PAGES * 5,
+    # Each element gives SPAN pages: enough whole pages for two or three parallel chunks.
+    min_size=compress.MIN_CHUNK // PAGE * 2 // SPAN,
+    max_size=compress.MIN_CHUNK // PAGE * 3 // SPAN,
 )
 
 
 @pytest.mark.slow
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     rounds=st.lists(PAGES, min_size=1, max_size=4),
     threads=st.integers(1, 4),
     cache_pages=st.sampled_from([0, 5, 64, 100, 4096]),
-    method=st.sampled_from(["zstd-1", "lz4", "raw", "zstd-1-long"]),
+    method=st.sampled_from(["zstd-1", "lz4", "raw", "zstd-1-long", "zstd-3-long"]),
 )
 def test_large_batches_in_parallel_parts_round_trip(
     rounds: list[list[tuple[int, int, int, int]]], threads: int, cache_pages: int, method: str
@@ -64,11 +70,13 @@ def test_large_batches_in_parallel_parts_round_trip(
     for pages in rounds:
         data = bytearray()
         for _, kind, seed, offset in pages:
-            page = bytearray(_content(kind, seed))
-            if seed % 3 == 0:
-                page[offset : offset + 8] = struct.pack("<Q", seed * 7919 + offset)
-            data += page
-        batch = PageBatch([index for index, *_ in pages], bytes(data), PAGE)
+            for step in range(SPAN):
+                page = bytearray(_content(kind, seed + step))
+                if (seed + step) % 3 == 0:
+                    page[offset : offset + 8] = struct.pack("<Q", seed * 7919 + offset)
+                data += page
+        indices = [index * SPAN + step for index, *_ in pages for step in range(SPAN)]
+        batch = PageBatch(indices, bytes(data), PAGE)
         out = decoder.decode(encoder.encode(batch))
         assert list(out.indices) == list(batch.indices)
         assert out.data == batch.data
@@ -141,7 +149,7 @@ def test_store_of_zero_capacity_holds_nothing() -> None:
 def test_probes_do_not_leave_the_long_window_streams() -> None:
     """When the long-window method is the choice, probes measure others on the side."""
     encoder, decoder = _pair({"threads": 1})
-    encoder.set_bandwidth_hint(1e6)  # bytes matter most: the long window is the choice
+    encoder.set_bandwidth_hint(1e6)  # bytes matter most: the long window at level 3
     rng = random.Random(3)
     words = [b"alpha ", b"beta ", b"gamma ", b"delta "]
     neighbours = {m.name: m.seconds_per_byte_prior for m in compress.METHODS}
@@ -150,7 +158,62 @@ def test_probes_do_not_leave_the_long_window_streams() -> None:
         batch = PageBatch(range(number * 64, number * 64 + 64), text, PAGE)
         assert decoder.decode(encoder.encode(batch)).data == batch.data
     batches = {k: v for k, v in encoder.stats().by_kind.items() if k.startswith("batches:")}
-    assert batches == {"batches:zstd-1-long": 2 * compress.PROBE_EVERY}
+    assert batches == {"batches:zstd-3-long": 2 * compress.PROBE_EVERY}
     measured = encoder.selector.seconds_per_byte
-    probed = [n for n, prior in neighbours.items() if n != "zstd-1-long" and measured[n] != prior]
+    probed = [n for n, prior in neighbours.items() if n != "zstd-3-long" and measured[n] != prior]
     assert probed  # a neighbour was measured on the side
+
+
+def _long(level: int) -> compress.Method:
+    return next(m for m in compress.METHODS if m.name == f"zstd-{level}-long")
+
+
+def test_level_3_long_window_only_where_its_cpu_time_stays_hidden() -> None:
+    """zstd-3-long wins on a slow link, and loses to zstd-1-long once its CPU is the bottleneck."""
+    selector = compress.AdaptiveSelector()
+    # Measured: zstd-1-long at 2 ns/byte, zstd-3-long at 20 ns/byte; output about 0.3 of input.
+    for level, seconds in ((1, 2e-3), (3, 2e-2)):
+        for _ in range(40):
+            selector.observe(_long(level), 1 << 20, int(0.3 * (1 << 20)), seconds * 1.048576)
+    selector.bandwidth = 1e6  # about 2 us of link time per input byte: the link decides
+    assert selector.choose(threads=1) is _long(3)
+    selector.bandwidth = 400e6  # about 6 ns per input byte: zstd-3-long's 20 ns would decide
+    assert selector.choose(threads=1) is _long(1)
+
+
+def test_running_streams_are_replaced_only_when_worth_their_history() -> None:
+    """Streams that compress well keep their level; another level starts without history."""
+    selector = compress.AdaptiveSelector()
+    selector.bandwidth = 1e6
+    selector.streams_started(1)
+    for _ in range(20):  # the level-1 streams ship a twentieth of what they get
+        selector.observe(_long(1), 1 << 20, (1 << 20) // 20, 1e-3)
+    assert selector.choose(threads=1) is _long(1)
+    selector.streams_started(1)  # the same streams without that measurement: level 3 wins
+    assert selector.choose(threads=1) is _long(3)
+
+
+def test_streams_restart_at_another_level_in_lock_step() -> None:
+    """A level change restarts the streams (flagged); the decoder follows, and refuses
+    a stream payload that continues streams it never saw."""
+    encoder, decoder = _pair({"threads": 1})
+    rng = random.Random(5)
+    pages = [rng.randbytes(PAGE // 2) * 2 for _ in range(32)]
+    flags = []
+    for number, level in enumerate((1, 1, 3, 3, 1)):
+        encoder.forced = _long(level)
+        content = b"".join(pages[number:] + pages[:number])
+        batch = PageBatch(range(number, number + 32), content, PAGE)
+        payload = encoder.encode(batch)
+        header = parse_header(payload, PAGE)
+        flags.append(header.flags)
+        assert header.level == level
+        assert decoder.decode(payload).data == batch.data
+    assert flags == [FLAG_NEW_STREAMS, 0, FLAG_NEW_STREAMS, 0, FLAG_NEW_STREAMS]
+    encoder, decoder = _pair({"threads": 1, "method": "zstd-1"})
+    decoder.decode(encoder.encode(PageBatch([0], pages[1], PAGE)))
+    encoder.forced = _long(1)
+    unflagged = bytearray(encoder.encode(PageBatch([1], pages[0], PAGE)))
+    unflagged[7] = 0
+    with pytest.raises(EncodingError, match="never saw"):
+        decoder.decode(bytes(unflagged))

@@ -3,8 +3,9 @@
 Each batch goes through: zero-page elimination; unchanged pages (same as the receiver's
 cached version); duplicate elimination (a reference to a held page with identical content, or
 to an earlier page of the batch); an XBZRLE-like delta against the receiver's cached version
-of the page; full pages otherwise. All of it is decided for the whole batch at once with numpy
-(``classify``). The control data and the literal bytes are then compressed with the method the
+of the page; full pages otherwise. All of it is decided for the whole batch at once, in one
+native pass (``native``) or, without the extension, with numpy (``classify``): same payloads.
+The control data and the literal bytes are then compressed with the method the
 adaptive selector picks, in parallel chunks, while the encoder updates its page store.
 Encoder and decoder keep identical bounded page stores; every payload carries
 the batch sequence number, the stream id, a rolling digest of all earlier control data, the
@@ -14,7 +15,7 @@ raises DesyncError instead of returning wrong pages.
 
 from __future__ import annotations
 
-import functools
+import itertools
 import os
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -23,12 +24,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, stream
+from novacron_dwcp.encoding import compress, native, stream
 from novacron_dwcp.encoding.cache import IndexedPageStore
-from novacron_dwcp.encoding.classify import Classified, classify, merge
+from novacron_dwcp.encoding.classify import Classified, classify
 from novacron_dwcp.encoding.decoder import DwcpDecoder
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
 from novacron_dwcp.encoding.wire import (
+    FLAG_NEW_STREAMS,
     MAX_CHUNKS,
     METHOD_ZSTD_LONG,
     OP_NAMES,
@@ -46,8 +48,6 @@ from novacron_sdk.encoding.interface import (
 from novacron_sdk.errors import EncodingError
 
 DEFAULT_CACHE_MIB = 256
-# Below this many pages per thread a batch is not split: the hand-off would cost more.
-MIN_PART_PAGES = 64
 MAX_INDEX = 1 << 63
 
 
@@ -70,6 +70,14 @@ class DwcpEncoder(PageEncoder):
         if not isinstance(self.threads, int) or self.threads < 1:
             msg = f"codec setting threads must be a positive integer, not {self.threads!r}"
             raise EncodingError(msg)
+        self.native = settings.get("native", native.AVAILABLE)
+        if self.native not in (True, False) or (self.native and not native.AVAILABLE):
+            msg = (
+                f"codec setting native={self.native!r}: use False, or True only when the "
+                "extension was built (reinstall novacron-dwcp with a C compiler present)"
+            )
+            raise EncodingError(msg)
+        self.scratch = native.Scratch()
         self.selector = compress.AdaptiveSelector()
         forced = settings.get("method")
         self.forced = next((m for m in compress.METHODS if m.name == forced), None)
@@ -119,42 +127,27 @@ class DwcpEncoder(PageEncoder):
 
     def _encode(self, batch: PageBatch) -> bytes:
         size = self.page_size
-        indices = [int(i) for i in batch.indices]
+        indices = list(map(int, batch.indices))
         count = len(indices)
         table = np.frombuffer(batch.data, np.uint64).reshape(count, size // 8)
         cache_length = len(self.cache)
         slots = self.cache.lookup(indices) if cache_length else np.full(count, -1, np.int64)
         method = self.forced or self.selector.choose(self.threads)
-        streams = self._streams(method)
-        # Consecutive parts of the batch are classified each on a thread, and each part's
-        # literals are compressed on the pool as soon as it is classified, while this thread
-        # classifies, then updates the store: all of them only read the batch and the store.
-        parts = max(1, min(self.threads, count // MIN_PART_PAGES, MAX_CHUNKS // 2))
-        starts = [count * i // parts for i in range(parts)]
-        ends = [*starts[1:], count]
-        pool = compress.shared_pool() if self.threads > 1 else None
-        classify_part = functools.partial(self._classify_part, table, slots)
-        later = zip(starts[1:], ends[1:], strict=True)
-        # parts > 1 only with threads > 1, hence with a pool.
-        jobs = [pool.submit(classify_part, a, b) for a, b in later] if pool else []
-        done = [classify_part(starts[0], ends[0])]
-        packing: list[Future[_Compressed] | _Compressed] = []
-        for number in range(parts):
-            if number:
-                done.append(jobs[number - 1].result())
-            if streams is None:
-                pieces = done[number][1]
-                packing.append(
-                    pool.submit(_compress_pieces, method, pieces)
-                    if pool
-                    else _compress_pieces(method, pieces)
-                )
-        found = merge([part for part, _ in done], starts)
+        streams, flags = self._streams(method)
+        # One pass classifies the whole batch and gathers its literals; their compression
+        # then runs on the pool (the whole pages cut into a chunk per thread) while this
+        # thread updates the store, which the compression does not read.
+        found, pieces = self._classify(table, slots)
         control = found.control(indices)
+        mine: list[memoryview] = []
+        later: list[Future[_Compressed]] = []
         if streams is not None:
-            pieces = done[0][1] if parts == 1 else _pieces(table, found)
             streams.feed(pieces)
             self._probe_on_the_side(pieces)
+        else:
+            mine, others = self._split(pieces)
+            pool = compress.shared_pool() if others else None
+            later = [pool.submit(_compress_pieces, method, [p]) for p in others] if pool else []
         written, slots = self.cache.update(
             indices, table, found.ops, found.slots, found.sources
         )  # fmt: skip
@@ -163,10 +156,9 @@ class DwcpEncoder(PageEncoder):
             chunks, seconds = streams.finish()
             control_method = compress.CONTROL_METHOD
         else:
-            packed = [job.result() if isinstance(job, Future) else job for job in packing]
-            # The literal section: every part's whole pages, then every part's delta bytes.
-            chunks = [c for out in packed for c in out.chunks[:1] if c[0]]
-            chunks += [c for out in packed for c in out.chunks[1:] if c[0]]
+            # This thread compresses its share once the store is updated.
+            packed = [_compress_pieces(method, mine), *(job.result() for job in later)]
+            chunks = [chunk for out in packed for chunk in out.chunks if chunk[0]]
             seconds = sum(out.seconds for out in packed)
             control_method = method
         literal_size = sum(raw for raw, _ in chunks)
@@ -175,7 +167,7 @@ class DwcpEncoder(PageEncoder):
         header = Header(
             method.kind, method.level, self.seq, self.stream_id, self.state, size,
             self.cache.capacity, cache_length, count, checksum(found.fingerprints), len(control),
-            len(packed_control), literal_size, tuple((raw, len(c)) for raw, c in chunks),
+            len(packed_control), literal_size, tuple((raw, len(c)) for raw, c in chunks), flags,
         )  # fmt: skip
         payload = b"".join([header.pack(), packed_control, *(c for _, c in chunks)])
         self.state = next_state(self.state, control)
@@ -183,12 +175,26 @@ class DwcpEncoder(PageEncoder):
         self._count(found, len(batch.data), len(payload), method.name)
         return payload
 
-    def _classify_part(
-        self, table: np.ndarray, slots: np.ndarray, start: int, stop: int
+    def _classify(
+        self, table: np.ndarray, slots: np.ndarray
     ) -> tuple[Classified, list[memoryview]]:
-        """Classify rows start..stop; their literal pieces (whole pages, delta bytes)."""
-        found = classify(table[start:stop], slots[start:stop], self.cache)
-        return found, _pieces(table[start:stop], found)
+        """Classify the batch; its literal pieces (whole pages, delta bytes)."""
+        if self.native:
+            return native.classify_batch(table, slots, self.cache, self.scratch)
+        found = classify(table, slots, self.cache)
+        return found, _pieces(table, found)
+
+    def _split(self, pieces: list[memoryview]) -> tuple[list[memoryview], list[memoryview]]:
+        """The literal pieces as chunks, the whole pages cut into up to one per thread:
+        (this thread's chunks, the pool's), in literal-section order."""
+        whole, deltas = pieces
+        page_count = len(whole) // self.page_size
+        parts = max(1, min(self.threads, len(whole) // compress.MIN_CHUNK, MAX_CHUNKS - 1))
+        if parts == 1:
+            return pieces, []
+        cuts = [page_count * i // parts * self.page_size for i in range(parts + 1)]
+        chunks = [whole[a:b] for a, b in itertools.pairwise(cuts)]
+        return chunks[:1], [*chunks[1:], deltas]
 
     def _probe_on_the_side(self, pieces: list[memoryview]) -> None:
         """Measure the selector's probe method on a copy of the literals (sent with streams)."""
@@ -199,12 +205,19 @@ class DwcpEncoder(PageEncoder):
         raw = sum(size for size, _ in out.chunks)
         self.selector.observe(probe, raw, sum(len(c) for _, c in out.chunks), out.seconds)
 
-    def _streams(self, method: compress.Method) -> stream.StreamEncoder | None:
+    def _streams(self, method: compress.Method) -> tuple[stream.StreamEncoder | None, int]:
+        """The long-window streams for ``method`` (None for other methods), and header flags.
+
+        Streams cannot change level: another level means new streams (and an empty history),
+        which the selector weighs before it asks for one.
+        """
         if method.kind != METHOD_ZSTD_LONG:
-            return None
-        if self.streams is None:
-            self.streams = stream.StreamEncoder(method.level, parallel=self.threads > 1)
-        return self.streams
+            return None, 0
+        if self.streams is not None and self.streams.level == method.level:
+            return self.streams, 0
+        self.streams = stream.StreamEncoder(method.level, parallel=self.threads > 1)
+        self.selector.streams_started(method.level)
+        return self.streams, FLAG_NEW_STREAMS
 
     def _count(self, found: Classified, bytes_in: int, bytes_out: int, method: str) -> None:
         stats = self._stats
@@ -248,8 +261,9 @@ def _compress_pieces(method: compress.Method, pieces: list[memoryview]) -> _Comp
 
 class DwcpCodec(PageCodec):
     """The DWCP chain. Settings: ``cache_mib`` (256), ``threads`` (cores, at most 8),
-    ``method`` (force one of raw, lz4, zstd-1, zstd-3, zstd-6, zstd-12), ``max_cache_mib``
-    (decoder's limit on the encoder's declared cache, 4096)."""
+    ``method`` (force one of the methods of ``compress.METHODS``), ``max_cache_mib``
+    (decoder's limit on the encoder's declared cache, 4096), ``native`` (use the compiled
+    hot path; True when it was built, False forces the numpy fallback: same payloads)."""
 
     name: ClassVar[str] = "dwcp"
 

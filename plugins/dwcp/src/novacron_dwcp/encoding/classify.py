@@ -138,25 +138,6 @@ def classify(table: np.ndarray, slots: np.ndarray, store: IndexedPageStore) -> C
     return result
 
 
-def merge(parts: list[Classified], starts: list[int]) -> Classified:
-    """One batch's result from the results of its consecutive parts (starting at ``starts``)."""
-    if len(parts) == 1:
-        return parts[0]
-    refs = [
-        np.where(part.ops == OP_COPY, part.refs + start, part.refs)
-        for part, start in zip(parts, starts, strict=True)
-    ]
-
-    def join(name: str) -> np.ndarray:
-        return np.concatenate([getattr(part, name) for part in parts])
-
-    return Classified(
-        join("ops"), np.concatenate(refs), join("fingerprints"), join("slots"), join("sources"),
-        np.concatenate([p.full_rows + s for p, s in zip(parts, starts, strict=True)]),
-        join("run_counts"), join("offsets"), join("lengths"), join("delta_words"),
-    )  # fmt: skip
-
-
 def _find_copies(
     table: np.ndarray, fps: np.ndarray, rows: np.ndarray, ops: np.ndarray, refs: np.ndarray
 ) -> None:

@@ -75,6 +75,9 @@ METHODS: tuple[Method, ...] = (
     # memory corpus. Two lanes, but whole pages (lane 0) dominate most batches: modelled as
     # one busy thread; the prior ratio is deliberately conservative.
     Method("zstd-1-long", METHOD_ZSTD_LONG, 1, 0.85, 4.0e-9, lanes=1),
+    # The same streams at level 3: zstd-3's factor (0.96) and cost (2x zstd-1) applied to the
+    # long window. Worth it only on links slow enough that its CPU time stays hidden.
+    Method("zstd-3-long", METHOD_ZSTD_LONG, 3, 0.85 * 0.96, 8.0e-9, lanes=1),
     Method("zstd-3", METHOD_ZSTD, 3, 0.96, 5.0e-9),
     Method("zstd-6", METHOD_ZSTD, 6, 0.93, 15.0e-9),
     Method("zstd-12", METHOD_ZSTD, 12, 0.9, 60.0e-9),
@@ -168,29 +171,49 @@ class AdaptiveSelector:
     is taken as ``max(n * seconds_per_byte(m) / t, n * ratio(m) / b)``: compression and
     sending overlap in a pipelined migration, so the slower of the two decides. Without a
     bandwidth estimate the chain uses zstd-1 in parallel chunks, which keeps up with most links
-    without making the CPU the bottleneck; on slower links the model picks zstd-1-long (history
-    across batches, one lane busy).
+    without making the CPU the bottleneck; on slower links the model picks zstd-1-long or, where
+    the link leaves time for it, zstd-3-long (history across batches, one lane busy).
 
     Ratios depend on the data far more than on the method, so methods are not compared by
     their own past ratios (measured on other batches): the selector keeps one measured
     zstd-1-equivalent ratio of the current data, and each method's ratio relative to zstd-1.
-    Speeds are measured per method; a neighbouring method is re-measured every PROBE_EVERY
-    batches. All estimates are moving averages.
+    The long-window streams are the exception: their history, not their level, decides their
+    ratio, so the streams' own measured ratio is kept apart (their fixed factor is an upper
+    bound). Speeds are measured per method; a neighbouring method is re-measured every
+    PROBE_EVERY batches (next to the streams, on a copy, when they are the choice). Unmeasured
+    methods' speeds are their priors scaled by zstd-1's measured speed. All estimates are
+    moving averages.
     """
 
     def __init__(self) -> None:
         self.base_ratio = BASE_RATIO_PRIOR
         self.seconds_per_byte = {m.name: m.seconds_per_byte_prior for m in METHODS}
         self.bandwidth: float | None = None
+        # The level of the running long-window streams (another level means new streams,
+        # without history), or None before they start.
+        self.long_level: int | None = None
         # A method to measure on the side of this batch (see ``choose``), or None.
         self.shadow: Method | None = None
         self._batches = 0
+        self._stream_batches = 0  # batches sent with the running streams
+        self._measured: set[str] = set()
+        # The streams' own output/input: their history makes it a different quantity from the
+        # others' (0.25x-0.9x of independent frames on the corpus's dirty rounds), so it is
+        # kept apart, and base_ratio is measured without history (other methods, probes).
+        self.long_ratio: float | None = None
 
     def ratio(self, method: Method) -> float:
         """Estimated output/input of ``method`` on the current data."""
         if method.kind == METHOD_RAW:
             return 1.0
-        return min(1.0, self.base_ratio * method.relative_ratio)
+        estimate = self.base_ratio * method.relative_ratio
+        # Streams at another level than the running ones would start with an empty history.
+        running = method.kind == METHOD_ZSTD_LONG and method.level == self.long_level
+        if running and self.long_ratio is not None:
+            # What the streams measured, but never worse than the prior factor: a batch sent
+            # outside them is also missing from the history of every later batch.
+            estimate = min(estimate, self.long_ratio)
+        return min(1.0, estimate)
 
     def choose(self, threads: int) -> Method:
         """The method for the next batch."""
@@ -199,20 +222,25 @@ class AdaptiveSelector:
             return DEFAULT_METHOD
         bytes_per_second = self.bandwidth / 8
         best = min(
-            METHODS,
+            self._candidates(),
             key=lambda m: (
                 max(
-                    self.seconds_per_byte[m.name] / m.parallelism(threads),
+                    self.seconds(m) / m.parallelism(threads),
                     self.ratio(m) / bytes_per_second,
                 ),
                 self.ratio(m),
             ),
         )
         self.shadow = None
+        if best.kind == METHOD_ZSTD_LONG and best.level == self.long_level:
+            self._stream_batches += 1
         if self._batches % PROBE_EVERY == 0:
             position = METHODS.index(best)
             step = 1 if (self._batches // PROBE_EVERY) % 2 else -1
             probe = METHODS[min(len(METHODS) - 1, max(0, position + step))]
+            if probe.kind == METHOD_ZSTD_LONG and probe.level != self.long_level:
+                # A probe must not start (or restart) the streams: that costs their history.
+                return best
             if best.kind != METHOD_ZSTD_LONG or probe.kind == METHOD_RAW:
                 return probe
             # Leaving the long-window streams for a batch would send it without their
@@ -220,11 +248,46 @@ class AdaptiveSelector:
             self.shadow = probe
         return best
 
+    def seconds(self, method: Method) -> float:
+        """Estimated compression seconds per input byte of ``method`` on one thread.
+
+        A method not measured yet is assumed as much slower than zstd-1 as the priors say,
+        scaled by zstd-1's measured speed on this machine when that is known.
+        """
+        name = method.name
+        if name in self._measured or DEFAULT_METHOD.name not in self._measured:
+            return self.seconds_per_byte[name]
+        scale = self.seconds_per_byte[DEFAULT_METHOD.name] / DEFAULT_METHOD.seconds_per_byte_prior
+        return method.seconds_per_byte_prior * scale
+
+    def streams_started(self, level: int) -> None:
+        """The encoder (re)started its long-window streams at ``level``: no history yet."""
+        self.long_level = level
+        self.long_ratio = None
+        self._stream_batches = 0
+
+    def _candidates(self) -> tuple[Method, ...]:
+        """Every method; streams at another level only while the running ones are young.
+
+        The first PROBE_EVERY batches of the streams are their trial (their level was chosen
+        on estimates); after that their history is worth more than a level change, and a
+        batch the streams cannot take in time goes in independent frames instead.
+        """
+        if self.long_level is None or self._stream_batches < PROBE_EVERY:
+            return METHODS
+        return tuple(m for m in METHODS if m.kind != METHOD_ZSTD_LONG or m.level == self.long_level)
+
     def observe(self, method: Method, raw: int, compressed: int, seconds: float) -> None:
         """Fold one measurement into the estimates (tiny inputs say nothing and are skipped)."""
         if method.kind == METHOD_RAW or raw < MIN_CHUNK // 4:
             return
         name = method.name
-        equivalent = compressed / raw / method.relative_ratio
-        self.base_ratio += SMOOTHING * (equivalent - self.base_ratio)
+        if method.kind == METHOD_ZSTD_LONG:
+            measured = compressed / raw
+            last = measured if self.long_ratio is None else self.long_ratio
+            self.long_ratio = last + SMOOTHING * (measured - last)
+        else:
+            equivalent = compressed / raw / method.relative_ratio
+            self.base_ratio += SMOOTHING * (equivalent - self.base_ratio)
         self.seconds_per_byte[name] += SMOOTHING * (seconds / raw - self.seconds_per_byte[name])
+        self._measured.add(name)

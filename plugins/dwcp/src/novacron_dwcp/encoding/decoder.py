@@ -12,6 +12,7 @@ from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.classify import fingerprint_rows
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
 from novacron_dwcp.encoding.wire import (
+    FLAG_NEW_STREAMS,
     METHOD_ZSTD,
     METHOD_ZSTD_LONG,
     OP_COPY,
@@ -137,8 +138,12 @@ class DwcpDecoder(PageDecoder):
             chunks.append((raw, view[position : position + length]))
             position += length
         if long_window:
-            if self.streams is None:
+            if header.flags & FLAG_NEW_STREAMS:
+                # The encoder started new streams: the old ones (and their window) go.
                 self.streams = stream.StreamDecoder()
+            elif self.streams is None:
+                msg = "payload continues long-window streams this decoder never saw: corrupt"
+                raise EncodingError(msg)
             literal = self.streams.decompress(chunks)
         else:
             literal = compress.decompress_chunks(header.method, chunks) if chunks else b""

@@ -34,6 +34,10 @@ METHOD_LZ4 = 1
 METHOD_ZSTD = 2
 METHOD_ZSTD_LONG = 3  # two long-window streams spanning batches (see stream.py)
 
+# Header flags. The encoder (re)starts its long-window streams (new frames, empty history,
+# possibly another level) with this payload: the decoder drops its old streams.
+FLAG_NEW_STREAMS = 1
+
 HEADER = struct.Struct("<4sBBbBQ8s8sIIIIQIIIH")
 CHUNK_ENTRY = struct.Struct("<II")
 
@@ -56,12 +60,13 @@ class Header:
     control_compressed: int
     literal_raw: int
     chunks: tuple[tuple[int, int], ...]
+    flags: int = 0
 
     def pack(self) -> bytes:
         """Header and chunk table as bytes."""
         head = HEADER.pack(
-            MAGIC, VERSION, self.method, self.level, 0, self.seq, self.stream_id, self.state,
-            self.page_size, self.cache_capacity, self.cache_length, self.page_count,
+            MAGIC, VERSION, self.method, self.level, self.flags, self.seq, self.stream_id,
+            self.state, self.page_size, self.cache_capacity, self.cache_length, self.page_count,
             self.checksum, self.control_raw, self.control_compressed, self.literal_raw,
             len(self.chunks),
         )  # fmt: skip
@@ -95,7 +100,7 @@ def parse_header(payload: bytes, page_size: int) -> Header:
         msg = f"DWCP payload of {len(payload)} bytes is shorter than its {HEADER.size}-byte header"
         raise EncodingError(msg)
     fields = HEADER.unpack_from(payload)
-    (magic, version, method, level, _flags, seq, stream_id, state, size, capacity, length,
+    (magic, version, method, level, flags, seq, stream_id, state, size, capacity, length,
      count, checksum, control_raw, control_comp, literal_raw, chunk_count) = fields  # fmt: skip
     if magic != MAGIC or version != VERSION:
         msg = f"not a DWCP v{VERSION} payload (magic {magic!r}, version {version}): wrong codec?"
@@ -118,6 +123,9 @@ def parse_header(payload: bytes, page_size: int) -> Header:
     if chunk_count > MAX_CHUNKS:
         msg = f"payload declares {chunk_count} chunks; at most {MAX_CHUNKS} are allowed"
         raise EncodingError(msg)
+    if flags not in (0, FLAG_NEW_STREAMS) or (flags and method != METHOD_ZSTD_LONG):
+        msg = f"unknown DWCP header flags {flags:#x} for method {method}: the payload is corrupt"
+        raise EncodingError(msg)
     if method == METHOD_ZSTD_LONG and chunk_count != 2:
         msg = f"a long-window payload has 2 chunks (one per stream), not {chunk_count}"
         raise EncodingError(msg)
@@ -137,5 +145,5 @@ def parse_header(payload: bytes, page_size: int) -> Header:
         raise EncodingError(msg)
     return Header(
         method, level, seq, stream_id, state, size, capacity, length, count, checksum,
-        control_raw, control_comp, literal_raw, chunks,
+        control_raw, control_comp, literal_raw, chunks, flags,
     )  # fmt: skip
