@@ -181,6 +181,16 @@ def test_boot_files_are_the_direct_boot_kernel_and_initrd_that_exist(workdir: Pa
     assert boot_files("<domain") == []
 
 
+def test_boot_files_that_are_not_world_readable_are_left_out(workdir: Path) -> None:
+    # The XML comes from the source host: a path to a private file of this host (say
+    # /etc/shadow) must not have its pages served into the guest.
+    (workdir / "vmlinuz").write_bytes(b"k" * 5000)
+    (workdir / "secret").write_bytes(b"s" * 5000)
+    (workdir / "secret").chmod(0o640)
+    xml = domain_xml(str(workdir / "vmlinuz"), str(workdir / "secret"))
+    assert boot_files(xml) == [workdir / "vmlinuz"]
+
+
 def test_boot_files_over_the_index_limit_are_left_out(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

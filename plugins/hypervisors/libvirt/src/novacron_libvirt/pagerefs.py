@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import stat
 import struct
 import xml.etree.ElementTree as ET
 from collections.abc import Collection, Sequence
@@ -71,8 +72,9 @@ def boot_files(xml: str) -> list[Path]:
     These are the default reference files of a stream migration: the destination QEMU opens
     the same paths (from the destination XML) when it starts, so a destination that can run
     the guest holds them; the sink still names its copies by SHA-256 and the source refers
-    only to files whose digest the sink announced. Files over the index's size limit in
-    total are left out (with a log line) rather than failing the migration.
+    only to files whose digest the sink announced. Files that are not world-readable are left
+    out (the XML comes from the source host), and so are files over the index's size limit in
+    total (with a log line) rather than failing the migration.
     """
     try:
         root = ET.fromstring(xml)  # noqa: S314 - XML produced by a libvirt daemon
@@ -81,8 +83,14 @@ def boot_files(xml: str) -> list[Path]:
     found: list[Path] = []
     for element in _BOOT_ELEMENTS:
         text = (root.findtext(element) or "").strip()
-        if text and Path(text).is_file():
-            found.append(Path(text))
+        if not text or not Path(text).is_file():
+            continue
+        # The sink reads these paths from an XML the source sent, with the agent's rights, and
+        # may put their pages into the guest: only files any user of this host may read.
+        if not Path(text).stat().st_mode & stat.S_IROTH:
+            logger.info("boot file %s is not world-readable: no page references to it", text)
+            continue
+        found.append(Path(text))
     total = sum(path.stat().st_size for path in found)
     if total > MAX_FILE_BYTES:
         logger.info("boot files hold %d bytes, over %d: no page references", total, MAX_FILE_BYTES)
