@@ -219,8 +219,12 @@ async def migrate_bridged(
     ``migrate_stream``'s steps, with the sink in its own event loop (in host b's namespace
     over the WAN) while the source end runs in this one (host a's), like two hosts.
     """
-    from novacron_libvirt.bridge import StreamBridgeSink, StreamBridgeSource, default_codec
-    from novacron_libvirt.migration import migration_flags_and_params, source_references
+    from novacron_libvirt.bridge import StreamBridgeSource, default_codec
+    from novacron_libvirt.migration import (
+        migration_flags_and_params,
+        open_sink,
+        source_references,
+    )
     from novacron_libvirt.pagerefs import boot_files
     from novacron_sdk.transport.interface import Endpoint
 
@@ -233,16 +237,14 @@ async def migrate_bridged(
     wanted = method.references and (method.codec or default_codec(transport)) == "zstd"
     references = boot_files(xml) if wanted else []
 
-    async def make_sink() -> Any:
-        sink = StreamBridgeSink(
+    def make_sink() -> Any:
+        return open_sink(
             _transport(method),
-            Endpoint(host=site.destination_address),
             destination_socket,
             session,
+            Endpoint(host=site.destination_address),
             reference_files=references,
         )
-        await sink.start()
-        return sink
 
     def in_sink_loop(coro: Any) -> Any:
         return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, sink_loop))

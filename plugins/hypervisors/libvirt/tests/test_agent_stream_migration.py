@@ -14,7 +14,6 @@ guest; a running guest must keep printing heartbeats and answering at the destin
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +26,7 @@ from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.testing.agents import agent_settings
 from novacron_libvirt.testing.console import SerialConsole
 from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
+from novacron_libvirt.testing.params import HAVE_DWCP, TRANSPORTS
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
 from novacron_sdk.errors import InvalidStateError, MigrationError, NotFoundError
@@ -36,7 +36,6 @@ from novacron_sdk.models import VMState
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
-HAVE_DWCP = importlib.util.find_spec("novacron_dwcp") is not None
 TRANSPORT = "dwcp" if HAVE_DWCP else "tcp"
 
 
@@ -226,16 +225,12 @@ async def define_namesake(lab: Lab, guest: BootedGuest) -> None:
         await destination.close()
 
 
-KILL_TRANSPORTS = [
-    "tcp",
-    pytest.param("dwcp", marks=pytest.mark.skipif(not HAVE_DWCP, reason="no novacron-dwcp")),
-]
 # DWCP first tries to resume lost connections for its resume window (30 s by default); the
 # agents' ``transports`` section shortens it, so the migration fails about as fast as on TCP.
 SHORT_RESUME = 'transports.settings={"dwcp": {"resume_window_s": 1}}'
 
 
-@pytest.mark.parametrize("transport", KILL_TRANSPORTS)
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_destination_agent_killed_mid_stream(
     lab: Lab, guest: BootedGuest, transport: str
 ) -> None:

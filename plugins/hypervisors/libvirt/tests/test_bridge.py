@@ -8,7 +8,6 @@ FrameError before they reach QEMU, and the sink then closes that connection.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import tempfile
@@ -31,21 +30,12 @@ from novacron_libvirt.streamcodec import (
     LevelController,
     compress_chunk,
 )
+from novacron_libvirt.testing.params import HAVE_DWCP, TRANSPORTS
 from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import FrameError, TransportError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.transport.interface import Channel, Endpoint, Transport
-
-TRANSPORTS = [
-    "tcp",
-    pytest.param(
-        "dwcp",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("novacron_dwcp") is None, reason="novacron-dwcp not installed"
-        ),
-    ),
-]
 
 
 def transport_named(name: str) -> Transport:
@@ -211,7 +201,7 @@ async def test_compressed_connections_keep_order_and_bytes(
 def test_dwcp_compresses_by_default_and_tcp_does_not() -> None:
     assert default_codec(TcpTransport()) == "raw"
     assert StreamBridgeSource(TcpTransport(), Endpoint(), Path("x"), "s").codec == "raw"
-    if importlib.util.find_spec("novacron_dwcp") is not None:
+    if HAVE_DWCP:
         assert default_codec(transport_named("dwcp")) == "zstd"
     with pytest.raises(ValueError, match="unknown stream codec"):
         StreamBridgeSource(TcpTransport(), Endpoint(), Path("x"), "s", codec="lzma")

@@ -10,7 +10,6 @@ guest writes made during a live migration, fixed in QEMU 9.0; see test_qemu_migr
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import secrets
 import threading
 from collections.abc import AsyncIterator, Coroutine
@@ -27,6 +26,7 @@ from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.migration import migration_flags_and_params, rewrite_paths
 from novacron_libvirt.testing.console import SerialConsole
 from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
+from novacron_libvirt.testing.params import requires_dwcp
 from novacron_sdk.errors import FrameError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VMState
@@ -35,9 +35,7 @@ from novacron_sdk.transport.interface import Channel, ChannelStats, Endpoint, Tr
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("novacron_dwcp") is None, reason="novacron-dwcp not installed"
-    ),
+    requires_dwcp,
 ]
 T = TypeVar("T")
 

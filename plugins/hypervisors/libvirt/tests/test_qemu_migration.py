@@ -15,7 +15,6 @@ counter's latest writes may be among those lost.)
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import AsyncIterator
 
@@ -29,6 +28,7 @@ from novacron_libvirt.driver import LibvirtDriver
 from novacron_libvirt.migration import StreamMigrationResult, migrate_stream, rewrite_paths
 from novacron_libvirt.testing.console import SerialConsole
 from novacron_libvirt.testing.lab import BootedGuest, Lab, fresh_guest
+from novacron_libvirt.testing.params import TRANSPORTS, dwcp_param
 from novacron_sdk.errors import MigrationAbortedError, NotFoundError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VMState
@@ -37,15 +37,6 @@ from novacron_sdk.transport.interface import Transport
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
-TRANSPORTS = [
-    "tcp",
-    pytest.param(
-        "dwcp",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("novacron_dwcp") is None, reason="novacron-dwcp not installed"
-        ),
-    ),
-]
 
 
 def transport_named(name: str) -> Transport:
@@ -139,18 +130,8 @@ async def assert_running_only_at_destination(
 
 REFERENCE_CASES = [
     pytest.param("tcp", True, id="tcp"),
-    *[
-        pytest.param(
-            "dwcp",
-            refs,
-            id=f"dwcp-{'page-refs' if refs else 'no-page-refs'}",
-            marks=pytest.mark.skipif(
-                importlib.util.find_spec("novacron_dwcp") is None,
-                reason="novacron-dwcp not installed",
-            ),
-        )
-        for refs in (True, False)
-    ],
+    dwcp_param("dwcp", True, id="dwcp-page-refs"),
+    dwcp_param("dwcp", False, id="dwcp-no-page-refs"),
 ]
 
 

@@ -46,18 +46,18 @@ def classify_batch(
 ) -> tuple[Classified, list[memoryview]]:
     """The rows of ``table`` classified against ``store``, and their literal pieces."""
     word_weights, _ = weights(table.shape[1], MAX_BATCH_PAGES)
-    start, stop = 0, len(table)
     scratch.reserve(table.nbytes)
+    # The whole batch: rows 0 to len(table) (the C function can take a part of it).
     (ops, refs, fps, sources, full_rows, run_counts, offsets, lengths, full_size, delta_size) = (
         _native.classify(
-            table, start, stop, slots, store.slab, store.fingerprint, store.owner,
+            table, 0, len(table), slots, store.slab, store.fingerprint, store.owner,
             store.by_fingerprint, word_weights, scratch.full, scratch.delta,
         )
     )  # fmt: skip
     delta = scratch.delta[:delta_size]
     found = Classified(
         np.frombuffer(ops, np.uint8), np.frombuffer(refs, np.int64),
-        np.frombuffer(fps, np.uint64), slots[start:stop], np.frombuffer(sources, np.int64),
+        np.frombuffer(fps, np.uint64), slots, np.frombuffer(sources, np.int64),
         np.frombuffer(full_rows, np.int64), np.frombuffer(run_counts, np.uint16),
         np.frombuffer(offsets, np.uint16), np.frombuffer(lengths, np.uint16), delta.view(np.uint64),
     )  # fmt: skip

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class BridgeStats:
     streams: list[int] = field(default_factory=list)  # transport streams per channel, at end
     levels: list[list[tuple[int, str, float]]] = field(default_factory=list)
 
-    def count_sent(self, raw: int, framed: int, referenced: int, *, outbound: bool) -> None:
+    def count_sent(self, raw: int, framed: int, referenced: int = 0, *, outbound: bool) -> None:
         """Count a frame this end sent: ``raw`` stream bytes as ``framed`` bytes."""
         if outbound:
             self.bytes_to_destination += raw
@@ -79,8 +80,7 @@ async def pump(
     sent_end = asyncio.Event()
     decoder = decoder or ChunkDecoder(CODEC_RAW)
 
-    def counted(raw: int, framed: int, referenced: int = 0) -> None:
-        stats.count_sent(raw, framed, referenced, outbound=outbound)
+    counted = functools.partial(stats.count_sent, outbound=outbound)
 
     async def socket_to_channel() -> None:
         if controller is not None:
