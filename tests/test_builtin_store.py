@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,9 +87,17 @@ async def test_two_processes_race_on_one_file(tmp_path: Path) -> None:
     ]
     await asyncio.sleep(0.5)
     go.touch()
+    outcomes = []
+    try:
+        for proc in procs:
+            outcomes.append(await asyncio.to_thread(proc.communicate, timeout=120))
+    finally:
+        for proc in procs:  # a failed or hung racer must not leak its pipes into later tests
+            if proc.returncode is None:
+                proc.kill()
+                proc.communicate()
     results = []
-    for proc in procs:
-        out, err = await asyncio.to_thread(proc.communicate, timeout=120)
+    for proc, (out, err) in zip(procs, outcomes, strict=True):
         assert proc.returncode == 0, err
         results.append(json.loads(out))
     assert sorted(r["won"] for r in results) == [False, True]
@@ -243,3 +254,65 @@ async def test_watch_of_compacted_history_is_refused(tmp_path: Path) -> None:
 
 def test_registered_as_sqlite() -> None:
     assert build_plugin_manager(autoload=False).state_stores.get("sqlite") is SqliteStore
+
+
+def _hold_exclusive(path: Path, seconds: float, held: threading.Event) -> None:
+    """Another connection that keeps every reader and writer out for ``seconds``."""
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA locking_mode=EXCLUSIVE")
+        db.execute("BEGIN EXCLUSIVE")
+        db.execute("SELECT count(*) FROM kv").fetchone()
+        held.set()
+        time.sleep(seconds)
+        db.execute("COMMIT")
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("op", ["get", "put"])
+async def test_waits_for_another_connections_lock(tmp_path: Path, op: str) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteStore({"path": path})
+    await first.put("k", b"v")
+    await first.close()
+    store = SqliteStore({"path": path, "busy_timeout_s": 10})
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_exclusive, args=(path, 0.5, held))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 5)
+        if op == "get":
+            kv = await store.get("k")
+            assert kv is not None
+            assert kv.value == b"v"
+        else:
+            assert await store.put("k", b"w") > 1
+    finally:
+        holder.join()
+        await store.close()
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteStore({"path": path})
+    await first.put("k", b"v")
+    await first.close()
+    store = SqliteStore({"path": path, "busy_timeout_s": 0.2})
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_exclusive, args=(path, 1.5, held))
+    holder.start()
+    try:
+        assert await asyncio.to_thread(held.wait, 5)
+        with pytest.raises(StateStoreError, match=r"write lock > 0\.2 s"):
+            await store.get("k")
+    finally:
+        holder.join()
+        await store.close()
+    reopened = SqliteStore({"path": path})
+    try:
+        kv = await reopened.get("k")
+        assert kv is not None
+        assert kv.value == b"v"
+    finally:
+        await reopened.close()

@@ -68,6 +68,14 @@ def default_path() -> Path:
     return Path(base) / "novacron" / "state.db"
 
 
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (with any extended code): another connection's lock."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return "locked" in str(exc)
+
+
 def _prefix_args(prefix: str) -> tuple[str, int, str]:
     return (prefix, len(prefix), prefix)
 
@@ -219,27 +227,46 @@ class SqliteStore(StateStore):
             db = sqlite3.connect(
                 self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
             )
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            # In one write transaction so that processes opening a new file together agree.
-            db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                # In one write transaction so that processes opening a new file together agree.
+                db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except BaseException:
+                db.close()
+                raise
             self._db = db
         return self._db
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the connection, retrying while another process holds a lock.
+
+        SQLite's own busy handler covers most waits, but some lock states return
+        SQLITE_BUSY at once (two processes creating or converting a new file to WAL
+        together, a closing connection checkpointing the WAL): those are retried here, with
+        backoff, until ``busy_timeout_s`` has passed.
+        """
         with self._lock:
-            if self._closed:
-                msg = f"sqlite store {self.path} is closed"
-                raise StateStoreError(msg)
-            try:
-                return fn(self._connect())
-            except sqlite3.Error as exc:
-                if self._db is not None and self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                msg = f"sqlite store {self.path} failed: {exc}"
-                if "locked" in str(exc):
-                    msg += f" (another process held the write lock > {self.busy_timeout} s)"
-                raise StateStoreError(msg) from exc
+            deadline = time.monotonic() + self.busy_timeout
+            delay = 0.005
+            while True:
+                if self._closed:
+                    msg = f"sqlite store {self.path} is closed"
+                    raise StateStoreError(msg)
+                try:
+                    return fn(self._connect())
+                except sqlite3.Error as exc:
+                    if self._db is not None and self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    busy = _is_busy(exc)
+                    if busy and time.monotonic() + delay < deadline:
+                        time.sleep(delay)
+                        delay = min(delay * 2, 0.1)
+                        continue
+                    msg = f"sqlite store {self.path} failed: {exc}"
+                    if busy:
+                        msg += f" (another process held the write lock > {self.busy_timeout} s)"
+                    raise StateStoreError(msg) from exc
 
     def _write_sync(self, fn: Callable[[_Writer], T]) -> T:
         def run(db: sqlite3.Connection) -> T:
