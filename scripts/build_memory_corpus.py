@@ -25,7 +25,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from corpus_initramfs import WORKLOADS, build_initramfs
+from corpus_initramfs import NEEDS_FILES, WORKLOADS, build_initramfs
 from corpus_qmp import QmpClient
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,63 @@ def fetch_kernel(cache: Path) -> tuple[Path, str]:
     return vmlinuz, vmlinuz.name.removeprefix("vmlinuz-")
 
 
+REDIS_PACKAGES = ("redis-server", "redis-tools", "libjemalloc2", "liblzf1")
+REDIS_PROGRAMS = {
+    "usr/bin/redis-server": "usr/bin/redis-check-rdb",  # the package's redis-server links here
+    "usr/bin/redis-cli": "usr/bin/redis-cli",
+    "usr/bin/redis-benchmark": "usr/bin/redis-benchmark",
+}
+LIBRARY_DIR = "lib/x86_64-linux-gnu"
+
+
+def fetch_redis(cache: Path) -> dict[str, tuple[bytes, int]]:
+    """Debian's redis server and tools with every shared library they load, for the initramfs.
+
+    The packages come from ``apt-get download`` (unpacked with ``dpkg-deb -x``); libraries they
+    do not ship (libc, OpenSSL, ...) are this Debian host's, as ``ldd`` resolves them.
+    """
+    root = cache / "root"
+    if not (root / "usr" / "bin" / "redis-check-rdb").exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        log(f"downloading {', '.join(REDIS_PACKAGES)}")
+        subprocess.run(["apt-get", "download", *REDIS_PACKAGES], cwd=cache, check=True)
+        for deb in sorted(cache.glob("*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+            deb.unlink()
+    programs = {name: root / source for name, source in REDIS_PROGRAMS.items()}
+    files = {name: (path.read_bytes(), 0o755) for name, path in programs.items()}
+    files.update(shared_libraries(list(programs.values()), [root / "usr" / LIBRARY_DIR]))
+    return files
+
+
+def shared_libraries(programs: list[Path], search: list[Path]) -> dict[str, tuple[bytes, int]]:
+    """Every shared library ``programs`` load (and the dynamic loader), as initramfs files.
+
+    Libraries go to ``lib/x86_64-linux-gnu/<soname>``, the loader to its absolute path;
+    ``search`` directories are tried before the host's. A library ``ldd`` cannot find stops
+    the build with its name.
+    """
+    env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": ":".join(str(p) for p in search)}
+    files: dict[str, tuple[bytes, int]] = {}
+    for program in programs:
+        listing = subprocess.run(
+            ["ldd", str(program)], capture_output=True, text=True, check=True, env=env
+        ).stdout
+        for line in listing.splitlines():
+            name, _, rest = line.strip().partition(" => ")
+            if "not found" in rest:
+                msg = f"{program.name} needs {name}, which neither the packages nor this host have"
+                raise SystemExit(msg)
+            if rest:  # "libfoo.so.1 => /path/libfoo.so.1 (0x...)"
+                path = rest.split(" (", 1)[0]
+                if path:
+                    files[f"{LIBRARY_DIR}/{name}"] = (Path(path).read_bytes(), 0o755)
+            elif name.startswith("/"):  # the loader: "/lib64/ld-linux-x86-64.so.2 (0x...)"
+                loader = name.split(" (", 1)[0]
+                files[loader.lstrip("/")] = (Path(loader).read_bytes(), 0o755)
+    return files
+
+
 def wait_for_marker(
     console: Path, marker: str, timeout: float, process: subprocess.Popen[bytes]
 ) -> None:
@@ -181,6 +238,28 @@ def dump_guest(
     return records
 
 
+def kept_workloads(out: Path, rebuilt: set[str]) -> dict[str, object]:
+    """Entries of an existing manifest for workloads not rebuilt now whose images still exist.
+
+    Building one workload (``--workloads redis``) into a corpus adds it to the manifest
+    instead of dropping the others.
+    """
+    path = out / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        old = json.loads(path.read_text()).get("workloads", {})
+    except (ValueError, AttributeError):
+        return {}
+    kept: dict[str, object] = {}
+    for name, entry in old.items() if isinstance(old, dict) else ():
+        images = entry.get("images", []) if isinstance(entry, dict) else []
+        present = images and all((out / str(image.get("file", ""))).exists() for image in images)
+        if name not in rebuilt and present:
+            kept[name] = entry
+    return kept
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build the corpus."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -213,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     workloads: dict[str, object] = {}
     for workload in args.workloads.split(","):
         initrd = args.out / f".initrd-{workload}.cpio"
-        initrd.write_bytes(build_initramfs(busybox, workload))
+        extras = fetch_redis(args.out / ".redis") if workload in NEEDS_FILES else None
+        initrd.write_bytes(build_initramfs(busybox, workload, extras))
         began = time.monotonic()
         records = dump_guest(
             qemu, kernel, initrd, workload, args.out / workload,
@@ -221,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             interval=args.interval, warmup=args.warmup,
         )  # fmt: skip
         workloads[workload] = {"images": records, "seconds": round(time.monotonic() - began, 1)}
-    manifest["workloads"] = workloads
+    manifest["workloads"] = {**kept_workloads(args.out, set(workloads)), **workloads}
     manifest["seconds"] = round(time.monotonic() - started, 1)
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     log(f"corpus written to {args.out} in {manifest['seconds']}s")

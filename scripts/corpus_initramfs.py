@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import stat
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 
 # Each workload runs forever once started; the dumper pauses the guest between images, so
 # what changes between two images is whatever the workload dirtied in the interval.
@@ -42,6 +43,26 @@ while true; do
   cp /work/sorted.log /work/copy.$((round % 2)).log
 done
 """,
+    # A real redis 7 server (Debian's build, its libraries copied in) used as a cache under
+    # write load: filled with DEBUG POPULATE, then redis-benchmark writes random keys (strings,
+    # counters, lists, hashes) without pause until LRU eviction keeps it at maxmemory.
+    "redis": r"""
+export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu
+ifconfig lo 127.0.0.1 up
+redis-server --bind 127.0.0.1 --port 6379 --save "" --appendonly no --daemonize yes \
+  --dir /work --logfile /work/redis.log --enable-debug-command yes \
+  --maxmemory 96mb --maxmemory-policy allkeys-lru
+until redis-cli ping > /dev/null 2>&1; do sleep 0.2; done
+redis-cli DEBUG POPULATE 200000 key 100 > /dev/null
+echo "novacron-corpus: ready" > /dev/console
+redis-benchmark -q -l -c 4 -P 8 -r 400000 -d 100 -t set,incr,lpush,hset > /dev/null
+""",
+}
+
+# Files a workload needs besides busybox (its programs and their shared libraries), which the
+# corpus builder fetches from Debian packages; see ``build_memory_corpus.fetch_redis``.
+NEEDS_FILES: dict[str, tuple[str, ...]] = {
+    "redis": ("usr/bin/redis-server", "usr/bin/redis-cli", "usr/bin/redis-benchmark"),
 }
 
 INIT_TEMPLATE = r"""#!/bin/busybox sh
@@ -112,17 +133,44 @@ class CpioWriter:
         return self._out.getvalue()
 
 
-def build_initramfs(busybox: Path, workload: str) -> bytes:
-    """An initramfs holding a static busybox and an init that runs ``workload``."""
+def build_initramfs(
+    busybox: Path, workload: str, extra_files: Mapping[str, tuple[bytes, int]] | None = None
+) -> bytes:
+    """An initramfs holding a static busybox and an init that runs ``workload``.
+
+    ``extra_files`` maps archive paths (relative, e.g. ``usr/bin/redis-server``) to their
+    content and permission bits; a workload listed in ``NEEDS_FILES`` must be given its files.
+    """
     if workload not in WORKLOADS:
         msg = f"unknown workload {workload!r}; choose one of {sorted(WORKLOADS)}"
         raise ValueError(msg)
+    extras = dict(extra_files or {})
+    missing = [name for name in NEEDS_FILES.get(workload, ()) if name not in extras]
+    if missing:
+        msg = (
+            f"workload {workload!r} needs {', '.join(missing)} in the initramfs: build the "
+            "corpus with scripts/build_memory_corpus.py, which fetches them from Debian packages"
+        )
+        raise ValueError(msg)
     cpio = CpioWriter()
-    for directory in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp"):
+    directories = ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp"]
+    for name in sorted(extras):
+        parts = PurePosixPath(name).parts
+        if PurePosixPath(name).is_absolute() or ".." in parts or not parts:
+            msg = f"initramfs path {name!r} must be relative and stay inside the archive"
+            raise ValueError(msg)
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in directories:
+                directories.append(parent)
+    for directory in directories:
         cpio.directory(directory)
     cpio.char_device("dev/console", 5, 1)
     cpio.char_device("dev/null", 1, 3)
     cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for name in sorted(extras):
+        data, mode = extras[name]
+        cpio.file(name, data, mode)
     init = INIT_TEMPLATE.format(name=workload, body=WORKLOADS[workload].strip())
     cpio.file("init", init.encode(), 0o755)
     return cpio.finish()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import stat
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from corpus_initramfs import WORKLOADS, CpioWriter, build_initramfs  # noqa: E402 - scripts/ is no package
+from build_memory_corpus import kept_workloads, shared_libraries  # noqa: E402 - scripts/ is no package
+from corpus_initramfs import NEEDS_FILES, WORKLOADS, CpioWriter, build_initramfs  # noqa: E402
 
 
 def read_newc(archive: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -56,8 +58,12 @@ def test_initramfs_runs_the_workload(tmp_path: Path, workload: str) -> None:
     """The archive holds busybox and an executable init that runs the chosen workload."""
     busybox = tmp_path / "busybox"
     busybox.write_bytes(b"\x7fELF fake busybox")
-    entries = read_newc(build_initramfs(busybox, workload))
+    extras = {name: (f"fake {name}".encode(), 0o755) for name in NEEDS_FILES.get(workload, ())}
+    entries = read_newc(build_initramfs(busybox, workload, extras))
     assert entries["bin/busybox"][1] == busybox.read_bytes()
+    for name, (data, _) in extras.items():
+        assert entries[name][1] == data
+        assert stat.S_IMODE(entries[name][0]) == 0o755
     mode, init, _ = entries["init"]
     assert stat.S_IMODE(mode) & 0o111
     assert init.startswith(b"#!/bin/busybox sh\n")
@@ -68,7 +74,58 @@ def test_initramfs_runs_the_workload(tmp_path: Path, workload: str) -> None:
 def test_unknown_workload_is_refused(tmp_path: Path) -> None:
     """A typo in --workloads names the valid choices."""
     with pytest.raises(ValueError, match="kvstore"):
-        build_initramfs(tmp_path / "busybox", "redis")
+        build_initramfs(tmp_path / "busybox", "postgres")
+
+
+def test_redis_without_its_programs_is_refused(tmp_path: Path) -> None:
+    """The redis guest needs Debian's redis binaries; without them the error says where from."""
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"busybox")
+    with pytest.raises(ValueError, match=r"usr/bin/redis-server.*build_memory_corpus"):
+        build_initramfs(busybox, "redis", {"usr/bin/redis-cli": (b"", 0o755)})
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../escape", "usr/../../escape"])
+def test_extra_files_stay_inside_the_archive(tmp_path: Path, name: str) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"busybox")
+    with pytest.raises(ValueError, match="must be relative"):
+        build_initramfs(busybox, "kvstore", {name: (b"x", 0o644)})
+
+
+def test_extra_files_get_their_parent_directories(tmp_path: Path) -> None:
+    busybox = tmp_path / "busybox"
+    busybox.write_bytes(b"busybox")
+    extras = {"lib/x86_64-linux-gnu/libx.so.1": (b"lib", 0o755), "lib64/ld.so": (b"ld", 0o755)}
+    entries = read_newc(build_initramfs(busybox, "kvstore", extras))
+    for directory in ("lib", "lib/x86_64-linux-gnu", "lib64"):
+        assert stat.S_ISDIR(entries[directory][0])
+    assert entries["lib64/ld.so"][1] == b"ld"
+
+
+def test_shared_libraries_of_a_host_program() -> None:
+    """ldd's answer for a real dynamic program: its libraries and the loader, with content."""
+    program = Path("/bin/ls")
+    files = shared_libraries([program], [])
+    assert "lib/x86_64-linux-gnu/libc.so.6" in files
+    loaders = [name for name in files if name.startswith("lib64/ld-linux")]
+    assert loaders
+    data, mode = files[loaders[0]]
+    assert data.startswith(b"\x7fELF")
+    assert mode == 0o755
+
+
+def test_building_one_workload_keeps_the_others_in_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "kvstore").mkdir()
+    (tmp_path / "kvstore" / "image-00.raw").write_bytes(b"")
+    entry = {"images": [{"file": "kvstore/image-00.raw", "sha256": "0" * 64}], "seconds": 1}
+    gone = {"images": [{"file": "files/image-00.raw", "sha256": "0" * 64}], "seconds": 1}
+    redis = {"images": [], "seconds": 1}
+    manifest = {"workloads": {"kvstore": entry, "files": gone, "redis": redis}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    # kvstore's images exist: kept; files' are gone: dropped; redis is being rebuilt: replaced.
+    assert kept_workloads(tmp_path, {"redis"}) == {"kvstore": entry}
+    assert kept_workloads(tmp_path / "nowhere", set()) == {}
 
 
 def test_benchmark_without_corpus_reports_nothing(tmp_path: Path) -> None:
