@@ -76,6 +76,23 @@ class PageStore:
         """Every held page as (index, content), by index: to compare two stores."""
         return [(i, self.slab[s].tobytes()) for i, s in sorted(self.slot_of.items())]
 
+    def preload(self, table: np.ndarray, first_index: int) -> np.ndarray:
+        """Hold the rows of ``table`` as pages ``first_index``, ``first_index + 1``, ...
+
+        Used for reference pages before the first batch; both ends call it with the same
+        arguments. Returns their slots. The store must have room for them.
+        """
+        if len(table) > self.capacity - len(self):
+            msg = f"{len(table)} pages do not fit the {self.capacity}-page store"
+            raise ValueError(msg)
+        given = self._allocate(len(table))
+        indices = list(range(first_index, first_index + len(table)))
+        self.owner[given] = indices
+        self.slot_of.update(zip(indices, given.tolist(), strict=True))
+        self.stamp[given] = self.clock
+        self.slab[given] = table
+        return given
+
     def drop(self, indices: list[int]) -> None:
         """Forget these pages (zero pages, or evicted ones)."""
         freed = [s for s in map(self.slot_of.pop, indices, repeat(None)) if s is not None]

@@ -24,11 +24,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, native, stream
+from novacron_dwcp.encoding import compress, native, references, stream
 from novacron_dwcp.encoding.cache import IndexedPageStore
 from novacron_dwcp.encoding.classify import Classified, classify
 from novacron_dwcp.encoding.decoder import DwcpDecoder
-from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
+from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, fingerprints, next_state
 from novacron_dwcp.encoding.wire import (
     FLAG_NEW_STREAMS,
     MAX_CHUNKS,
@@ -48,7 +48,7 @@ from novacron_sdk.encoding.interface import (
 from novacron_sdk.errors import EncodingError
 
 DEFAULT_CACHE_MIB = 256
-MAX_INDEX = 1 << 63
+MAX_INDEX = references.REFERENCE_BASE
 
 
 def _cache_pages(settings: Mapping[str, Any], page_size: int) -> int:
@@ -88,7 +88,15 @@ class DwcpEncoder(PageEncoder):
         self.stream_id = os.urandom(8)
         self.streams: stream.StreamEncoder | None = None
         self.seq = 0
+        reference_pages = references.load(settings, page_size, self.cache.capacity)
         self.state = bytes(STATE_SIZE)
+        self.reference_pages = 0
+        if reference_pages is not None:
+            table = reference_pages.table
+            slots = self.cache.preload(table, references.REFERENCE_BASE)
+            self.cache.index(slots, fingerprints(table))
+            self.reference_pages = len(table)
+            self.state = reference_pages.seed
         self.broken = False
         self._stats = CodecStats()
 
@@ -122,7 +130,7 @@ class DwcpEncoder(PageEncoder):
             raise EncodingError(msg)
         if batch.indices and (min(batch.indices) < 0 or max(batch.indices) >= MAX_INDEX):
             low, high = min(batch.indices), max(batch.indices)
-            msg = f"page indices must be in [0, 2**63); got {low}..{high}"
+            msg = f"page indices must be in [0, 2**62); got {low}..{high}"
             raise EncodingError(msg)
 
     def _encode(self, batch: PageBatch) -> bytes:

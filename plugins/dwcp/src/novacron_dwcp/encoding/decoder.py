@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, stream
+from novacron_dwcp.encoding import compress, references, stream
 from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.classify import fingerprint_rows
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
@@ -43,7 +43,8 @@ class DwcpDecoder(PageDecoder):
         self.stream_id = b""
         self.streams: stream.StreamDecoder | None = None
         self.seq = 0
-        self.state = bytes(STATE_SIZE)
+        self.references = references.load(settings, page_size, self.max_cache_pages)
+        self.state = self.references.seed if self.references is not None else bytes(STATE_SIZE)
         self.broken = False
 
     def decode(self, payload: bytes) -> PageBatch:
@@ -105,6 +106,15 @@ class DwcpDecoder(PageDecoder):
                 )
                 raise EncodingError(msg)
             cache = PageStore(header.cache_capacity, self.page_size // 8)
+            if self.references is not None:
+                if len(self.references) > header.cache_capacity // references.MAX_SHARE:
+                    msg = (
+                        f"the reference files hold {len(self.references)} pages, more than half "
+                        f"the encoder's {header.cache_capacity}-page cache: the encoder cannot "
+                        "have been given the same files"
+                    )
+                    raise DesyncError(msg)
+                cache.preload(self.references.table, references.REFERENCE_BASE)
             stream_id = header.stream_id
         else:
             cache, stream_id = self.cache, self.stream_id
@@ -119,6 +129,11 @@ class DwcpDecoder(PageDecoder):
             raise DesyncError(msg)
         if header.state != self.state or header.cache_length != len(cache):
             msg = f"batch {header.seq}: encoder and decoder state differ; restart the stream"
+            if header.seq == 0:
+                msg = (
+                    "batch 0: encoder and decoder start from different states: give both ends "
+                    "the same reference_files (same content, same order), or none to either"
+                )
             raise DesyncError(msg)
         if header.cache_capacity != cache.capacity:
             msg = "the encoder changed its cache size mid-stream: payload corrupt"
@@ -176,6 +191,16 @@ def _check_held(missing: list[int]) -> None:
     if missing:
         msg = f"payload refers to page {missing[0]}, which this decoder does not hold"
         raise DesyncError(msg)
+
+
+def _page_indices(index_deltas: np.ndarray) -> list[int]:
+    """The batch's page indices from their deltas; EncodingError past the batches' range."""
+    indices = np.cumsum(index_deltas, dtype=np.uint64)
+    if indices.size and int(indices.max()) >= references.REFERENCE_BASE:
+        msg = "a page index is out of range (batches use indices below 2**62): payload corrupt"
+        raise EncodingError(msg)
+    result: list[int] = indices.tolist()
+    return result
 
 
 class _Plan:
@@ -244,7 +269,7 @@ class _Plan:
         plan.copy_refs = copy_refs.astype(np.int64)
         plan.dup_refs = refs[~is_copy].tolist()
         plan.ops = ops
-        plan.indices = np.cumsum(index_deltas, dtype=np.uint64).tolist()
+        plan.indices = _page_indices(index_deltas)
         plan.full_count = int(tally[OP_FULL])
         plan.run_counts = run_counts
         plan.run_first = np.cumsum(run_counts) - run_counts
