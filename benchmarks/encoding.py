@@ -9,25 +9,28 @@ pages of 4 KiB by default, the migration engine's batch size):
   The chain sees image 0 and every earlier round first, as it would in a migration; the
   stateless codecs compress each batch alone.
 
-The chain runs five times: without a bandwidth estimate ("dwcp": zstd-1, the batch split
+The chain runs six times: without a bandwidth estimate ("dwcp": zstd-1, the batch split
 across the default threads), the same limited to one thread ("dwcp 1 thread"), the same with
 the numpy fallback instead of the native hot path ("dwcp 1 thread numpy"), told the link
 runs at 100 Mbit/s ("dwcp 100Mbit/s": the selector then prefers the long-window streams,
 whose history spans batches, at level 3 when the link leaves time for it), and told it runs
 at 10 Gbit/s ("dwcp 10Gbit/s": faster than zstd-1 on these cores, so the selector moves to
 its fast end; not a target, it shows what the chain costs when it must keep up with a fast
-link). "xor+zstd-1" XORs each page with its previous version and compresses that, the
-reference the issue quotes. "zstd-1 N threads" is zstd-1 with the chain's thread budget
-(each batch cut into N frames compressed at once): the baseline of the chain's speed; "dwcp
-1 thread" is judged against single-threaded zstd-1. Every codec's payloads are decoded and
-checked against the input. Times are the best of ``--repeat`` runs (the machine may be
-shared); the ratio to the baseline in every run is printed after the table and written to
-the JSON ("ratio_per_run"), and "encode per CPU-second" (input bytes per CPU-second of all
-threads, against single-threaded zstd-1) shows the work done whatever the threads got from a
-busy machine. Targets (issue 9): chain bytes <= 0.35x zstd-1 on changes and <= 0.85x on
-first images; chain encode throughput >= zstd-1's with the same threads. When QEMU is
-missing the corpus cannot be built: the benchmark says so and reports
-nothing.
+link). "dwcp + boot files" is the chain with both ends given the guest's kernel and initrd
+as reference files (a libvirt stream migration over DWCP does the same for a direct-boot
+guest): RAM pages equal to a page of them go as references. "xor+zstd-1" XORs each page with
+its previous version and compresses that, the reference the issue quotes. "zstd-1 N threads"
+is zstd-1 with the chain's thread budget (each batch cut into N frames compressed at once):
+the baseline of the chain's speed; "dwcp 1 thread" is judged against single-threaded zstd-1.
+Every codec's payloads are decoded and checked against the input. Times are the best of
+``--repeat`` runs (the machine may be shared); the ratio to the baseline in every run is
+printed after the table and written to the JSON ("ratio_per_run"), and "encode per
+CPU-second" (input bytes per CPU-second of all threads, against single-threaded zstd-1) shows
+the work done whatever the threads got from a busy machine. Targets (issue 9): chain bytes
+<= 0.35x zstd-1 on changes and <= 0.85x on first images (judged for "dwcp", "dwcp 100Mbit/s"
+and "dwcp + boot files"); chain encode throughput >= zstd-1's with the same threads ("dwcp"
+and "dwcp 1 thread"). When QEMU is missing the corpus cannot be built: the benchmark says so
+and reports nothing.
 """
 
 from __future__ import annotations
@@ -45,11 +48,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 import lz4.block
 import numpy as np
 import zstandard
 from _common import Figure, parse_args, report
+from corpus_initramfs import WORKLOADS
 
 from novacron_dwcp.encoding.compress import default_threads
 from novacron_dwcp.encoding.native import AVAILABLE as NATIVE
@@ -62,9 +67,10 @@ PAGE = 4096
 # The chain's default thread budget; zstd-1 gets the same for the throughput target.
 THREADS = default_threads()
 PARALLEL_ZSTD = f"zstd-1 {THREADS} threads"
+BOOT_FILES = "dwcp + boot files"
 CODECS = (
     "zstd-1", PARALLEL_ZSTD, "zstd-3", "lz4", "xor+zstd-1", "dwcp", "dwcp 1 thread",
-    "dwcp 1 thread numpy", "dwcp 100Mbit/s", "dwcp 10Gbit/s",
+    "dwcp 1 thread numpy", "dwcp 100Mbit/s", "dwcp 10Gbit/s", BOOT_FILES,
 )  # fmt: skip
 # The chain without a bandwidth estimate (zstd-1 in parallel chunks), the same on one thread
 # (how much the threads bring), the same without the native hot path (the numpy fallback;
@@ -78,8 +84,13 @@ CHAIN_VARIANTS: dict[str, tuple[dict[str, object], float | None]] = {
     "dwcp 100Mbit/s": ({}, 100e6),
     # A link faster than zstd-1 on these cores: the selector's fast end (lz4, raw).
     "dwcp 10Gbit/s": ({}, 10e9),
+    # Both ends given the guest's kernel and initrd as reference files (what a libvirt stream
+    # migration over DWCP does by default for a direct-boot guest): RAM pages equal to a page
+    # of them travel as references.
+    BOOT_FILES: ({}, None),
 }
 TARGETS = {"changes": 0.35, "first": 0.85}
+PRELOAD: list[float] = []  # seconds to make an encoder with the boot files preloaded
 
 
 @dataclass
@@ -240,13 +251,36 @@ def _cut(data: bytes) -> list[memoryview]:
     return [view[start : start + step] for start in range(0, len(data), step)] or [view]
 
 
-def run_chain(name: str, rounds: Rounds, results: dict[str, Result], kinds: dict[str, int]) -> None:
-    """One timed pass of the DWCP chain: one encoder/decoder pair over all rounds in order."""
+def boot_files(corpus: Path, workload: str) -> list[Path]:
+    """The kernel and initrd the workload's guest booted from, as the corpus builder kept them."""
+    kernels = sorted(corpus.glob(".kernel/root/boot/vmlinuz-*"))
+    initrd = corpus / f".initrd-{workload}.cpio"
+    return [*kernels[-1:], *([initrd] if initrd.exists() else [])]
+
+
+def run_chain(
+    name: str,
+    rounds: Rounds,
+    results: dict[str, Result],
+    kinds: dict[str, int],
+    references: list[Path],
+) -> None:
+    """One timed pass of the DWCP chain: one encoder/decoder pair over all rounds in order.
+
+    The encoder is made before the clock starts; with reference files its preloading time is
+    recorded apart (``PRELOAD``).
+    """
     from novacron_dwcp.encoding.chain import DwcpCodec
 
     settings, hint = CHAIN_VARIANTS[name]
+    if name == BOOT_FILES:
+        settings = {**settings, "reference_files": references}
     codec = DwcpCodec(settings)
-    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
+    started = time.perf_counter()
+    encoder = codec.new_encoder(PAGE)
+    if name == BOOT_FILES:
+        PRELOAD.append(time.perf_counter() - started)
+    decoder = codec.new_decoder(PAGE)
     if hint is not None:
         encoder.set_bandwidth_hint(hint)
     for label, batches in zip(("first",) + ("changes",) * (len(rounds) - 1), rounds, strict=True):
@@ -277,20 +311,25 @@ def _record(
 
 
 def ensure_corpus(corpus: Path, quick: bool) -> dict[str, object] | None:
-    """The corpus manifest, building the corpus first when it is missing (not with --quick)."""
+    """The corpus manifest; builds the corpus (or its missing workloads) first, not with --quick."""
     manifest = corpus / "manifest.json"
-    if manifest.exists():
+    missing = [w for w in WORKLOADS if not (corpus / w / "image-00.raw").exists()]
+    if manifest.exists() and (quick or not missing):
+        if missing:
+            print(f"the corpus has no {', '.join(missing)} workload: run without --quick to add it")
         loaded: dict[str, object] = json.loads(manifest.read_text())
         return loaded
     if quick:
         print(
-            f"no memory corpus in {corpus}: run `python {BUILDER.relative_to(ROOT)}` (about two "
+            f"no memory corpus in {corpus}: run `python {BUILDER.relative_to(ROOT)}` (about three "
             "minutes with QEMU installed) or this benchmark without --quick; no figures reported"
         )
         return None
-    print(f"no memory corpus in {corpus}: building it with {BUILDER.name} (about two minutes)")
+    what = "the corpus" if not manifest.exists() else f"the {', '.join(missing)} workload"
+    print(f"building {what} in {corpus} with {BUILDER.name} (about a minute a workload)")
     started = time.perf_counter()
-    built = subprocess.run([sys.executable, str(BUILDER), "--out", str(corpus)], check=False)
+    command = [sys.executable, str(BUILDER), "--out", str(corpus), "--workloads", ",".join(missing)]
+    built = subprocess.run(command, check=False)
     if built.returncode != 0:
         print("the corpus could not be built (see above; QEMU missing?): no figures reported")
         return None
@@ -300,7 +339,8 @@ def ensure_corpus(corpus: Path, quick: bool) -> dict[str, object] | None:
 
 def _speed_baseline(name: str) -> str:
     """The codec whose speed ``name``'s is judged against: same thread budget."""
-    return PARALLEL_ZSTD if name in ("dwcp", "dwcp 100Mbit/s", "dwcp 10Gbit/s") else "zstd-1"
+    same_threads = ("dwcp", "dwcp 100Mbit/s", "dwcp 10Gbit/s", BOOT_FILES)
+    return PARALLEL_ZSTD if name in same_threads else "zstd-1"
 
 
 def _speed(label: str, name: str, what: str, mine: Result, base: Result, target: bool) -> Figure:
@@ -337,7 +377,7 @@ def figures_for(workload: str, results: dict[str, dict[str, Result]]) -> list[Fi
                 continue  # against zero pages: zstd-1 plus a pass over the data
             mine = results[name][label]
             ratio = mine.bytes_out / mine.bytes_in
-            chain = name in ("dwcp", "dwcp 100Mbit/s")
+            chain = name in ("dwcp", "dwcp 100Mbit/s", BOOT_FILES)
             limit = TARGETS[label]
             figures.append(Figure(
                 f"{workload} {label}: {name} bytes out/in", ratio, "", "zstd-1", base_ratio,
@@ -378,9 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": manifest, "batch_pages": args.batch_pages, "kinds": kinds_by_workload,
         "threads": THREADS, "ratio_per_run": SPREAD, "native_extension": NATIVE,
     }  # fmt: skip
+    boot: dict[str, list[dict[str, object]]] = {}
+    extra["boot_files"] = boot
     for workload in workloads:
         corpus = load_rounds(args.corpus / workload, images, args.batch_pages)
         rounds = corpus.rounds
+        references = boot_files(args.corpus, workload)
+        boot[workload] = [{"file": p.name, "bytes": p.stat().st_size} for p in references]
         history: dict[str, list[dict[str, Result]]] = {name: [] for name in CODECS}
         kinds: dict[str, dict[str, int]] = {}
         for _ in range(repeat):
@@ -388,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in CODECS:
                 current = {"first": Result(), "changes": Result()}
                 if name in CHAIN_VARIANTS:
-                    run_chain(name, rounds, current, kinds.setdefault(name, {}))
+                    run_chain(name, rounds, current, kinds.setdefault(name, {}), references)
                 elif name == "xor+zstd-1":
                     run_xor_reference(corpus, current)
                 elif name == PARALLEL_ZSTD:
@@ -403,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         f"DWCP encoding on real guest memory ({args.batch_pages}-page batches, best of {repeat}, "
         f"{path})"
     )
+    extra["boot_file_preload_s"] = [round(t, 4) for t in PRELOAD]
     code = report("encoding", title, args, figures, extra)
     print("ratio to the baseline in each run (bytes, encode, decode):")
     for name, ratios in SPREAD.items():
