@@ -402,3 +402,9 @@ def test_agent_refuses_settings_for_an_unknown_transport() -> None:
     bad = LocalAgent("bad-transports", env=CORE_ONLY, settings=['transports.settings={"nope": {}}'])
     with pytest.raises(NovaCronError, match="no transport named 'nope'; known: "), bad:
         pass
+
+
+def test_agent_refuses_settings_for_an_unknown_codec() -> None:
+    bad = LocalAgent("bad-codecs", env=CORE_ONLY, settings=['codecs.settings={"nope": {}}'])
+    with pytest.raises(NovaCronError, match="no codec named 'nope'; known: "), bad:
+        pass

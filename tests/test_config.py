@@ -25,7 +25,16 @@ from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
 
-CORE_SECTIONS = {"agent", "drivers", "transports", "migration", "state", "logging", "cluster"}
+CORE_SECTIONS = {
+    "agent",
+    "drivers",
+    "transports",
+    "codecs",
+    "migration",
+    "state",
+    "logging",
+    "cluster",
+}
 
 
 class WidgetSettings(BaseModel):

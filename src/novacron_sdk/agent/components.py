@@ -10,7 +10,12 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from novacron_sdk.config.sections import AgentSettings, DriversSettings, TransportsSettings
+from novacron_sdk.config.sections import (
+    AgentSettings,
+    CodecsSettings,
+    DriversSettings,
+    TransportsSettings,
+)
 from novacron_sdk.errors import InitError
 from novacron_sdk.init.interface import Component
 from novacron_sdk.migration.models import MigrationSettings
@@ -66,6 +71,10 @@ class ServiceComponent(Component):
         for name, settings in transports.settings.items():
             # Unknown names and bad settings fail here, naming what to fix, not mid-migration.
             self.context.plugins.transports.get(name)(settings)
+        codecs = self.context.config.get("codecs", CodecsSettings)
+        for name, settings in codecs.settings.items():
+            # A codec reads most settings when it makes an encoder: make one to check them.
+            self.context.plugins.codecs.get(name)(settings).new_encoder()
         self.service = AgentService(
             plugins=self.context.plugins,
             driver=self.context.values["driver"],
@@ -77,6 +86,7 @@ class ServiceComponent(Component):
             capacity=(agent.vcpus, agent.memory_mib),
             incoming_timeout_s=agent.incoming_timeout_s,
             transport_settings=transports.settings,
+            codec_settings=codecs.settings,
             security=self.context.values.get("agent.security"),
         )
         # None unless cluster.enabled: then migrations are fenced by VM ownership records.

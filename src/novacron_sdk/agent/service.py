@@ -25,6 +25,7 @@ from novacron_sdk.agent.stream_run import StreamMigrationRun
 from novacron_sdk.cluster.ownership import destination_fence, source_fence
 from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.consensus.interface import StateStore
+from novacron_sdk.encoding.interface import PageCodec
 from novacron_sdk.errors import (
     FeatureNotSupportedError,
     InvalidStateError,
@@ -124,6 +125,7 @@ class AgentService:
         security: Any | None = None,
         incoming_timeout_s: float = INCOMING_CONNECT_TIMEOUT_S,
         transport_settings: Mapping[str, Mapping[str, Any]] | None = None,
+        codec_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         self.plugins = plugins
         self.driver = driver
@@ -136,6 +138,7 @@ class AgentService:
         self.capacity = capacity
         self.incoming_timeout_s = incoming_timeout_s
         self.transport_settings = {k: dict(v) for k, v in (transport_settings or {}).items()}
+        self.codec_settings = {k: dict(v) for k, v in (codec_settings or {}).items()}
         # An AgentSecurity from the "agent.security" init component, or None. Duck-typed:
         # the core never imports a security plugin.
         self.security = security
@@ -211,6 +214,7 @@ class AgentService:
             settings,
             Endpoint(host=urlsplit(dest_url).hostname or "127.0.0.1"),
             transport_settings=self.transport_settings,
+            codec_settings=self.codec_settings,
         )
         source = await self.driver.open_migration_source(vm.id)
         auth = self._auth()
@@ -403,7 +407,7 @@ class AgentService:
         if migration_id in self.incoming:
             msg = f"migration {migration_id} is already being received here"
             raise InvalidStateError(msg)
-        codec_cls = self.plugins.codecs.get(codec)
+        codec_obj = self.new_codec(codec)
         listener = await self._listener(transport)
         fence = (
             await destination_fence(self.state_store, info.spec.name, self.name)
@@ -412,7 +416,7 @@ class AgentService:
         )
         sink = await self.driver.open_migration_sink(info)
         receiver = MigrationReceiver(
-            sink, info, codec_cls().new_decoder(info.page_size), verify=verify, fence=fence
+            sink, info, codec_obj.new_decoder(info.page_size), verify=verify, fence=fence
         )
         token = secrets.token_hex(16)
         self.incoming[migration_id] = IncomingMigration(
@@ -465,6 +469,10 @@ class AgentService:
         except KeyError:
             msg = f"no incoming migration {migration_id!r} on agent {self.name}"
             raise NotFoundError(msg) from None
+
+    def new_codec(self, name: str) -> PageCodec:
+        """A page codec ``name`` built with its ``codecs.settings`` entry."""
+        return self.plugins.codecs.get(name)(self.codec_settings.get(name, {}))
 
     def new_transport(self, name: str) -> Transport:
         """A transport ``name`` built with its ``transports.settings`` entry."""

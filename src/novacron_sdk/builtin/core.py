@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 @hookimpl
 def novacron_add_config_sections(registry: Registry[type[BaseModel]]) -> None:
-    """The core sections: agent, drivers, transports, migration, state, logging, cluster."""
+    """The core sections: agent, drivers, transports, codecs, migration, state, logging, cluster."""
     from novacron_sdk.config.sections import (
         AgentSettings,
+        CodecsSettings,
         DriversSettings,
         LoggingSettings,
         StateSettings,
@@ -29,6 +30,7 @@ def novacron_add_config_sections(registry: Registry[type[BaseModel]]) -> None:
     registry.register("agent", AgentSettings)
     registry.register("drivers", DriversSettings)
     registry.register("transports", TransportsSettings)
+    registry.register("codecs", CodecsSettings)
     registry.register("migration", MigrationSettings)
     registry.register("state", StateSettings)
     registry.register("logging", LoggingSettings)

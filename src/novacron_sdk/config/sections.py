@@ -56,6 +56,17 @@ class TransportsSettings(BaseModel):
     )
 
 
+class CodecsSettings(BaseModel):
+    """``codecs``: per-codec settings for the page codecs the agent builds."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Codec name -> that codec's settings (e.g. dwcp: cache_mib, reference_files).",
+    )
+
+
 class StateSettings(BaseModel):
     """``state``: where cluster state lives."""
 

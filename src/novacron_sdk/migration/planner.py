@@ -64,11 +64,13 @@ def plan_migration(
     estimate: BandwidthEstimate | None = None,
     rtt_s: float | None = None,
     transport_settings: Mapping[str, Mapping[str, Any]] | None = None,
+    codec_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> MigrationPlan:
     """Choose the parts of a migration to ``destination``.
 
     ``transport_settings``: transport name -> settings the chosen transport is built with
-    (the ``transports`` config section).
+    (the ``transports`` config section); ``codec_settings`` likewise for the codec (the
+    ``codecs`` section).
     """
     transport_name = _choose(
         plugins,
@@ -103,7 +105,7 @@ def plan_migration(
         transport=plugins.transports.get(transport_name)(
             (transport_settings or {}).get(transport_name, {})
         ),
-        codec=plugins.codecs.get(codec_name)(),
+        codec=plugins.codecs.get(codec_name)((codec_settings or {}).get(codec_name, {})),
         predictor=plugins.predictors.get(predictor_name)(),
     )
 
