@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -165,3 +167,15 @@ def test_random_rounds_with_references_round_trip(
             held.slab[[held.slot_of[i] for i in sorted(held.slot_of)]],
             encoder.cache.slab[[encoder.cache.slot_of[i] for i in sorted(held.slot_of)]],
         )
+
+
+def test_the_example_runs_and_references_shrink_the_copy() -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "dwcp_encoding.py"
+    result = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    ratio = float(result.stdout.rsplit("ratio: ", 1)[1].split("x")[0])
+    # Half the sample memory is a copy of the incompressible reference file.
+    assert ratio < 0.2, result.stdout
+    assert "'duplicate': 1024" in result.stdout
