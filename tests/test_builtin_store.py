@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -270,45 +271,42 @@ def _hold_exclusive(path: Path, seconds: float, held: threading.Event) -> None:
         db.close()
 
 
-@pytest.mark.parametrize("op", ["get", "put"])
-async def test_waits_for_another_connections_lock(tmp_path: Path, op: str) -> None:
-    path = tmp_path / "state.db"
+@contextlib.asynccontextmanager
+async def _locked_out(
+    path: Path, *, hold_s: float, busy_timeout_s: float
+) -> AsyncIterator[SqliteStore]:
+    """A store on ``path`` (holding key k) while another connection keeps it locked."""
     first = SqliteStore({"path": path})
     await first.put("k", b"v")
     await first.close()
-    store = SqliteStore({"path": path, "busy_timeout_s": 10})
+    store = SqliteStore({"path": path, "busy_timeout_s": busy_timeout_s})
     held = threading.Event()
-    holder = threading.Thread(target=_hold_exclusive, args=(path, 0.5, held))
+    holder = threading.Thread(target=_hold_exclusive, args=(path, hold_s, held))
     holder.start()
     try:
         assert await asyncio.to_thread(held.wait, 5)
+        yield store
+    finally:
+        holder.join()
+        await store.close()
+
+
+@pytest.mark.parametrize("op", ["get", "put"])
+async def test_waits_for_another_connections_lock(tmp_path: Path, op: str) -> None:
+    async with _locked_out(tmp_path / "state.db", hold_s=0.5, busy_timeout_s=10) as store:
         if op == "get":
             kv = await store.get("k")
             assert kv is not None
             assert kv.value == b"v"
         else:
             assert await store.put("k", b"w") > 1
-    finally:
-        holder.join()
-        await store.close()
 
 
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    first = SqliteStore({"path": path})
-    await first.put("k", b"v")
-    await first.close()
-    store = SqliteStore({"path": path, "busy_timeout_s": 0.2})
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_exclusive, args=(path, 1.5, held))
-    holder.start()
-    try:
-        assert await asyncio.to_thread(held.wait, 5)
+    async with _locked_out(path, hold_s=1.5, busy_timeout_s=0.2) as store:
         with pytest.raises(StateStoreError, match=r"write lock > 0\.2 s"):
             await store.get("k")
-    finally:
-        holder.join()
-        await store.close()
     reopened = SqliteStore({"path": path})
     try:
         kv = await reopened.get("k")
