@@ -89,15 +89,38 @@ DEFAULT_METHOD = METHODS[2]
 CONTROL_METHOD = METHODS[2]
 
 
-def _zstd_compressor(level: int) -> zstandard.ZstdCompressor:
-    # zstd contexts are not safe for concurrent use: one per thread and level.
-    compressors: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("zc", {})
-    compressor = compressors.get(level)
+# Level 1 with a 4096-entry hash table instead of 16384 and 6-byte instead of 7-byte minimum
+# matches, for pieces over 256 KiB (smaller ones keep zstd's own parameters, which it sizes to
+# the input): on the memory corpus's literal pieces (whole pages of all three guests, first
+# images and dirty rounds) 4-10 % less CPU time for the same output (0-2 % smaller); the
+# smaller table stays in the core's cache.
+_LEVEL_1_HASH_LOG = 12
+_LEVEL_1_MIN_MATCH = 6
+_LARGE_PIECE = 256 * 1024
+
+
+def _zstd_compressor(level: int, large: bool = False) -> zstandard.ZstdCompressor:
+    # zstd contexts are not safe for concurrent use: one per thread, level and size class.
+    key = (level, large and level == 1)
+    compressors: dict[tuple[int, bool], zstandard.ZstdCompressor] = _local.__dict__.setdefault(
+        "zc", {}
+    )
+    compressor = compressors.get(key)
     if compressor is None:
-        compressor = zstandard.ZstdCompressor(
-            level=level, write_content_size=True, write_checksum=True
-        )
-        compressors[level] = compressor
+        if key[1]:
+            params = zstandard.ZstdCompressionParameters.from_level(
+                1,
+                hash_log=_LEVEL_1_HASH_LOG,
+                min_match=_LEVEL_1_MIN_MATCH,
+                write_content_size=True,
+                write_checksum=True,
+            )
+            compressor = zstandard.ZstdCompressor(compression_params=params)
+        else:
+            compressor = zstandard.ZstdCompressor(
+                level=level, write_content_size=True, write_checksum=True
+            )
+        compressors[key] = compressor
     return compressor
 
 
@@ -117,7 +140,7 @@ def compress(method: Method, data: bytes | memoryview) -> bytes:
         result: bytes = lz4.block.compress(data, store_size=False)
         return result
     if method.kind == METHOD_ZSTD:
-        return _zstd_compressor(method.level).compress(data)
+        return _zstd_compressor(method.level, len(data) > _LARGE_PIECE).compress(data)
     return bytes(data)
 
 
