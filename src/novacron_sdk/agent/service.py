@@ -407,7 +407,8 @@ class AgentService:
         if migration_id in self.incoming:
             msg = f"migration {migration_id} is already being received here"
             raise InvalidStateError(msg)
-        codec_obj = self.new_codec(codec)
+        # Before the sink opens: a codec may read files to start (DWCP reference files).
+        decoder = await asyncio.to_thread(self.new_codec(codec).new_decoder, info.page_size)
         listener = await self._listener(transport)
         fence = (
             await destination_fence(self.state_store, info.spec.name, self.name)
@@ -415,9 +416,7 @@ class AgentService:
             else None
         )
         sink = await self.driver.open_migration_sink(info)
-        receiver = MigrationReceiver(
-            sink, info, codec_obj.new_decoder(info.page_size), verify=verify, fence=fence
-        )
+        receiver = MigrationReceiver(sink, info, decoder, verify=verify, fence=fence)
         token = secrets.token_hex(16)
         self.incoming[migration_id] = IncomingMigration(
             id=migration_id, token=token, info=info, transport=transport, receiver=receiver

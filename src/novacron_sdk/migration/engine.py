@@ -136,7 +136,8 @@ class MigrationEngine:
             run = _Run(
                 source=source,
                 channel=channel,
-                encoder=self.plan.codec.new_encoder(info.page_size),
+                # A codec may read files to start (DWCP reference files): off the event loop.
+                encoder=await asyncio.to_thread(self.plan.codec.new_encoder, info.page_size),
                 table=DigestTable(info.page_count),
                 report=report,
                 started=started,
