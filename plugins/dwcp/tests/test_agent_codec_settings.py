@@ -94,3 +94,29 @@ def test_agent_refuses_a_missing_reference_file(images: Path) -> None:
     agent = _agent("bad-codec", images, images / "missing.img")
     with pytest.raises(NovaCronError, match=r"reference file .*missing\.img"), agent:
         pass
+
+
+async def test_a_reference_file_gone_after_start_fails_the_migration_cleanly(
+    images: Path, tmp_path: Path
+) -> None:
+    """A kernel replaced after the agents started: refused or rolled back, nothing lost."""
+    content = random.Random(7).randbytes(1 << 20)
+    ours, theirs = tmp_path / "src-vmlinuz", tmp_path / "dst-vmlinuz"
+    ours.write_bytes(content)
+    theirs.write_bytes(content)
+    with _agent("src", images, ours) as a, _agent("dst", images, theirs) as b:
+        async with AgentClient(a.url) as client:
+            vm = await client.create_vm(
+                VMSpec(name="kept", memory_mib=MEMORY_MIB, image="noise.img")
+            )
+            theirs.unlink()  # the destination cannot make its decoder: refused up front
+            with pytest.raises(NovaCronError, match=r"reference file .*dst-vmlinuz"):
+                await migrate_via_agents(vm.id, source=a.url, destination=b.url)
+            assert (await client.get_vm("kept")).state is VMState.RUNNING
+            theirs.write_bytes(content)
+            ours.unlink()  # the source cannot make its encoder: the engine rolls back
+            with pytest.raises(MigrationError, match=r"reference file .*src-vmlinuz") as info:
+                await migrate_via_agents(vm.id, source=a.url, destination=b.url)
+            assert info.value.report is not None
+            assert info.value.report.outcome is MigrationPhase.ROLLED_BACK
+            assert (await client.get_vm("kept")).state is VMState.RUNNING
