@@ -54,7 +54,6 @@ class ReferencePages:
     """The distinct non-zero pages of the reference files, in file order, and their seed."""
 
     def __init__(self, files: list[Path], page_size: int, max_pages: int) -> None:
-        self.files = files
         sizes = []
         for path in files:
             try:
@@ -88,11 +87,7 @@ class ReferencePages:
             _, first = np.unique(table.view(np.dtype((np.void, page_size))), return_index=True)
             table = table[np.sort(first)]
         self.table = np.ascontiguousarray(table)
-        self.seed = (
-            next_state(bytes(STATE_SIZE), _SEED_TAG + b"".join(digests))
-            if files
-            else bytes(STATE_SIZE)
-        )
+        self.seed = next_state(bytes(STATE_SIZE), _SEED_TAG + b"".join(digests))
 
     def __len__(self) -> int:
         return len(self.table)
