@@ -1,4 +1,4 @@
-"""The encoder's native hot path: in use when built, same payloads as numpy, hostile input."""
+"""The chain's native hot paths: in use when built, same results as numpy, hostile input."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from novacron_dwcp.encoding import native
 from novacron_dwcp.encoding.cache import IndexedPageStore
-from novacron_dwcp.encoding.chain import DwcpCodec, DwcpEncoder
+from novacron_dwcp.encoding.chain import DwcpCodec, DwcpDecoder, DwcpEncoder
 from novacron_dwcp.encoding.classify import classify
 from novacron_dwcp.encoding.integrity import fingerprints, weights
 from novacron_sdk.encoding.interface import MAX_BATCH_PAGES, PageBatch
@@ -33,6 +33,10 @@ def test_native_path_is_in_use_when_built() -> None:
     assert isinstance(encoder, DwcpEncoder)
     assert encoder.native is True
     assert DwcpCodec({"native": False}).new_encoder(4096).native is False  # type: ignore[attr-defined]
+    decoder = DwcpCodec().new_decoder(4096)
+    assert isinstance(decoder, DwcpDecoder)
+    assert decoder.native is True
+    assert DwcpCodec({"native": False}).new_decoder(4096).native is False  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("value", ["yes", 1.5, None])
@@ -40,6 +44,8 @@ def test_bad_native_setting_is_rejected(value: object) -> None:
     """Only True/False are accepted, and True only when the extension exists."""
     with pytest.raises(EncodingError, match="native"):
         DwcpCodec({"native": value}).new_encoder(4096)
+    with pytest.raises(EncodingError, match="native"):
+        DwcpCodec({"native": value}).new_decoder(4096)
 
 
 def _page(kind: int, seed: int, size: int) -> bytes:
@@ -79,14 +85,15 @@ def test_native_and_numpy_payloads_are_identical_and_round_trip(
     method: str,
     page_size: int,
 ) -> None:
-    """Both paths give the same bytes for random dirty sequences; one decoder takes them."""
+    """Both paths give the same bytes for random dirty sequences; both decoders rebuild them."""
     common = {"threads": threads, "cache_mib": cache_pages * page_size / (1 << 20)}
     fast = DwcpCodec({**common, "method": method, "native": True}).new_encoder(page_size)
     slow = DwcpCodec({**common, "method": method, "native": False}).new_encoder(page_size)
     assert isinstance(fast, DwcpEncoder)
     assert isinstance(slow, DwcpEncoder)
     slow.stream_id = fast.stream_id
-    decoder = DwcpCodec().new_decoder(page_size)
+    decoder = DwcpCodec({"native": True}).new_decoder(page_size)
+    fallback = DwcpCodec({"native": False}).new_decoder(page_size)
     for pages in rounds:
         indices = [index for index, _, _ in pages]
         data = b"".join(_page(kind, seed, page_size) for _, kind, seed in pages)
@@ -94,6 +101,7 @@ def test_native_and_numpy_payloads_are_identical_and_round_trip(
         payload = fast.encode(batch)
         assert payload == slow.encode(batch)
         assert decoder.decode(payload).data == data
+        assert fallback.decode(payload).data == data
 
 
 def _store(pages: int, words: int) -> IndexedPageStore:
@@ -189,3 +197,90 @@ def test_native_classify_survives_hostile_slots_and_index() -> None:
     store.by_fingerprint[real[0]] = "not a slot"  # type: ignore[assignment]
     with pytest.raises(TypeError):
         native.classify_batch(table, slots, store, native.Scratch())
+
+
+def _rebuild_arguments(change: str) -> dict[str, object]:
+    """A consistent rebuild of four 64-byte pages (same, delta, duplicate, copy), then one
+    ``change`` that makes it inconsistent."""
+    size = 64
+    slab = np.arange(3 * size, dtype=np.uint8).reshape(3, size)
+    args: dict[str, object] = {
+        "ops": np.array([1, 3, 2, 5, 4], np.uint8),
+        "slots": np.array([0, 1, -1, -1, -1], np.int64),
+        "sources": np.array([2], np.int64),
+        "copies": (np.array([3], np.int64), np.array([0], np.int64)),
+        "runs": (np.array([1], np.int64), np.array([8], np.int64), np.array([4], np.int64)),
+        "literal": bytes(range(100, 100 + size)) + b"WXYZ",
+        "slab": slab,
+        "page_size": size,
+    }
+    copy_rows, _ = args["copies"]  # type: ignore[misc]
+    run_counts, offsets, lengths = args["runs"]  # type: ignore[misc]
+    if change == "unknown operation":
+        args["ops"] = np.array([1, 3, 2, 5, 9], np.uint8)
+    elif change == "slot past the slab":
+        args["slots"] = np.array([3, 1, -1, -1, -1], np.int64)
+    elif change == "negative delta slot":
+        args["slots"] = np.array([0, -1, -1, -1, -1], np.int64)
+    elif change == "short slots":
+        args["slots"] = np.array([0, 1], np.int64)
+    elif change == "duplicate slot past the slab":
+        args["sources"] = np.array([2**40], np.int64)
+    elif change == "missing duplicate source":
+        args["sources"] = np.zeros(0, np.int64)
+    elif change == "extra duplicate source":
+        args["sources"] = np.array([2, 2], np.int64)
+    elif change == "copy of a later page":
+        args["copies"] = (copy_rows, np.array([4], np.int64))
+    elif change == "copy of itself":
+        args["copies"] = (copy_rows, np.array([3], np.int64))
+    elif change == "copy row that is not a copy":
+        args["copies"] = (np.array([4], np.int64), np.array([0], np.int64))
+    elif change == "run past the page":
+        args["runs"] = (run_counts, np.array([62], np.int64), lengths)
+    elif change == "negative run":
+        args["runs"] = (run_counts, np.array([-8], np.int64), lengths)
+    elif change == "empty run":
+        args["runs"] = (run_counts, offsets, np.array([0], np.int64))
+    elif change == "more runs than given":
+        args["runs"] = (np.array([2], np.int64), offsets, lengths)
+    elif change == "runs left over":
+        args["runs"] = (run_counts, np.array([8, 16], np.int64), np.array([4, 4], np.int64))
+    elif change == "short literal":
+        args["literal"] = bytes(size)
+    elif change == "long literal":
+        args["literal"] = bytes(size + 5)
+    elif change == "odd slab":
+        args["slab"] = np.zeros(3 * size + 1, np.uint8)
+    elif change == "odd page size":
+        args["page_size"] = 63
+    return args
+
+
+@needs_native
+def test_native_rebuild_writes_every_kind_of_page() -> None:
+    """Same, delta, duplicate, copy and whole pages land where the plan says."""
+    pages = native.rebuild(**_rebuild_arguments("none"))  # type: ignore[arg-type]
+    slab = np.arange(3 * 64, dtype=np.uint8).reshape(3, 64)
+    delta = bytearray(slab[1].tobytes())
+    delta[8:12] = b"WXYZ"
+    expected = [slab[0].tobytes(), bytes(delta), slab[2].tobytes(), slab[0].tobytes()]
+    expected.append(bytes(range(100, 164)))
+    assert pages == b"".join(expected)
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "change",
+    [
+        "unknown operation", "slot past the slab", "negative delta slot", "short slots",
+        "duplicate slot past the slab", "missing duplicate source", "extra duplicate source",
+        "copy of a later page", "copy of itself", "copy row that is not a copy",
+        "run past the page", "negative run", "empty run", "more runs than given",
+        "runs left over", "short literal", "long literal", "odd slab", "odd page size",
+    ],
+)  # fmt: skip
+def test_native_rebuild_rejects_inconsistent_plans(change: str) -> None:
+    """Every count, slot and run is checked in C too: a clear error, nothing out of bounds."""
+    with pytest.raises(EncodingError, match="payload corrupt: native rebuild"):
+        native.rebuild(**_rebuild_arguments(change))  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
-/* The DWCP encoder's hot path in one native pass: classify a part of a batch and gather its
- * literals (novacron_dwcp.encoding._native).
+/* The DWCP chain's hot paths (novacron_dwcp.encoding._native): the encoder's one native pass
+ * that classifies a part of a batch and gathers its literals (``classify``), and the decoder's
+ * page rebuild (``rebuild``).
  *
  * It makes exactly the decisions of classify.py (the numpy fallback), row for row, so both
  * produce the same payload bytes: zero test and fingerprint in one pass over each page;
@@ -385,18 +386,165 @@ done:
     return result;
 }
 
+/* The decoder's rebuild: every page of a batch written straight into the bytes object the
+ * decoder returns. The caller (decoder.py) has already checked the plan against the payload;
+ * every count, slot and run is checked again here, so inconsistent arrays raise ValueError and
+ * nothing is read or written out of bounds. */
+typedef struct {
+    const uint8_t *ops;
+    Py_ssize_t count, size;
+    const int64_t *slots;
+    const int64_t *sources;
+    Py_ssize_t source_count;
+    const int64_t *copy_rows, *copy_refs;
+    Py_ssize_t copy_count;
+    const int64_t *run_counts;
+    Py_ssize_t delta_count;
+    const int64_t *offsets, *lengths;
+    Py_ssize_t run_total;
+    const uint8_t *literal;
+    Py_ssize_t literal_size;
+    const uint8_t *slab;
+    Py_ssize_t slab_rows;
+    uint8_t *out;
+} Rebuild;
+
+/* NULL when all went well, else what was inconsistent. */
+static const char *rebuild_pages(Rebuild *job) {
+    Py_ssize_t size = job->size, full_count = 0;
+    for (Py_ssize_t r = 0; r < job->count; r++) {
+        if (job->ops[r] > OP_COPY) return "unknown page operation";
+        full_count += job->ops[r] == OP_FULL;
+    }
+    if (full_count > job->literal_size / size) return "literal section shorter than its pages";
+    Py_ssize_t whole = 0, delta_bytes = full_count * size, dup = 0, delta = 0, run = 0;
+    for (Py_ssize_t r = 0; r < job->count; r++) {
+        uint8_t *page = job->out + (size_t)r * (size_t)size;
+        int64_t slot;
+        switch (job->ops[r]) {
+        case OP_ZERO:
+        case OP_COPY: /* copies are written last, from their final source row */
+            memset(page, 0, (size_t)size);
+            break;
+        case OP_SAME:
+        case OP_DELTA:
+            slot = job->slots[r];
+            if (slot < 0 || slot >= job->slab_rows) return "a page's slot is not held";
+            memcpy(page, job->slab + (size_t)slot * (size_t)size, (size_t)size);
+            if (job->ops[r] == OP_SAME) break;
+            if (delta >= job->delta_count) return "more deltas than run counts";
+            for (int64_t n = job->run_counts[delta++]; n > 0; n--, run++) {
+                if (run >= job->run_total) return "more runs than offsets";
+                int64_t offset = job->offsets[run], length = job->lengths[run];
+                if (offset < 0 || length <= 0 || offset > size - length ||
+                    length > job->literal_size - delta_bytes)
+                    return "a delta run out of bounds";
+                memcpy(page + offset, job->literal + delta_bytes, (size_t)length);
+                delta_bytes += length;
+            }
+            break;
+        case OP_DUP:
+            if (dup >= job->source_count) return "more duplicates than sources";
+            slot = job->sources[dup++];
+            if (slot < 0 || slot >= job->slab_rows) return "a duplicate's slot is not held";
+            memcpy(page, job->slab + (size_t)slot * (size_t)size, (size_t)size);
+            break;
+        default: /* OP_FULL */
+            memcpy(page, job->literal + (size_t)whole * (size_t)size, (size_t)size);
+            whole++;
+        }
+    }
+    if (dup != job->source_count || delta != job->delta_count || run != job->run_total ||
+        delta_bytes != job->literal_size)
+        return "counts do not match the operations";
+    for (Py_ssize_t i = 0; i < job->copy_count; i++) {
+        int64_t row = job->copy_rows[i], ref = job->copy_refs[i];
+        if (row < 0 || row >= job->count || job->ops[row] != OP_COPY || ref < 0 || ref >= row ||
+            job->ops[ref] == OP_COPY)
+            return "a copy does not name an earlier page that is not a copy";
+        memcpy(job->out + (size_t)row * (size_t)size, job->out + (size_t)ref * (size_t)size,
+               (size_t)size);
+    }
+    return NULL;
+}
+
+/* rebuild(ops, slots, sources, copy_rows, copy_refs, run_counts, offsets, lengths, literal,
+ * slab, page_size) -> bytes: the batch's pages; int64 arrays except ops (uint8), literal and
+ * slab (bytes). */
+static PyObject *rebuild(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *objects[10];
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOOOn", &objects[0], &objects[1], &objects[2],
+                          &objects[3], &objects[4], &objects[5], &objects[6], &objects[7],
+                          &objects[8], &objects[9], &size))
+        return NULL;
+    static const char *names[10] = {"ops",        "slots",   "sources", "copy_rows",
+                                    "copy_refs",  "run_counts", "offsets", "lengths",
+                                    "literal",    "slab"};
+    Buffer buffers[10];
+    memset(buffers, 0, sizeof buffers);
+    PyObject *result = NULL;
+    for (int i = 0; i < 10; i++)
+        if (get_buffer(objects[i], &buffers[i], 0, names[i])) goto done;
+    Py_ssize_t count = buffers[0].view.len;
+    if (size <= 0 || size % 8 || buffers[1].view.len != count * 8 ||
+        buffers[3].view.len != buffers[4].view.len || buffers[6].view.len != buffers[7].view.len ||
+        buffers[9].view.len % size || count > PY_SSIZE_T_MAX / size) {
+        PyErr_SetString(PyExc_ValueError, "native rebuild: inconsistent array sizes");
+        goto done;
+    }
+    result = PyBytes_FromStringAndSize(NULL, count * size);
+    if (!result) goto done;
+    Rebuild job = {
+        .ops = buffers[0].view.buf,
+        .count = count,
+        .size = size,
+        .slots = buffers[1].view.buf,
+        .sources = buffers[2].view.buf,
+        .source_count = buffers[2].view.len / 8,
+        .copy_rows = buffers[3].view.buf,
+        .copy_refs = buffers[4].view.buf,
+        .copy_count = buffers[3].view.len / 8,
+        .run_counts = buffers[5].view.buf,
+        .delta_count = buffers[5].view.len / 8,
+        .offsets = buffers[6].view.buf,
+        .lengths = buffers[7].view.buf,
+        .run_total = buffers[6].view.len / 8,
+        .literal = buffers[8].view.buf,
+        .literal_size = buffers[8].view.len,
+        .slab = buffers[9].view.buf,
+        .slab_rows = buffers[9].view.len / size,
+        .out = (uint8_t *)PyBytes_AS_STRING(result),
+    };
+    const char *problem;
+    Py_BEGIN_ALLOW_THREADS;
+    problem = rebuild_pages(&job);
+    Py_END_ALLOW_THREADS;
+    if (problem) {
+        PyErr_Format(PyExc_ValueError, "native rebuild: %s", problem);
+        Py_CLEAR(result);
+    }
+done:
+    for (int i = 0; i < 10; i++) release(&buffers[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"classify", classify, METH_VARARGS,
      "classify(table, start, stop, slots, slab, stored_fp, owner, index, weights, full, delta): "
      "the ops, refs, fingerprints, sources, full rows, run counts, offsets and lengths of rows "
      "start..stop, exactly as classify.classify decides them, and the sizes of the whole pages "
      "and delta bytes written to the buffers full and delta."},
+    {"rebuild", rebuild, METH_VARARGS,
+     "rebuild(ops, slots, sources, copy_rows, copy_refs, run_counts, offsets, lengths, literal, "
+     "slab, page_size): the decoder's pages of one batch as bytes (int64 arrays but ops)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_native",
-    "Native hot path of the DWCP encoder (fused classification and literal gather).", -1,
+    "Native hot paths of the DWCP chain (encoder classification, decoder rebuild).", -1,
     methods,
 };
 

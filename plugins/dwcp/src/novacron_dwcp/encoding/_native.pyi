@@ -1,4 +1,4 @@
-"""Type stub of the native hot path of the DWCP encoder (``_native.c``)."""
+"""Type stub of the native hot paths of the DWCP chain (``_native.c``)."""
 
 import numpy as np
 
@@ -18,3 +18,17 @@ def classify(
     delta: Buffer,
     /,
 ) -> tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes, bytes, int, int]: ...
+def rebuild(
+    ops: Buffer,
+    slots: Buffer,
+    sources: Buffer,
+    copy_rows: Buffer,
+    copy_refs: Buffer,
+    run_counts: Buffer,
+    offsets: Buffer,
+    lengths: Buffer,
+    literal: Buffer,
+    slab: Buffer,
+    page_size: int,
+    /,
+) -> bytes: ...

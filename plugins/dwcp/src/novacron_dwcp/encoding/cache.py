@@ -173,9 +173,13 @@ class PageStore:
         if rows <= have:
             return
         size = min(self.capacity, max(rows, 2 * have, GROW_ROWS))
-        slab = zeroed_slab(size, self.words)
-        slab[:have] = self.slab
-        self.slab = slab
+        if len(self.slab) < size:
+            # A large store maps its whole slab at once (memory is used only where rows are
+            # written), so the slab is never copied to grow; a small one grows by doubling.
+            large = self.capacity * self.words * 8 >= HUGE_SLAB_BYTES
+            slab = zeroed_slab(self.capacity if large else size, self.words)
+            slab[:have] = self.slab[:have]
+            self.slab = slab
         self.owner = np.concatenate((self.owner, np.full(size - have, -1, np.int64)))
         self.stamp = np.concatenate((self.stamp, np.zeros(size - have, np.int64)))
 

@@ -70,13 +70,7 @@ class DwcpEncoder(PageEncoder):
         if not isinstance(self.threads, int) or self.threads < 1:
             msg = f"codec setting threads must be a positive integer, not {self.threads!r}"
             raise EncodingError(msg)
-        self.native = settings.get("native", native.AVAILABLE)
-        if self.native not in (True, False) or (self.native and not native.AVAILABLE):
-            msg = (
-                f"codec setting native={self.native!r}: use False, or True only when the "
-                "extension was built (reinstall novacron-dwcp with a C compiler present)"
-            )
-            raise EncodingError(msg)
+        self.native = native.setting(settings)
         self.scratch = native.Scratch()
         self.selector = compress.AdaptiveSelector()
         forced = settings.get("method")
@@ -271,7 +265,8 @@ class DwcpCodec(PageCodec):
     """The DWCP chain. Settings: ``cache_mib`` (256), ``threads`` (cores, at most 8),
     ``method`` (force one of the methods of ``compress.METHODS``), ``max_cache_mib``
     (decoder's limit on the encoder's declared cache, 4096), ``native`` (use the compiled
-    hot path; True when it was built, False forces the numpy fallback: same payloads)."""
+    hot paths at both ends; True when they were built, False forces the numpy fallback: same
+    payloads, same pages)."""
 
     name: ClassVar[str] = "dwcp"
 

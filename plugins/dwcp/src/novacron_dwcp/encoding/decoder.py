@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from novacron_dwcp.encoding import compress, references, stream
+from novacron_dwcp.encoding import compress, native, references, stream
 from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.classify import fingerprint_rows
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
@@ -44,6 +44,7 @@ class DwcpDecoder(PageDecoder):
         self.streams: stream.StreamDecoder | None = None
         self.seq = 0
         self.references = references.load(settings, page_size, self.max_cache_pages)
+        self.native = native.setting(settings)
         self.state = self.references.seed if self.references is not None else bytes(STATE_SIZE)
         self.broken = False
 
@@ -71,7 +72,7 @@ class DwcpDecoder(PageDecoder):
             msg = "literal section size does not match the pages it should carry: payload corrupt"
             raise EncodingError(msg)
         try:
-            table = self._rebuild(plan, literal, cache)
+            data, table = self._rebuild(plan, literal, cache)
             nonzero = np.flatnonzero(plan.ops != OP_ZERO)
             if checksum(fingerprint_rows(table, nonzero)) != header.checksum:
                 msg = (
@@ -88,7 +89,7 @@ class DwcpDecoder(PageDecoder):
             self.cache, self.stream_id = cache, header.stream_id
         self.state = next_state(self.state, control)
         self.seq += 1
-        return PageBatch(plan.indices, table.tobytes(), self.page_size)
+        return PageBatch(plan.indices, data, self.page_size)
 
     def _check_step(self, header: Header) -> PageStore:
         """The cache to decode ``header``'s batch with, if the payload is the next one."""
@@ -164,19 +165,28 @@ class DwcpDecoder(PageDecoder):
             literal = compress.decompress_chunks(header.method, chunks) if chunks else b""
         return control, literal
 
-    def _rebuild(self, plan: _Plan, literal: bytes, cache: PageStore) -> np.ndarray:
-        """The batch's pages, read from the store as it was before the batch and the literals."""
+    def _rebuild(self, plan: _Plan, literal: bytes, cache: PageStore) -> tuple[bytes, np.ndarray]:
+        """The batch's pages, read from the store as it was before the batch and the literals:
+        as the bytes to return, and as a (pages, words) table over them."""
         words = self.page_size // 8
         ops = plan.ops
-        table = np.zeros((len(ops), words), np.uint64)
-        rows_of = {op: np.flatnonzero(ops == op) for op in (OP_SAME, OP_DUP, OP_DELTA, OP_FULL)}
         slots = plan.slots = cache.lookup(plan.indices)
-        for op in (OP_SAME, OP_DELTA):
-            rows = rows_of[op]
-            _check_held([plan.indices[k] for k in rows[slots[rows] < 0].tolist()])
-            table[rows] = cache.slab[slots[rows]]
+        based = np.flatnonzero((ops == OP_SAME) | (ops == OP_DELTA))
+        _check_held([plan.indices[k] for k in based[slots[based] < 0].tolist()])
         plan.sources = cache.lookup(plan.dup_refs)
         _check_held([plan.dup_refs[k] for k in np.flatnonzero(plan.sources < 0).tolist()])
+        if self.native:
+            data = native.rebuild(
+                ops, slots, plan.sources, copies=(plan.copy_rows, plan.copy_refs),
+                runs=(plan.run_counts, plan.offsets, plan.lengths), literal=literal,
+                slab=cache.slab, page_size=self.page_size,
+            )  # fmt: skip
+            return data, np.frombuffer(data, np.uint64).reshape(len(ops), words)
+        table = np.zeros((len(ops), words), np.uint64)
+        rows_of = {op: np.flatnonzero(ops == op) for op in (OP_SAME, OP_DUP, OP_DELTA, OP_FULL)}
+        for op in (OP_SAME, OP_DELTA):
+            rows = rows_of[op]
+            table[rows] = cache.slab[slots[rows]]
         table[rows_of[OP_DUP]] = cache.slab[plan.sources]
         full = rows_of[OP_FULL]
         whole = np.frombuffer(literal, np.uint64, full.size * words)
@@ -184,7 +194,7 @@ class DwcpDecoder(PageDecoder):
         plan.apply_all(table.reshape(-1).view(np.uint8), self.page_size, rows_of[OP_DELTA], literal)
         # References point to earlier rows that are not copies: those are all final by now.
         table[plan.copy_rows] = table[plan.copy_refs]
-        return table
+        return table.tobytes(), table
 
 
 def _check_held(missing: list[int]) -> None:

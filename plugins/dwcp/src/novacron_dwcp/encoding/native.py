@@ -1,12 +1,16 @@
-"""The encoder's native hot path (``_native.c``) when it was built, behind the numpy API.
+"""The chain's native hot paths (``_native.c``) when they were built, behind the numpy API.
 
 ``classify_batch`` makes exactly the decisions of ``classify.classify`` and gathers the same
 literal pieces in one native pass per page (the GIL released around the heavy loops), so the
-payloads are byte for byte those of the numpy fallback. Without the extension (no compiler at
-install time) ``AVAILABLE`` is False and the chain uses the fallback.
+payloads are byte for byte those of the numpy fallback. ``rebuild`` is the decoder's: it writes
+a batch's pages straight into the bytes object the decoder returns. Without the extension (no
+compiler at install time) ``AVAILABLE`` is False and both ends use the fallback.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -14,6 +18,7 @@ from novacron_dwcp.encoding.cache import IndexedPageStore
 from novacron_dwcp.encoding.classify import Classified
 from novacron_dwcp.encoding.integrity import weights
 from novacron_sdk.encoding.interface import MAX_BATCH_PAGES
+from novacron_sdk.errors import EncodingError
 
 try:
     from novacron_dwcp.encoding import _native
@@ -21,6 +26,18 @@ except ImportError:  # not compiled: the numpy fallback is used
     _native = None  # type: ignore[assignment]
 
 AVAILABLE = _native is not None
+
+
+def setting(settings: Mapping[str, Any]) -> bool:
+    """The ``native`` codec setting: True by default when built; EncodingError if invalid."""
+    value = settings.get("native", AVAILABLE)
+    if value not in (True, False) or (value and not AVAILABLE):
+        msg = (
+            f"codec setting native={value!r}: use False, or True only when the "
+            "extension was built (reinstall novacron-dwcp with a C compiler present)"
+        )
+        raise EncodingError(msg)
+    return bool(value)
 
 
 class Scratch:
@@ -62,3 +79,39 @@ def classify_batch(
         np.frombuffer(offsets, np.uint16), np.frombuffer(lengths, np.uint16), delta.view(np.uint64),
     )  # fmt: skip
     return found, [scratch.full[:full_size].data, delta.data]
+
+
+def rebuild(
+    ops: np.ndarray,
+    slots: np.ndarray,
+    sources: np.ndarray,
+    *,
+    copies: tuple[np.ndarray, np.ndarray],
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    literal: bytes,
+    slab: np.ndarray,
+    page_size: int,
+) -> bytes:
+    """A batch's pages as one bytes object (the decoder's ``_rebuild``, without copies).
+
+    ``slots`` gives the held slot of every same/delta row, ``sources`` the slot of every
+    duplicate in row order, ``copies`` the copy rows and the rows they copy, ``runs`` the run
+    count of every delta and every run's offset and length, as int64 arrays. Inconsistent
+    arrays raise EncodingError: nothing is read or written out of bounds.
+    """
+    copy_rows, copy_refs = copies
+    run_counts, offsets, lengths = runs
+
+    def int64(array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array, np.int64)
+
+    try:
+        pages: bytes = _native.rebuild(
+            np.ascontiguousarray(ops, np.uint8), int64(slots), int64(sources), int64(copy_rows),
+            int64(copy_refs), int64(run_counts), int64(offsets), int64(lengths), literal, slab,
+            page_size,
+        )  # fmt: skip
+    except ValueError as error:
+        msg = f"payload corrupt: {error}"
+        raise EncodingError(msg) from error
+    return pages
