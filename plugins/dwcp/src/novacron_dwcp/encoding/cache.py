@@ -140,9 +140,12 @@ class PageStore:
         held = slots >= 0
         written, slots = written[held], slots[held]
         if slots.size and bool((np.diff(slots) == 1).all()):
-            # Fresh slots are handed out in order: one slice, no scatter.
+            # Fresh slots are handed out in order: one slice, no scatter. ``written`` are rows
+            # of ``table``, so "clip" never clips; it spares the buffered copy that take's
+            # default mode makes of an ``out`` argument.
             start = int(slots[0])
-            np.take(table, written, axis=0, out=self.slab[start : start + slots.size])
+            out = self.slab[start : start + slots.size]
+            np.take(table, written, axis=0, out=out, mode="clip")
         else:
             self.slab[slots] = table[written]
         return written, slots
