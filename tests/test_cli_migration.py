@@ -50,16 +50,55 @@ def test_demo_migrates_and_verifies(tmp_path: Path) -> None:
     assert report["bytes_on_wire"] > 0
 
 
+def test_vm_commands_through_an_agent(tmp_path: Path) -> None:
+    """``novacron vm ... --agent URL`` acts on the agent's VMs (its driver, not a local one)."""
+    with LocalAgent("vm-a", env=CORE_ONLY) as a:
+        created = novacron(
+            "vm", "create", "api-vm", "--memory-mib", "32", "--workload",
+            '{"pattern": "idle"}', "--agent", a.url, "--json",
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        vm = json.loads(created.stdout)
+        assert (vm["name"], vm["state"], vm["memory_mib"], vm["host"]) == (
+            "api-vm", "running", 32, "vm-a",
+        )  # fmt: skip
+
+        async def on_agent() -> list[str]:
+            async with AgentClient(a.url) as agent:
+                return [v.name for v in await agent.list_vms()]
+
+        assert asyncio.run(on_agent()) == ["api-vm"]
+        listed = novacron("vm", "list", "--agent", a.url, "--json")
+        assert [v["id"] for v in json.loads(listed.stdout)] == [vm["id"]]
+        stopped = novacron("vm", "stop", "api-vm", "--agent", a.url, "--json")
+        assert json.loads(stopped.stdout)["state"] == "stopped", stopped.stderr
+        started = novacron("vm", "start", vm["id"], "--agent", a.url, "--json")
+        assert json.loads(started.stdout)["state"] == "running", started.stderr
+        shown = novacron("vm", "show", "api-vm", "--agent", a.url)
+        assert vm["id"] in shown.stdout
+        both = novacron("vm", "list", "--agent", a.url, "--driver", "sim")
+        assert both.returncode == 2
+        assert "drop --driver" in both.stderr
+        missing = novacron("vm", "show", "ghost", "--agent", a.url)
+        assert missing.returncode == 2
+        assert "ghost" in missing.stderr
+        destroyed = novacron("vm", "destroy", "api-vm", "--agent", a.url)
+        assert destroyed.stdout.strip() == "destroyed api-vm", destroyed.stderr
+        assert asyncio.run(on_agent()) == []
+    gone = novacron("vm", "list", "--agent", a.url)
+    assert gone.returncode != 0
+    assert "unreachable" in gone.stderr
+    assert "Traceback" not in gone.stderr
+
+
 def test_migrate_command_and_its_errors(tmp_path: Path) -> None:
     with LocalAgent("cli-a", env=CORE_ONLY) as a, LocalAgent("cli-b", env=CORE_ONLY) as b:
-
-        async def create() -> None:
-            async with AgentClient(a.url) as ca:
-                await ca.create_vm(
-                    VMSpec(name="cli-vm", memory_mib=64, extra={"workload": {"pattern": "idle"}})
-                )
-
-        asyncio.run(create())
+        # The documented flow (docs/migration.md): create through the agent, then migrate.
+        created = novacron(
+            "vm", "create", "cli-vm", "--memory-mib", "64", "--workload", '{"pattern": "idle"}',
+            "--agent", a.url,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
         out = tmp_path / "r.json"
         result = novacron(
             "migrate",

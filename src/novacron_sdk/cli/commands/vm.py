@@ -1,4 +1,6 @@
-"""``novacron vm list|show|create|start|stop|reboot|destroy``: VMs of one compute driver.
+"""``novacron vm list|show|create|start|stop|reboot|destroy``: VMs of one compute driver,
+or, with ``--agent URL``, of a running host agent (through its HTTP API, with the agent's own
+driver: what ``novacron migrate`` then moves).
 
 The sim driver keeps its VM *records* (not their memory) in a state file, so a VM created by
 one ``novacron`` process is listed by the next. Without ``drivers.settings.sim.state_path``
@@ -19,8 +21,9 @@ from novacron_sdk.cli.interface import CliCommand
 from novacron_sdk.errors import NovaCronError
 
 if TYPE_CHECKING:
+    from novacron_sdk.agent.client import AgentClient
     from novacron_sdk.client import AsyncClient
-    from novacron_sdk.models import VM
+    from novacron_sdk.models import VM, VMSpec
 
 SIM = "sim"
 _VM_ACTIONS = ("start", "stop", "reboot", "destroy")
@@ -47,6 +50,11 @@ def _workload(text: str) -> dict[str, Any]:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--driver", metavar="NAME", help="compute driver (default: config)")
+    parser.add_argument(
+        "--agent",
+        metavar="URL",
+        help="act on the VMs of the agent at URL (its own driver), e.g. http://127.0.0.1:8470",
+    )
     add_json_flag(parser)
 
 
@@ -99,9 +107,33 @@ def _vm_row(vm: VM) -> tuple[Any, ...]:
 _VM_COLUMNS = ("id", "name", "state", "vcpus", "memory MiB", "host", "driver")
 
 
-async def _act(args: argparse.Namespace) -> Any:
+def _spec(args: argparse.Namespace) -> VMSpec:
+    """The VM request of ``vm create``; NovaCronError naming every invalid field."""
+    from pydantic import ValidationError
+
     from novacron_sdk.models import VMSpec
 
+    try:
+        return VMSpec(
+            name=args.name,
+            vcpus=args.vcpus,
+            memory_mib=args.memory_mib,
+            image=args.image,
+            size=args.size,
+            location=args.location,
+            extra={"workload": args.workload} if args.workload is not None else {},
+        )
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        msg = f"invalid VM request: {problems}"
+        raise NovaCronError(msg) from exc
+
+
+async def _act(args: argparse.Namespace) -> Any:
+    if args.agent:
+        return await _act_on_agent(args)
     async with make_client(args) as client:
         driver = args.driver
         if args.action == "list":
@@ -109,30 +141,42 @@ async def _act(args: argparse.Namespace) -> Any:
         if args.action == "show":
             return await client.get_vm(args.vm_id, driver=driver)
         if args.action == "create":
-            from pydantic import ValidationError
-
-            try:
-                spec = VMSpec(
-                    name=args.name,
-                    vcpus=args.vcpus,
-                    memory_mib=args.memory_mib,
-                    image=args.image,
-                    size=args.size,
-                    location=args.location,
-                    extra={"workload": args.workload} if args.workload is not None else {},
-                )
-            except ValidationError as exc:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-                )
-                msg = f"invalid VM request: {problems}"
-                raise NovaCronError(msg) from exc
-            return await client.create_vm(spec, driver=driver)
+            return await client.create_vm(_spec(args), driver=driver)
         if args.action == "destroy":
             await client.destroy(args.vm_id, driver=driver)
             return None
         method = getattr(client, args.action)
         return await method(args.vm_id, driver=driver)
+
+
+async def _agent_client(args: argparse.Namespace) -> AgentClient:
+    """A client of ``--agent``, authenticated when the security plugin is enabled."""
+    from novacron_sdk.agent.auth import client_auth
+    from novacron_sdk.agent.client import AgentClient
+
+    auth = await client_auth(cli_config(args), cli_plugins(args))
+    return AgentClient(args.agent, auth=auth)
+
+
+async def _act_on_agent(args: argparse.Namespace) -> Any:
+    if args.driver:
+        msg = (
+            f"--driver {args.driver} with --agent: an agent manages the VMs of the driver its "
+            "own config names; drop --driver (or drop --agent to use a local driver)"
+        )
+        raise NovaCronError(msg)
+    spec = _spec(args) if args.action == "create" else None
+    async with await _agent_client(args) as agent:
+        if args.action == "list":
+            return await agent.list_vms()
+        if args.action == "show":
+            return await agent.get_vm(args.vm_id)
+        if spec is not None:
+            return await agent.create_vm(spec)
+        if args.action == "destroy":
+            await agent.destroy_vm(args.vm_id)
+            return None
+        return await agent.vm_action(args.vm_id, args.action)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -62,7 +62,7 @@ class MultiStreamSettings(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     close_linger_s: float = Field(default=5.0, ge=0)
     stall_min_s: float = Field(
-        default=0.2, gt=0, description="No ack progress this long (or 4 RTT): rescue frames."
+        default=0.2, gt=0, description="No ack progress this long (or 2 RTT): rescue frames."
     )
     ack_delay_s: float = Field(default=0.002, ge=0)
     skip_crc_when_sealed: bool = Field(
