@@ -234,6 +234,64 @@ def test_config_validate(novacron_cli, config_file: Path, tmp_path: Path):
     assert "does not exist" in missing.stderr
 
 
+def test_config_validate_checks_the_names_and_settings_it_refers_to(novacron_cli, tmp_path: Path):
+    """Names of drivers, transports, codecs and predictors, and the settings plugins reject,
+    are reported by ``config validate`` (as the agent would at start), each with its line."""
+    typos = tmp_path / "typos.yaml"
+    typos.write_text(
+        "migration:\n  codec: zlb\n  transport: udp\n  predictor: ewmaa\n"
+        "drivers:\n  default: simm\n"
+        "agent:\n  driver: nosuch\n"
+        "codecs:\n  settings:\n    lz9: {level: 3}\n"
+        "transports:\n  settings:\n    tcp: {max_frame_bytes: -1}\n"
+    )
+    result = novacron_cli("config", "validate", str(typos))
+    assert result.exit_code == 2
+    assert "invalid configuration (7 problems)" in result.stderr
+    lines = result.stderr.splitlines()
+    expected = {
+        "line 2: migration.codec: no codec named 'zlb' (did you mean 'zlib'?)",
+        "line 3: migration.transport: no transport named 'udp'",
+        "line 4: migration.predictor: no predictor named 'ewmaa' (did you mean 'ewma'?)",
+        "line 6: drivers.default: no compute driver named 'simm' (did you mean 'sim'?)",
+        "line 8: agent.driver: no compute driver named 'nosuch'",
+        "line 11: codecs.settings.lz9: no codec named 'lz9'",
+        "line 14: transports.settings.tcp: tcp transport setting 'max_frame_bytes' must be",
+    }
+    for fragment in expected:
+        assert any(fragment in line for line in lines), (fragment, result.stderr)
+    assert "installed: " in result.stderr
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(
+        "migration:\n  codec: zlib\n  transport: tcp\n  predictor: ewma\n"
+        "transports:\n  settings:\n    tcp: {max_frame_bytes: 1048576}\n"
+        "codecs:\n  settings:\n    zlib: {}\n"
+    )
+    good = novacron_cli("config", "validate", str(fixed))
+    assert good.exit_code == 0, good.stderr
+    assert good.stdout.strip() == f"valid: {fixed}"
+
+
+def test_validation_problems_name_unknown_keys_and_the_closest_one():
+    """Plugin settings errors read as key: problem, with no pydantic URLs."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from novacron_sdk.config.checks import validation_problems
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        resume_window_s: float = 1.0
+        streams: int = 1
+
+    with pytest.raises(ValidationError) as caught:
+        Settings.model_validate({"resume_window": 5, "streams": "many"})
+    text = validation_problems(caught.value, Settings, "x.")
+    assert "x.resume_window: unknown key (did you mean 'resume_window_s'?)" in text
+    assert "x.streams: Input should be a valid integer" in text
+    assert "(got 'many')" in text
+    assert "pydantic.dev" not in text
+
+
 def test_config_schema(novacron_cli):
     result = novacron_cli("config", "schema")
     assert result.exit_code == 0, result.stderr

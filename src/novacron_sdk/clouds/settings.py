@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from novacron_sdk.config.checks import validation_problems
 from novacron_sdk.errors import ConfigError
 from novacron_sdk.models import DriverFeature
 
@@ -51,10 +52,6 @@ class CloudSettings(BaseModel):
         try:
             return cls.model_validate(dict(settings))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"drivers.settings.{cls.section}.{'.'.join(str(p) for p in err['loc'])}: "
-                f"{err['msg']}"
-                for err in exc.errors()
-            )
+            problems = validation_problems(exc, cls, f"drivers.settings.{cls.section}.")
             msg = f"invalid {cls.section} driver settings: {problems}"
             raise ConfigError(msg) from exc

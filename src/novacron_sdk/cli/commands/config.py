@@ -35,9 +35,13 @@ def _show(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from novacron_sdk.cli import output
     from novacron_sdk.config import load_config
+    from novacron_sdk.config.checks import check_plugin_settings
 
     path = args.path or args.config
-    config = load_config(path, plugins=cli_plugins(args), overrides=args.overrides or None)
+    plugins = cli_plugins(args)
+    config = load_config(path, plugins=plugins, overrides=args.overrides or None)
+    # The names and plugin settings the sections refer to, as the agent checks them at start.
+    check_plugin_settings(config, plugins)
     where = str(config.path) if config.path is not None else "defaults (no config file found)"
     output.echo(f"valid: {where}")
     return 0

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from novacron_sdk.config.checks import validation_problems
 from novacron_sdk.errors import ConfigError
 from novacron_sdk.transport.interface import DEFAULT_MAX_FRAME
 
@@ -89,7 +90,8 @@ class MultiStreamSettings(BaseModel):
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
-            msg = f"invalid dwcp transport settings: {exc}. See docs/dwcp-transport.md#settings"
+            problems = validation_problems(exc, cls)
+            msg = f"invalid dwcp transport settings: {problems} (docs/dwcp-transport.md#settings)"
             raise ConfigError(msg) from exc
 
     def detect_mode(self, rtt_s: float | None, loss: float | None) -> Mode:

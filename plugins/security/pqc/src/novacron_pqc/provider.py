@@ -34,6 +34,7 @@ from novacron_pqc.identity import EnrolledKeys, NodeIdentity, PublicIdentity
 from novacron_pqc.session import AEADS, AeadSession, expand
 from novacron_pqc.settings import SecuritySettings
 from novacron_pqc.wire import HandshakeMsg, pack, unpack
+from novacron_sdk.config.checks import validation_problems
 from novacron_sdk.errors import ConfigError, NovaCronError, SecurityError
 from novacron_sdk.security.interface import SecurityProvider
 from novacron_sdk.transport.interface import Channel
@@ -79,7 +80,8 @@ class PqcSecurityProvider(SecurityProvider):
         try:
             self.config = SecuritySettings.model_validate(self.settings)
         except ValidationError as exc:
-            msg = f"invalid settings for the pqc security provider: {exc}"
+            problems = validation_problems(exc, SecuritySettings, "security.")
+            msg = f"invalid settings for the pqc security provider: {problems}"
             raise ConfigError(msg) from exc
         identity = objects.get("identity")
         enrolled = objects.get("enrolled")

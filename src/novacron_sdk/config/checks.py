@@ -1,0 +1,160 @@
+"""Checks of what a configuration names: drivers, transports, codecs, predictors and their settings.
+
+``load_config`` validates every section against its model, but a name such as
+``migration.codec: zstdd`` or a key inside ``codecs.settings.dwcp`` is only a string or a dict to
+the model: it is checked against the installed plugins here. ``novacron config validate`` runs
+these checks, and the agent runs them when it starts, so a typo is reported up front, with
+where the value came from, instead of at the first migration.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ValidationError
+
+from novacron_sdk.config.sections import (
+    AgentSettings,
+    CodecsSettings,
+    DriversSettings,
+    TransportsSettings,
+)
+from novacron_sdk.errors import ConfigError, NovaCronError
+
+if TYPE_CHECKING:
+    from novacron_sdk.config.loader import NovaCronConfig
+    from novacron_sdk.encoding.interface import PageCodec
+    from novacron_sdk.plugin.manager import NovaCronPluginManager
+
+
+def plugin_problems(config: NovaCronConfig, plugins: NovaCronPluginManager) -> list[str]:
+    """Every problem with the names and plugin settings ``config`` refers to, one line each.
+
+    Unknown driver, transport, codec and predictor names (with the close matches and every
+    known name), and transport or codec settings the plugin itself rejects: each transport
+    named in ``transports.settings`` is built with its settings, and each codec named in
+    ``codecs.settings`` makes an encoder (which reads its reference files).
+    """
+    check = _Checker(config)
+    drivers = sorted(plugins.compute_drivers())
+    section = config.get("drivers", DriversSettings)
+    check.name("drivers.default", section.default, "compute driver", drivers)
+    for name in section.settings:
+        check.name(f"drivers.settings.{name}", name, "compute driver", drivers)
+    if "agent" in config.sections:
+        driver = config.get("agent", AgentSettings).driver
+        check.name("agent.driver", driver, "compute driver", drivers)
+    if "migration" in config.sections:
+        migration = config.section("migration")
+        for field, registry in (
+            ("transport", plugins.transports),
+            ("codec", plugins.codecs),
+            ("predictor", plugins.predictors),
+        ):
+            chosen = getattr(migration, field, None)
+            if isinstance(chosen, str):
+                check.name(f"migration.{field}", chosen, field, registry.names())
+    transports = config.get("transports", TransportsSettings).settings
+    for name, settings in transports.items():
+        key = f"transports.settings.{name}"
+        if check.name(key, name, "transport", plugins.transports.names()):
+            check.builds(key, partial(plugins.transports.get(name), settings))
+    codecs = config.get("codecs", CodecsSettings).settings
+    for name, settings in codecs.items():
+        key = f"codecs.settings.{name}"
+        if check.name(key, name, "codec", plugins.codecs.names()):
+            # A codec reads most settings when it makes an encoder: make one to check them.
+            check.builds(key, partial(_encoder, plugins.codecs.get(name), settings))
+    return check.problems
+
+
+def _encoder(codec: type[PageCodec], settings: Mapping[str, Any]) -> object:
+    return codec(settings).new_encoder()
+
+
+def check_plugin_settings(config: NovaCronConfig, plugins: NovaCronPluginManager) -> None:
+    """Raise ConfigError listing every problem ``plugin_problems`` finds (none: return)."""
+    problems = plugin_problems(config, plugins)
+    if problems:
+        count = len(problems)
+        listing = "\n".join(f"  - {problem}" for problem in problems)
+        msg = (
+            f"invalid configuration ({count} problem{'s' if count > 1 else ''}):\n{listing}\n"
+            "Fix the values above; `novacron plugins list` shows what is installed."
+        )
+        raise ConfigError(msg)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an error a plugin raised on its settings (pydantic errors without URLs)."""
+    if isinstance(exc, ValidationError):
+        return validation_problems(exc)
+    return str(exc) or type(exc).__name__
+
+
+def validation_problems(
+    exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = ""
+) -> str:
+    """A settings model's validation errors as ``key: problem`` items joined by "; ".
+
+    No pydantic URLs or input dumps; an unknown key says so and, when ``model`` is given,
+    names the closest known key (``resume_window: unknown key (did you mean
+    'resume_window_s'?)``). ``prefix`` goes before every key (e.g. ``drivers.settings.aws.``).
+    """
+    known = sorted(model.model_fields) if model is not None else []
+    items = []
+    for error in exc.errors(include_url=False):
+        key = prefix + (".".join(str(part) for part in error["loc"]) or "settings")
+        if error["type"] == "extra_forbidden":
+            last = str(error["loc"][-1]) if error["loc"] else ""
+            close = difflib.get_close_matches(last, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            items.append(f"{key}: unknown key{hint}")
+            continue
+        text = f"{key}: {error['msg']}"
+        if error["type"] != "missing":
+            shown = repr(error["input"])
+            text += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
+        items.append(text)
+    return "; ".join(items)
+
+
+class _Checker:
+    def __init__(self, config: NovaCronConfig) -> None:
+        self.sources = config.sources
+        self.problems: list[str] = []
+
+    def where(self, key: str) -> str:
+        """Where the value at ``key`` (or the first value below it) came from."""
+        if key in self.sources:
+            return self.sources[key]
+        below = (label for name, label in self.sources.items() if name.startswith(key + "."))
+        return next(below, "default value")
+
+    def name(self, key: str, value: str, kind: str, known: Iterable[str]) -> bool:
+        """True if ``value`` is a known ``kind`` name; otherwise record a problem."""
+        names = sorted(known)
+        if value in names:
+            return True
+        close = difflib.get_close_matches(value, names, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        listing = ", ".join(names) or "none"
+        self.problems.append(
+            f"{self.where(key)}: {key}: no {kind} named {value!r}{hint}; installed: {listing}. "
+            "Is the plugin that provides it installed?"
+        )
+        return False
+
+    def builds(self, key: str, build: Callable[[], object]) -> None:
+        """Record a problem if building the plugin object with its settings fails."""
+        try:
+            build()
+        except (NovaCronError, ValueError, TypeError, OSError) as exc:
+            self.problems.append(f"{self.where(key)}: {key}: {describe_error(exc)}")
+        except Exception as exc:  # a plugin's own error type: say it, keep going
+            self.problems.append(
+                f"{self.where(key)}: {key}: {type(exc).__name__}: {describe_error(exc)}"
+            )
