@@ -274,6 +274,17 @@ def test_bad_settings_are_rejected(settings_: dict[str, object]) -> None:
         DwcpCodec(settings_).new_encoder(PAGE)
 
 
+def test_unknown_settings_are_rejected_at_both_ends() -> None:
+    """A typo in a setting name is an error naming the closest setting, not ignored."""
+    codec = DwcpCodec({"cache_mb": 64})
+    with pytest.raises(EncodingError, match="'cache_mb' \\(did you mean 'cache_mib'\\?\\)"):
+        codec.new_encoder(PAGE)
+    with pytest.raises(EncodingError, match="unknown dwcp codec setting 'cache_mb'"):
+        codec.new_decoder(PAGE)
+    every = {"cache_mib": 1, "threads": 1, "method": "zstd-1", "max_cache_mib": 8}
+    assert DwcpCodec({**every, "native": False}).new_encoder(PAGE).stats().pages_in == 0
+
+
 @pytest.mark.parametrize("page_size", [0, 100, 65536])
 def test_unsupported_page_sizes_are_rejected(page_size: int) -> None:
     """Page sizes the wire format cannot carry fail at creation."""

@@ -29,6 +29,7 @@ from novacron_dwcp.encoding.cache import IndexedPageStore
 from novacron_dwcp.encoding.classify import Classified, classify
 from novacron_dwcp.encoding.decoder import DwcpDecoder
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, fingerprints, next_state
+from novacron_dwcp.encoding.settings import check_settings
 from novacron_dwcp.encoding.wire import (
     FLAG_NEW_STREAMS,
     MAX_CHUNKS,
@@ -64,6 +65,7 @@ class DwcpEncoder(PageEncoder):
 
     def __init__(self, page_size: int, settings: Mapping[str, Any]) -> None:
         check_page_size(page_size)
+        check_settings(settings)
         self.page_size = page_size
         self.cache = IndexedPageStore(_cache_pages(settings, page_size), page_size // 8)
         self.threads = settings.get("threads", compress.default_threads())

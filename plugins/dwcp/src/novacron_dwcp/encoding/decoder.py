@@ -11,6 +11,7 @@ from novacron_dwcp.encoding import compress, native, references, stream
 from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.classify import fingerprint_rows
 from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
+from novacron_dwcp.encoding.settings import check_settings
 from novacron_dwcp.encoding.wire import (
     FLAG_NEW_STREAMS,
     METHOD_ZSTD,
@@ -36,6 +37,7 @@ class DwcpDecoder(PageDecoder):
 
     def __init__(self, page_size: int, settings: Mapping[str, Any]) -> None:
         check_page_size(page_size)
+        check_settings(settings)
         self.page_size = page_size
         # The encoder declares its cache size; this bounds what the decoder agrees to hold.
         self.max_cache_pages = int(settings.get("max_cache_mib", 4096)) * (1 << 20) // page_size
