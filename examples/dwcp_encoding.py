@@ -19,6 +19,7 @@ from pathlib import Path
 
 from novacron_dwcp.encoding.chain import DwcpCodec
 from novacron_sdk.encoding.interface import PageBatch
+from novacron_sdk.errors import ConfigError, NovaCronError
 
 PAGE = 4096
 BATCH = 256
@@ -51,20 +52,38 @@ def encode(memory: bytes, settings: dict[str, object]) -> tuple[int, dict[str, i
     return total, encoder.stats().by_kind
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as folder:
-        if len(sys.argv) > 1:
-            data = Path(sys.argv[1]).read_bytes()
-            memory, files = data[: len(data) // PAGE * PAGE], [Path(p) for p in sys.argv[2:]]
-        else:
-            memory, files = sample(Path(folder))
-        plain, plain_kinds = encode(memory, {})
-        referenced, kinds = encode(memory, {"reference_files": [str(f) for f in files]})
-    print(f"memory: {len(memory) >> 20} MiB; reference files: {', '.join(f.name for f in files)}")
+def main() -> int:
+    """Encode the memory plainly and with reference files; exit 2 on unusable input."""
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            if len(sys.argv) > 1:
+                data = Path(sys.argv[1]).read_bytes()
+                memory, files = data[: len(data) // PAGE * PAGE], [Path(p) for p in sys.argv[2:]]
+                if not memory:
+                    msg = f"{sys.argv[1]} holds {len(data)} bytes, less than one {PAGE}-byte page"
+                    raise ConfigError(msg)
+            else:
+                memory, files = sample(Path(folder))
+            plain, plain_kinds = encode(memory, {})
+            referenced, kinds = encode(memory, {"reference_files": [str(f) for f in files]})
+    except OSError as exc:
+        reason = f"cannot read {exc.filename}: {exc.strerror}" if exc.filename else exc
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    except NovaCronError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    size = len(memory)
+    print(f"memory: {size:,} bytes; reference files: {', '.join(f.name for f in files) or '-'}")
     print(f"plain:                {plain:>10,} bytes  {plain_kinds}")
     print(f"with reference files: {referenced:>10,} bytes  {kinds}")
-    print(f"ratio: {referenced / plain:.3f}x")
+    print(
+        f"output bytes / input bytes: plain {plain / size:.3f}, "
+        f"with reference files {referenced / size:.3f}"
+    )
+    print(f"ratio (output bytes with reference files / plain): {referenced / plain:.3f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,9 +13,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from novacron_dwcp.prediction.evaluation import evaluate, format_table
+from novacron_dwcp.prediction.evaluation import (
+    DEFAULT_HORIZONS,
+    WARMUP_SAMPLES,
+    evaluate,
+    format_table,
+)
 from novacron_dwcp.prediction.learned import LearnedPredictor
 from novacron_dwcp.prediction.traces import read_trace
+from novacron_sdk.errors import NovaCronError
 from novacron_sdk.plugin.manager import build_plugin_manager
 
 
@@ -32,27 +38,43 @@ def synthetic_trace(path: Path, seconds: int = 300) -> None:
 
 def main() -> int:
     """Evaluate all registered predictors, then predict the next 10 s with the learned one."""
-    with tempfile.TemporaryDirectory() as tmp:
-        if len(sys.argv) > 1:
-            path = Path(sys.argv[1])
-        else:
-            path = Path(tmp) / "synthetic.tsv"
-            synthetic_trace(path)
-        trace = read_trace(path)
-        registry = build_plugin_manager().predictors
-        predictors = {name: registry.get(name) for name in registry.names()}
-        print(f"{path.name}: {len(trace.times)} samples")
-        print(format_table(evaluate([trace], predictors)))
-
-        predictor = LearnedPredictor()
-        predictor.observe(trace.samples())
-        estimate = predictor.predict(10.0)
-        assert estimate is not None
-        print(
-            f"\nnext 10 s: mean {estimate.mean_bps / 1e6:.1f} Mbit/s, at least "
-            f"{estimate.lower_bps / 1e6:.1f} Mbit/s with claimed coverage {estimate.coverage:.0%}"
-        )
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if len(sys.argv) > 1:
+                path = Path(sys.argv[1])
+            else:
+                path = Path(tmp) / "synthetic.tsv"
+                synthetic_trace(path)
+            run(path)
+    except (NovaCronError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def run(path: Path) -> None:
+    """Score every predictor on the trace at ``path`` and print one learned prediction."""
+    trace = read_trace(path)
+    registry = build_plugin_manager().predictors
+    predictors = {name: registry.get(name) for name in registry.names()}
+    print(f"{path.name}: {len(trace.times)} samples")
+    scores = evaluate([trace], predictors)
+    if any(score.intervals for score in scores):
+        print(format_table(scores))
+    else:
+        print(
+            f"too short to score the predictors: scoring starts at sample {WARMUP_SAMPLES} "
+            f"and needs at least {min(DEFAULT_HORIZONS):g} s of trace after it"
+        )
+
+    predictor = LearnedPredictor()
+    predictor.observe(trace.samples())
+    estimate = predictor.predict(10.0)
+    assert estimate is not None
+    print(
+        f"\nnext 10 s: mean {estimate.mean_bps / 1e6:.1f} Mbit/s, at least "
+        f"{estimate.lower_bps / 1e6:.1f} Mbit/s with claimed coverage {estimate.coverage:.0%}"
+    )
 
 
 if __name__ == "__main__":

@@ -175,7 +175,35 @@ def test_the_example_runs_and_references_shrink_the_copy() -> None:
         [sys.executable, str(example)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    ratio = float(result.stdout.rsplit("ratio: ", 1)[1].split("x")[0])
+    ratio = float(result.stdout.rsplit("with reference files / plain): ", 1)[1].split("x")[0])
     # Half the sample memory is a copy of the incompressible reference file.
     assert ratio < 0.2, result.stdout
     assert "'duplicate': 1024" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["absent.img"], "cannot read absent.img: No such file or directory"),
+        (["tiny.img"], "less than one 4096-byte page"),
+        (["page.img", "absent-kernel"], "reference file absent-kernel cannot be read"),
+    ],
+)
+def test_the_example_reports_unusable_input_without_a_traceback(
+    tmp_path: Path, argv: list[str], fragment: str
+) -> None:
+    example = Path(__file__).resolve().parents[3] / "examples" / "dwcp_encoding.py"
+    (tmp_path / "tiny.img").write_bytes(b"x" * 100)
+    (tmp_path / "page.img").write_bytes(bytes(4096))
+    result = subprocess.run(
+        [sys.executable, str(example), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ")
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr

@@ -281,7 +281,124 @@ def test_place_command_reports_a_bad_file(tmp_path, capsys):
     path = tmp_path / "cluster.yaml"
     path.write_text("hosts:\n  - {id: a, vcpus: lots, memory_mib: 1}\nrequests: []\n")
     assert run_place(["--cluster", str(path)]) == 2
-    assert "hosts[0] is invalid" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"error: novacron place: {path}: hosts[0]: vcpus: input should be a valid integer, "
+        "unable to parse string as an integer (got 'lots')\n"
+    )
+
+
+def test_place_command_lists_each_problem_without_pydantic_dumps(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("hosts: [{id: h1, vcpu: 32, memory_mib: 1024}]\nrequests: []\n")
+    assert run_place(["--cluster", str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: novacron place: {path}: hosts[0]: vcpus: field required; "
+        "vcpu: unknown key (did you mean 'vcpus'?)\n"
+    )
+
+
+def test_place_command_reports_every_invalid_entry_one_a_line(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(
+        "hosts:\n"
+        "  - {id: a, vcpus: 4, memory_mib: 1, colour: red, labels: {zone: 1}}\n"
+        "  - 5\n"
+        "  - {vcpus: 2, memory_mib: 3, used_vcpus: -1}\n"
+        "  - {id: ok, vcpus: 2, memory_mib: 3}\n"
+    )
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    lines = err.removeprefix("error: novacron place: ").splitlines()
+    assert lines[0].startswith(f"{path}: hosts[0]: labels.zone: input should be a valid string")
+    assert "; colour: unknown key (known keys: id, name, address, vcpus," in lines[0]
+    assert lines[1] == f"{path}: hosts[1]: must be a mapping of host fields, got int"
+    # ``name`` is derived from ``id``: only the missing id is reported.
+    assert lines[2] == (
+        f"{path}: hosts[2]: id: field required; "
+        "used_vcpus: input should be greater than or equal to 0 (got -1)"
+    )
+    assert len(lines) == 3
+    for internal in ("driver", "pydantic", "input_value", "http"):
+        assert internal not in err
+
+
+def test_place_command_reports_bad_requests_with_a_close_key(tmp_path, capsys):
+    cluster = tmp_path / "hosts.yaml"
+    cluster.write_text("hosts: [{id: a, vcpus: 4, memory_mib: 4096}]\n")
+    requests = tmp_path / "vms.yaml"
+    requests.write_text("requests: [{name: v, memory: 512}, {vcpus: 1}]\n")
+    assert run_place(["--cluster", str(cluster), "--requests", str(requests)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: novacron place: {requests}: requests[0]: memory: unknown key "
+        f"(did you mean 'memory_mib'?)\n{requests}: requests[1]: name: field required\n"
+    )
+
+
+def test_place_command_suggests_a_misspelt_top_level_key(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("host: [{id: a, vcpus: 4, memory_mib: 4096}]\n")
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} has no 'hosts' list (found 'host': did you mean 'hosts'?)" in err
+    assert "docs/dwcp-placement.md" in err
+
+
+def test_place_command_names_the_file_and_line_of_a_yaml_error(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("hosts:\n  - {id: a\nrequests: []\n")
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}, line 3, column 9: not valid YAML/JSON: expected ',' or '}}'" in err
+    assert "while parsing a flow mapping at line 2, column 5" in err
+    assert "<unicode string>" not in err
+
+
+def test_place_command_names_a_binary_file(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_bytes(b"\xd0\xcf\x11\xe0")
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a text file" in err
+    assert "codec" not in err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sn,cpu_milli,memory_mib,gpu,model\nopenb-node-0000,64000,262144,2,P100\n",
+        'a,"b\n',  # not even a YAML scalar
+    ],
+)
+def test_place_command_says_csv_is_not_read_directly(tmp_path, capsys, text):
+    path = tmp_path / "nodes.csv"
+    path.write_text(text)
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "reads YAML/JSON files" in err
+    assert "docs/dwcp-placement.md" in err
+    assert "CSV is not read directly" in err
+    assert "benchmarks/placement.py" in err
+
+
+def test_a_yaml_file_that_is_no_mapping_gets_the_format_hint_but_no_csv_note(tmp_path, capsys):
+    path = tmp_path / "cluster.yaml"
+    path.write_text("- a\n- b\n")
+    assert run_place(["--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "must hold a mapping with 'hosts' and/or 'requests'" in err
+    assert "docs/dwcp-placement.md" in err
+    assert "CSV" not in err
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "nan", "inf"])
+def test_place_command_rejects_a_time_limit_that_is_not_positive(tmp_path, capsys, limit):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(CLUSTER)
+    assert run_place(["--cluster", str(path), "--batch", "--time-limit", limit]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: --time-limit takes the batch solver's budget")
+    assert f"got {float(limit):g}" in captured.err
 
 
 class _VetoHostB:

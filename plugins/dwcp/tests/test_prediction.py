@@ -64,6 +64,28 @@ def test_read_trace_names_a_missing_file(tmp_path):
         read_trace(tmp_path / "absent")
 
 
+def test_read_trace_names_a_binary_file_and_the_format(tmp_path):
+    path = tmp_path / "capture.pcap"
+    path.write_bytes(b"\xd0\xcf\x11\xe0\x00\x01")
+    with pytest.raises(ConfigError) as caught:
+        read_trace(path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "not a text trace" in message
+    assert "time in s" in message
+    assert "Mbit/s" in message
+    assert "codec" not in message
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "0\t1\n"])
+def test_read_trace_names_a_file_with_fewer_than_two_samples(tmp_path, text):
+    path = tmp_path / "short.log"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="at least 2 lines") as caught:
+        read_trace(path)
+    assert str(path) in str(caught.value)
+
+
 def test_trace_mean_integrates_the_piecewise_constant_rate():
     # Rate 10 on (0, 1], 20 on (1, 2], 40 on (2, 4].
     trace = Trace.from_points("x", [(1.0, 10.0), (2.0, 20.0), (4.0, 40.0)])

@@ -88,6 +88,77 @@ def test_predict_command_reports_bad_input(tmp_path, capsys):
     assert "expected" in capsys.readouterr().err
 
 
+def test_predict_command_refuses_a_trace_too_short_to_score(tmp_path, capsys):
+    path = tmp_path / "short.log"
+    path.write_text("0.0\t2.5\n1.0\t3.0\n")
+    assert run_predict(["--trace", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "nan" not in captured.err
+    assert f"{path} is too short to score: 2 sample(s) spanning 1 s" in captured.err
+    # Warm-up is 5 samples, then 1 s (the shortest horizon): 6 samples 1 s apart.
+    assert "e.g. 6 samples 1 s apart" in captured.err
+
+
+def test_predict_command_counts_the_samples_a_horizon_needs(tmp_path, capsys):
+    path = tmp_path / "half-second.log"
+    path.write_text("".join(f"{i / 2}\t5\n" for i in range(8)))
+    assert run_predict(["--trace", str(path), "--horizons", "4"]) == 2
+    assert "e.g. 13 samples 0.5 s apart" in capsys.readouterr().err
+
+
+def test_a_short_trace_next_to_a_long_one_is_left_out_with_a_warning(tmp_path, capsys):
+    long_trace = tmp_path / "long.log"
+    long_trace.write_text("".join(f"{i}\t{5 + (i % 3)}\n" for i in range(8)))
+    short = tmp_path / "short.log"
+    short.write_text("0\t1\n1\t2\n")
+    argv = ["--trace", str(long_trace), "--trace", str(short), "--predictors", "last-sample"]
+    assert run_predict([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    scores = {s["horizon_s"]: s for s in json.loads(captured.out)}
+    assert scores[1.0]["intervals"] == 8 - 5
+    assert f"warning: {short} is too short to score" in captured.err
+    # 10 s fits in neither trace: its column is empty, and the user is told why.
+    assert scores[10.0]["intervals"] == 0
+    assert "no trace is long enough for the 10 s horizon" in captured.err
+
+
+def test_predict_command_names_an_empty_trace_folder(tmp_path, capsys):
+    folder = tmp_path / "emptydir"
+    folder.mkdir()
+    (folder / "README.md").write_text("traces go here\n")
+    assert run_predict(["--trace", str(folder)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"folder {folder} holds no trace files" in captured.err
+
+
+def test_predict_command_names_a_binary_trace(tmp_path, capsys):
+    path = tmp_path / "capture.bin"
+    path.write_bytes(b"\xd0\xcf\x11\xe0" * 8)
+    assert run_predict(["--trace", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path} is not a text trace" in err
+    assert "codec" not in err
+
+
+@pytest.mark.parametrize(
+    ("horizons", "message"),
+    [
+        ("a", "error: --horizons takes comma-separated seconds, e.g. 1,10; got 'a'"),
+        ("1,ten", "error: --horizons takes comma-separated seconds, e.g. 1,10; got '1,ten'"),
+        ("0,-1", "error: --horizons needs positive numbers, e.g. 1,10; got '0,-1'"),
+        ("nan", "error: --horizons needs positive numbers, e.g. 1,10; got 'nan'"),
+        (",", "error: --horizons needs positive numbers, e.g. 1,10; got ','"),
+    ],
+)
+def test_predict_command_explains_bad_horizons(tmp_path, capsys, horizons, message):
+    path = tmp_path / "trace.log"
+    path.write_text("".join(f"{i}\t5\n" for i in range(40)))
+    assert run_predict(["--trace", str(path), "--horizons", horizons]) == 2
+    assert capsys.readouterr().err == message + "\n"
+
+
 def test_cli_hook_registers_predict_and_place():
     registry = Registry("cli command")
     hooks.novacron_add_cli_commands(registry)
@@ -106,6 +177,55 @@ def test_predict_trace_example_runs():
     assert result.returncode == 0, result.stderr
     assert "learned" in result.stdout
     assert "next 10 s: mean" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (None, "cannot read trace"),
+        (b"\xd0\xcf\x11\xe0", "is not a text trace"),
+    ],
+)
+def test_predict_trace_example_reports_a_bad_trace_without_a_traceback(tmp_path, content, fragment):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    trace = tmp_path / "trace.log"
+    if content is not None:
+        trace.write_bytes(content)
+    example = Path(__file__).resolve().parents[3] / "examples" / "predict_trace.py"
+    result = subprocess.run(
+        [sys.executable, str(example), str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: ")
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_predict_trace_example_says_when_a_trace_is_too_short_to_score(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    trace = tmp_path / "short.log"
+    trace.write_text("0.0\t2.5\n1.0\t3.0\n")
+    example = Path(__file__).resolve().parents[3] / "examples" / "predict_trace.py"
+    result = subprocess.run(
+        [sys.executable, str(example), str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "too short to score" in result.stdout
+    assert "nan" not in result.stdout
 
 
 def test_predict_and_place_run_under_the_novacron_parser(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from novacron_sdk.cli.interface import CliCommand
@@ -24,7 +25,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="solve all requests jointly on as few hosts as possible (CP-SAT when installed)",
     )
-    parser.add_argument("--time-limit", type=float, default=10.0, help="batch solver seconds")
+    parser.add_argument("--time-limit", type=float, default=10.0, help="batch solver seconds (> 0)")
     parser.add_argument("--json", action="store_true", help="print the decisions as JSON")
 
 
@@ -35,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from novacron_dwcp.placement.scheduler import explain
     from novacron_sdk.plugin.manager import build_plugin_manager
 
+    if not math.isfinite(args.time_limit) or args.time_limit <= 0:
+        error(
+            "--time-limit takes the batch solver's budget in seconds, a positive number "
+            f"such as 10; got {args.time_limit:g}"
+        )
+        return 2
     try:
         hosts, requests = cluster_file.load(args.cluster, args.requests)
         summary = ""

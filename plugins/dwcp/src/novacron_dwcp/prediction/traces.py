@@ -81,9 +81,15 @@ class Trace:
 def read_trace(path: Path) -> Trace:
     """Read a trace file in the shared format (time in s, throughput in Mbit/s)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         msg = f"cannot read trace {path}: {exc.strerror}; pass a readable file"
+        raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = (
+            f"{path} is not a text trace (byte {exc.start} is not UTF-8 text); a trace holds "
+            "one 'time_seconds<TAB>Mbit_per_s' line per sample (time in s, throughput in Mbit/s)"
+        )
         raise ConfigError(msg) from exc
     points: list[tuple[float, float]] = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -99,6 +105,12 @@ def read_trace(path: Path) -> Trace:
             msg = f"{path}:{number}: negative throughput {mbps}"
             raise ConfigError(msg)
         points.append((t, mbps * BITS_PER_MEGABIT))
+    if len(points) < 2:
+        msg = (
+            f"{path} holds {len(points)} sample(s); a trace needs at least 2 lines of "
+            "'time_seconds<TAB>Mbit_per_s' (time in s, throughput in Mbit/s)"
+        )
+        raise ConfigError(msg)
     return Trace.from_points(path.name, points)
 
 
