@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 
 from novacron_sdk.config import NovaCronConfig
-from novacron_sdk.errors import InitError
+from novacron_sdk.errors import ConfigError, InitError, UnknownNameError
 from novacron_sdk.init import (
     Component,
     ComponentState,
@@ -273,6 +273,28 @@ async def test_retries_succeed_on_nth_attempt(context: InitContext) -> None:
     assert (status["hopeless"].state, status["hopeless"].attempts) == ("degraded", 3)
     assert events(context).count("start:flaky") == 3
     await orchestrator.stop()
+
+
+@pytest.mark.parametrize("permanent", [UnknownNameError, ConfigError])
+async def test_permanent_errors_are_not_retried(
+    context: InitContext, caplog: pytest.LogCaptureFixture, permanent: type[Exception]
+) -> None:
+    """An unknown name or a bad setting fails at once: no retry can fix it."""
+    orchestrator = Orchestrator(
+        mapping(comp("named", fail_times=9, fail_with=permanent, retries=3, retry_backoff_s=60)),
+        context,
+    )
+    with (
+        caplog.at_level(logging.WARNING, logger="novacron_sdk.init.orchestrator"),
+        pytest.raises(InitError, match=r"'named' failed to start after 1 attempt: ") as caught,
+    ):
+        await asyncio.wait_for(orchestrator.start(), 10)  # a retry would wait 60 s
+    assert f"{permanent.__name__}: named boom #1" in str(caught.value)
+    assert isinstance(caught.value.__cause__, permanent)
+    assert events(context).count("start:named") == 1
+    status = {s.name: s for s in orchestrator.status()}
+    assert (status["named"].state, status["named"].attempts) == (ComponentState.FAILED, 1)
+    assert "'named' failed (attempt" not in caplog.text
 
 
 def test_retry_delay_is_exponential() -> None:

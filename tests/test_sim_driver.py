@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import mmap
 import re
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from novacron_sdk.errors import (
     NotFoundError,
     QuotaExceededError,
 )
+from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import DriverFeature, VMEvent, VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
 
@@ -94,6 +97,44 @@ async def test_capacity_is_enforced_and_freed(sim):
     with pytest.raises(QuotaExceededError, match="vCPUs free"):
         await sim.create_vm(spec("wide", vcpus=8))
     assert [vm.name for vm in await sim.list_vms()] == ["more"]
+
+
+@pytest.fixture
+def small_machine(monkeypatch):
+    """A machine that cannot map more than 256 MiB at once (below the sim host's capacity)."""
+    real = mmap.mmap
+
+    def limited(fileno: int, length: int) -> mmap.mmap:
+        if length > 256 * MIB:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real(fileno, length)
+
+    monkeypatch.setattr(mmap, "mmap", limited)
+
+
+async def test_vm_larger_than_the_machine_fails_cleanly_and_leaves_nothing(sim, small_machine):
+    events: list[VMEvent] = []
+    sim.set_event_sink(events.append)
+    with pytest.raises(QuotaExceededError, match="cannot allocate 512 MiB") as caught:
+        await sim.create_vm(spec("huge", memory_mib=512))
+    assert "use a smaller memory_mib" in str(caught.value)
+    assert "Errno 12" in str(caught.value)
+    assert await sim.list_vms() == []
+    [host] = await sim.list_hosts()
+    assert (host.extra["used_memory_mib"], host.extra["used_vcpus"]) == (0, 0)
+    assert [e.state for e in events] == [VMState.PENDING, VMState.TERMINATED]
+    assert events[-1].reason.startswith("creation failed: this machine cannot allocate")
+    # The name and the capacity are free again.
+    assert (await sim.create_vm(spec("huge", memory_mib=256))).state == VMState.RUNNING
+
+
+async def test_incoming_vm_larger_than_the_machine_fails_cleanly(sim, small_machine):
+    info = MigrationSourceInfo(spec=spec("incoming", memory_mib=512), page_count=512 * 256)
+    with pytest.raises(QuotaExceededError, match="cannot allocate 512 MiB"):
+        await sim.open_migration_sink(info)
+    assert await sim.list_vms() == []
+    [host] = await sim.list_hosts()
+    assert host.extra["used_memory_mib"] == 0
 
 
 async def test_invalid_transitions_say_what_to_do(sim):

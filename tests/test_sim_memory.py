@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import mmap
 import threading
 import zlib
 
@@ -10,7 +12,7 @@ import xxhash
 
 from novacron_sdk.builtin.sim.memory import GuestMemory, page_digest_of
 from novacron_sdk.builtin.sim.workloads import load_trace
-from novacron_sdk.errors import DriverError
+from novacron_sdk.errors import DriverError, QuotaExceededError
 
 PAGE = 4096
 MIB = 1024 * 1024
@@ -31,6 +33,31 @@ def page_of(value: int) -> bytes:
 def test_geometry_is_validated(size):
     with pytest.raises(DriverError, match="multiple of the page size"):
         GuestMemory(size)
+
+
+def test_memory_the_machine_cannot_map_is_a_quota_error():
+    # 1 EiB is beyond any x86-64/arm64 address space, whatever the overcommit policy.
+    with pytest.raises(QuotaExceededError, match=r"cannot allocate 1099511627776 MiB") as caught:
+        GuestMemory(1 << 60)
+    assert "use a smaller memory_mib" in str(caught.value)
+    assert isinstance(caught.value.__cause__, OSError | MemoryError | OverflowError)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [OSError(errno.ENOMEM, "Cannot allocate memory"), MemoryError(), OverflowError("too big")],
+)
+def test_every_refused_allocation_says_how_much_and_what_to_do(monkeypatch, failure):
+    def refuse(fileno: int, length: int) -> mmap.mmap:
+        raise failure
+
+    monkeypatch.setattr(mmap, "mmap", refuse)
+    with pytest.raises(QuotaExceededError, match=r"cannot allocate 100 MiB .*") as caught:
+        GuestMemory(100 * MIB)
+    text = str(caught.value)
+    assert type(failure).__name__ in text
+    assert "use a smaller memory_mib" in text
+    assert caught.value.__cause__ is failure
 
 
 def test_geometry(memory):

@@ -1,11 +1,14 @@
 """The agent's HTTP control API (ASGI, FastAPI): VMs, migrations, status, metrics.
 
 Every error body is ``{"error": "<what is wrong and what to do>", "kind": "<ErrorClass>"}``;
-bad input gets a 4xx naming the field. The OpenAPI schema is served at ``/openapi.json``.
+bad input gets a 4xx naming the field. An unexpected exception (a bug) still gets that body,
+with status 500 and the exception's type and message; its traceback goes to the agent's log.
+The OpenAPI schema is served at ``/openapi.json``.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -32,6 +35,8 @@ from novacron_sdk.errors import (
 )
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import VM, Host, VMSpec
+
+log = logging.getLogger(__name__)
 
 StatusProvider = Callable[[], list[dict[str, Any]]]
 
@@ -96,6 +101,16 @@ def _error(exc: Exception, status: int) -> JSONResponse:
     return JSONResponse({"error": str(exc), "kind": type(exc).__name__}, status_code=status)
 
 
+def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.error("%s %s failed unexpectedly", request.method, request.url.path, exc_info=exc)
+    detail = str(exc) or "(no message)"
+    text = (
+        f"unexpected {type(exc).__name__} in the agent: {detail}; this looks like a bug: "
+        "the agent's log has the traceback, please report it"
+    )
+    return JSONResponse({"error": text, "kind": type(exc).__name__}, status_code=500)
+
+
 def _validation_text(errors: list[Any]) -> str:
     parts = []
     for err in errors:
@@ -131,7 +146,10 @@ def create_app(service: AgentService, status_provider: StatusProvider | None = N
     async def _count(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception as exc:  # a bug: answer with what failed, not a bare 500
+            response = _unexpected(request, exc)
         service.metrics.requests.labels(request.method, str(response.status_code)).inc()
         return response
 

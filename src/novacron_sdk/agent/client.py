@@ -63,17 +63,27 @@ class AgentClient:
             msg = f"agent {self.url} is unreachable ({type(exc).__name__}: {exc}); is it running?"
             raise NovaCronError(msg) from exc
         if response.status_code >= 400:
-            try:
-                body = response.json()
-            except ValueError:
-                body = {"error": response.text}
-            kind = _BY_KIND.get(str(body.get("kind")), NovaCronError)
-            text = body.get("error") or body
-            msg = f"agent {self.url}: {text}"
-            raise kind(msg)
+            raise self._error(response)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    def _error(self, response: httpx.Response) -> NovaCronError:
+        """The SDK error for an error response, its message prefixed with this agent's URL."""
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            reason = response.text.strip() or response.reason_phrase
+            body = {"error": f"{reason} (HTTP {response.status_code})"}
+        kind = _BY_KIND.get(str(body.get("kind")), NovaCronError)
+        text = str(body.get("error") or body)
+        if text.startswith("agent "):
+            # Another agent's error relayed by this one (the destination of a migration, say):
+            # "agent A: agent B is unreachable" would read as one agent repeated.
+            return kind(f"agent {self.url} reports: {text}")
+        return kind(f"agent {self.url}: {text}")
 
     async def health(self) -> dict[str, Any]:
         """The unauthenticated health check."""

@@ -143,7 +143,7 @@ class ControlApiComponent(Component):
         if ready:
             info: dict[str, Any] = {"url": service.url, "name": service.name}
             await asyncio.to_thread(_write_atomically, Path(ready), json.dumps(info))
-        log.info("agent %s listening at %s", service.name, service.url)
+        log.debug("control API of agent %s listening at %s", service.name, service.url)
 
     async def stop(self) -> None:
         """Stop serving."""

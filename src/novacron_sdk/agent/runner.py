@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from novacron_sdk.config import load_config
 from novacron_sdk.config.sections import LoggingSettings
 from novacron_sdk.init import build_orchestrator
 from novacron_sdk.init.interface import InitContext
 from novacron_sdk.plugin.manager import build_plugin_manager
+
+if TYPE_CHECKING:
+    from novacron_sdk.agent.service import AgentService
+
+log = logging.getLogger(__name__)
 
 AGENT_COMPONENTS = (
     "agent.driver",
@@ -34,8 +40,14 @@ async def run_agent(
     overrides: dict[str, Any] | None = None,
     ready_file: str | None = None,
     stop: asyncio.Event | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Start the agent's components and serve until SIGTERM/SIGINT (or ``stop`` is set)."""
+    """Start the agent's components and serve until SIGTERM/SIGINT (or ``stop`` is set).
+
+    ``announce`` gets one line once the agent serves (where it listens) and one when it has
+    stopped; without it both lines are logged at INFO.
+    """
+    say = announce or log.info
     plugins = build_plugin_manager()
     config = load_config(config_path, plugins=plugins, overrides=overrides)
     logging.getLogger("novacron_sdk").setLevel(config.get("logging", LoggingSettings).level)
@@ -48,11 +60,27 @@ async def run_agent(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    service: AgentService | None = None
     try:
         await orchestrator.start()
+        service = context.values.get("service")
+        if service is not None:
+            say(listening_line(service))
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await orchestrator.stop()
-        logging.getLogger(__name__).info("agent stopped")
+        if service is not None:
+            say(f"agent {service.name} stopped")
+
+
+def listening_line(service: AgentService) -> str:
+    """``agent NAME listening on URL (migrations on HOST:PORT)`` for the start-up message."""
+    if service.migration_advertise:
+        migrations = service.migration_advertise
+    elif service.migration_port:
+        migrations = f"{service.migration_host}:{service.migration_port}"
+    else:
+        migrations = f"{service.migration_host}, a free port per migration transport"
+    return f"agent {service.name} listening on {service.url} (migrations on {migrations})"

@@ -16,10 +16,14 @@ from enum import StrEnum
 from types import TracebackType
 from typing import Any
 
-from novacron_sdk.errors import InitError, PluginError
+from novacron_sdk.errors import ConfigError, InitError, PluginError
 from novacron_sdk.init.interface import Component, InitContext
 
 log = logging.getLogger(__name__)
+
+PERMANENT_ERRORS: tuple[type[Exception], ...] = (ConfigError, PluginError)
+"""Failures no retry can fix (a bad setting, an unknown or broken plugin name): a component
+that raises one fails at once, whatever its ``retries``."""
 
 
 class ComponentState(StrEnum):
@@ -175,6 +179,8 @@ class Orchestrator:
                 status.started_in_s = time.monotonic() - began
                 log.debug("component %r started in %.3f s", name, status.started_in_s)
                 return
+            if isinstance(cause, PERMANENT_ERRORS):
+                break
             if attempt < cls.retries:
                 delay = retry_delay(cls, attempt)
                 log.warning(

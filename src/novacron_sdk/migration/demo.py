@@ -8,11 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
-from novacron_sdk.errors import MigrationError
+from novacron_sdk.errors import ConfigError, MigrationError
 from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
-from novacron_sdk.migration.models import MigrationReport, migration_settings
+from novacron_sdk.migration.models import MigrationReport, MigrationSettings, migration_settings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMSpec, VMState
 
@@ -32,20 +34,39 @@ class DemoOptions:
     progress: bool = True
 
 
-async def _run(source: str, destination: str, options: DemoOptions) -> MigrationReport:
-    spec = VMSpec(
-        name="demo-vm",
-        vcpus=2,
-        memory_mib=options.memory_mib,
-        extra={
-            "fill": "mixed",
-            "workload": {
-                "pattern": options.pattern,
-                "rate_mbps": options.rate_mbps,
-                "hot_fraction": options.hot_fraction,
+def demo_spec(options: DemoOptions) -> VMSpec:
+    """The demo VM; a bad size raises ConfigError naming the ``novacron demo`` option."""
+    try:
+        return VMSpec(
+            name="demo-vm",
+            vcpus=2,
+            memory_mib=options.memory_mib,
+            extra={
+                "fill": "mixed",
+                "workload": {
+                    "pattern": options.pattern,
+                    "rate_mbps": options.rate_mbps,
+                    "hot_fraction": options.hot_fraction,
+                },
             },
-        },
-    )
+        )
+    except ValidationError as exc:
+        # Only the sizes come from options (name and vcpus are fixed): name the option.
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "memory_mib"
+            problems.append(f"--{field.replace('_', '-')} {err['input']!r}: {err['msg']}")
+        msg = f"invalid demo option {'; '.join(problems)}"
+        raise ConfigError(msg) from exc
+
+
+async def _run(
+    source: str,
+    destination: str,
+    options: DemoOptions,
+    spec: VMSpec,
+    settings: MigrationSettings,
+) -> MigrationReport:
     async with AgentClient(source) as a, AgentClient(destination) as b:
         vm = await a.create_vm(spec)
         print(
@@ -53,7 +74,6 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
             f"{options.pattern} workload writing {options.rate_mbps:g} MB/s"
         )
         await asyncio.sleep(options.warmup_s)
-        settings = migration_settings(options.settings)
         with ProgressDisplay(enabled=options.progress) as display:
             try:
                 report = await migrate_via_agents(
@@ -89,9 +109,12 @@ async def _run(source: str, destination: str, options: DemoOptions) -> Migration
 
 def run_demo(options: DemoOptions) -> MigrationReport:
     """Start two agents, migrate a busy VM between them, stop the agents."""
+    # Bad options fail here, before two agents start and a VM is created for nothing.
+    spec = demo_spec(options)
+    settings = migration_settings(options.settings)
     with (
         LocalAgent("host-a", settings=options.agent_settings) as a,
         LocalAgent("host-b", settings=options.agent_settings) as b,
     ):
         print(f"started agents host-a at {a.url} and host-b at {b.url}")
-        return asyncio.run(_run(a.url, b.url, options))
+        return asyncio.run(_run(a.url, b.url, options, spec, settings))

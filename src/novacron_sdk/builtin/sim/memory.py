@@ -16,14 +16,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from novacron_sdk.errors import DriverError
+from novacron_sdk.errors import DriverError, QuotaExceededError
 from novacron_sdk.hypervisors.interface import PAGE_SIZE
 from novacron_sdk.migration.digests import page_digest
 
 FillKind = Literal["zero", "mixed"]
 """The memory fills ``GuestMemory.fill`` knows."""
 
-_CHUNK_BYTES = 16 * 1024 * 1024
+_MIB = 1024 * 1024
+_CHUNK_BYTES = 16 * _MIB
 _FILL_BATCH_PAGES = 1024
 _TEMPLATE_COUNT = 32
 _DUPLICATE_COUNT = 4
@@ -69,6 +70,22 @@ def structured_page(rng: random.Random, page_size: int) -> bytes:
     return struct.pack(f"<{count}Q", *values)[:page_size].ljust(page_size, b"\0")
 
 
+def _allocate(size_bytes: int) -> mmap.mmap:
+    """An anonymous mapping of ``size_bytes``; QuotaExceededError if this machine refuses it."""
+    try:
+        return mmap.mmap(-1, size_bytes)
+    except (OSError, MemoryError, OverflowError) as exc:
+        # The host's own capacity check passed, but the machine (RAM, overcommit policy,
+        # ulimit -v) cannot back that much memory: a capacity problem, not a bug.
+        size = f"{size_bytes // _MIB} MiB" if size_bytes % _MIB == 0 else f"{size_bytes} bytes"
+        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        msg = (
+            f"this machine cannot allocate {size} of simulated guest memory ({reason}): "
+            "use a smaller memory_mib, or free memory on this machine"
+        )
+        raise QuotaExceededError(msg) from exc
+
+
 class GuestMemory:
     """``size_bytes`` of guest memory in fixed-size pages, thread-safe, with dirty tracking.
 
@@ -86,7 +103,7 @@ class GuestMemory:
         self.size_bytes = size_bytes
         self.page_size = page_size
         self.page_count = size_bytes // page_size
-        self._mm = mmap.mmap(-1, size_bytes)
+        self._mm = _allocate(size_bytes)
         self._view = memoryview(self._mm)
         self._lock = threading.Lock()
         self._closed = False

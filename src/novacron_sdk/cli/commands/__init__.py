@@ -7,7 +7,8 @@ it the plugin manager and the merged configuration (``--config`` and ``--set`` a
 from __future__ import annotations
 
 import argparse
-from collections.abc import Coroutine
+import math
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from novacron_sdk.plugin.registry import Registry
 
 T = TypeVar("T")
+N = TypeVar("N", int, float)
 
 _MIGRATION_MODULE = "novacron_sdk.cli.commands.migration"
 
@@ -46,6 +48,31 @@ def register_core_commands(registry: Registry[CliCommand]) -> None:
 def add_json_flag(parser: argparse.ArgumentParser) -> None:
     """Add the ``--json`` flag every listing command has."""
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def number_arg(kind: type[N], *, minimum: N, exclusive: bool = False) -> Callable[[str], N]:
+    """An argparse ``type``: a finite ``kind`` (int or float) of at least ``minimum``.
+
+    ``exclusive`` makes ``minimum`` itself invalid (``number_arg(float, minimum=0,
+    exclusive=True)`` is a positive number). A bad value is a usage error (exit 2) that says
+    what is allowed, instead of a validation error deep inside the command.
+    """
+    noun = "an integer" if kind is int else "a number"
+    allowed = f"{noun} {'greater than' if exclusive else 'of at least'} {minimum:g}"
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            msg = f"{text!r} is not {noun}: use {allowed}"
+            raise argparse.ArgumentTypeError(msg) from None
+        if not math.isfinite(value) or value < minimum or (exclusive and value == minimum):
+            msg = f"{text!r} is out of range: use {allowed}"
+            raise argparse.ArgumentTypeError(msg)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in some of its messages
+    return parse
 
 
 def cli_plugins(args: argparse.Namespace) -> NovaCronPluginManager:

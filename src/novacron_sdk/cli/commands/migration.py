@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from novacron_sdk.cli.commands import number_arg
 from novacron_sdk.cli.interface import CliCommand
 
 if TYPE_CHECKING:
     from novacron_sdk.plugin.registry import Registry
 
 MBIT = 1_000_000
+POSITIVE_INT = number_arg(int, minimum=1)
+POSITIVE_FLOAT = number_arg(float, minimum=0.0, exclusive=True)
+NON_NEGATIVE_FLOAT = number_arg(float, minimum=0.0)
 
 
 def _add_settings_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("migration settings (default: the migration config)")
-    group.add_argument("--downtime-ms", type=float, help="downtime limit in ms")
-    group.add_argument("--max-bandwidth-mbps", type=float, help="cap in Mbit/s on the wire")
+    group.add_argument("--downtime-ms", type=POSITIVE_FLOAT, help="downtime limit in ms")
+    group.add_argument(
+        "--max-bandwidth-mbps", type=POSITIVE_FLOAT, help="cap in Mbit/s on the wire"
+    )
     group.add_argument("--transport", help="transport name (see 'plugins list')")
     group.add_argument("--codec", help="page codec name")
     group.add_argument("--verify", choices=["pages", "full"], help="verification depth")
@@ -57,8 +64,20 @@ def _run_agent(args: argparse.Namespace) -> int:
     for key in ("host", "port", "name", "driver"):
         if getattr(args, key) is not None:
             overrides[f"agent.{key}"] = getattr(args, key)
-    asyncio.run(run_agent(config_path=args.config, overrides=overrides, ready_file=args.ready_file))
+    asyncio.run(
+        run_agent(
+            config_path=args.config,
+            overrides=overrides,
+            ready_file=args.ready_file,
+            announce=_to_stderr,
+        )
+    )
     return 0
+
+
+def _to_stderr(line: str) -> None:
+    # stdout stays free for output a script might parse; --ready-file is the machine form.
+    print(line, file=sys.stderr, flush=True)
 
 
 # -- migrate ------------------------------------------------------------------------------
@@ -132,7 +151,9 @@ def _write(path: str | None, report: Any) -> None:
 
 # -- demo ---------------------------------------------------------------------------------
 def _configure_demo(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--memory-mib", type=int, default=512, help="VM memory (default 512)")
+    parser.add_argument(
+        "--memory-mib", type=POSITIVE_INT, default=512, help="VM memory (default 512)"
+    )
     parser.add_argument(
         "--pattern",
         default="hot-set",
@@ -140,7 +161,10 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         help="how the workload dirties memory",
     )
     parser.add_argument(
-        "--rate-mbps", type=float, default=40.0, help="MB/s the workload writes (default 40)"
+        "--rate-mbps",
+        type=NON_NEGATIVE_FLOAT,
+        default=40.0,
+        help="MB/s the workload writes (default 40; 0 = none)",
     )
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
