@@ -10,6 +10,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from novacron_sdk.config.checks import check_plugin_settings
 from novacron_sdk.config.sections import (
     AgentSettings,
     CodecsSettings,
@@ -68,13 +69,12 @@ class ServiceComponent(Component):
 
         agent = self.context.config.get("agent", AgentSettings)
         transports = self.context.config.get("transports", TransportsSettings)
-        for name, settings in transports.settings.items():
-            # Unknown names and bad settings fail here, naming what to fix, not mid-migration.
-            self.context.plugins.transports.get(name)(settings)
         codecs = self.context.config.get("codecs", CodecsSettings)
-        for name, settings in codecs.settings.items():
-            # A codec reads most settings when it makes an encoder: make one to check them.
-            self.context.plugins.codecs.get(name)(settings).new_encoder()
+        # Unknown transport, codec and predictor names and settings their plugins reject fail
+        # here, all at once and naming what to fix, not mid-migration (as `config validate`).
+        await asyncio.to_thread(
+            check_plugin_settings, self.context.config, self.context.plugins, drivers=False
+        )
         self.service = AgentService(
             plugins=self.context.plugins,
             driver=self.context.values["driver"],

@@ -30,23 +30,28 @@ if TYPE_CHECKING:
     from novacron_sdk.plugin.manager import NovaCronPluginManager
 
 
-def plugin_problems(config: NovaCronConfig, plugins: NovaCronPluginManager) -> list[str]:
+def plugin_problems(
+    config: NovaCronConfig, plugins: NovaCronPluginManager, *, drivers: bool = True
+) -> list[str]:
     """Every problem with the names and plugin settings ``config`` refers to, one line each.
 
     Unknown driver, transport, codec and predictor names (with the close matches and every
     known name), and transport or codec settings the plugin itself rejects: each transport
     named in ``transports.settings`` is built with its settings, and each codec named in
-    ``codecs.settings`` makes an encoder (which reads its reference files).
+    ``codecs.settings`` makes an encoder (which reads its reference files). With ``drivers``
+    False, ``drivers.default`` and ``drivers.settings`` are not checked (an agent uses only
+    ``agent.driver``; a shared file may configure drivers this host does not install).
     """
     check = _Checker(config)
-    drivers = sorted(plugins.compute_drivers())
-    section = config.get("drivers", DriversSettings)
-    check.name("drivers.default", section.default, "compute driver", drivers)
-    for name in section.settings:
-        check.name(f"drivers.settings.{name}", name, "compute driver", drivers)
+    known_drivers = sorted(plugins.compute_drivers())
+    if drivers:
+        section = config.get("drivers", DriversSettings)
+        check.name("drivers.default", section.default, "compute driver", known_drivers)
+        for name in section.settings:
+            check.name(f"drivers.settings.{name}", name, "compute driver", known_drivers)
     if "agent" in config.sections:
         driver = config.get("agent", AgentSettings).driver
-        check.name("agent.driver", driver, "compute driver", drivers)
+        check.name("agent.driver", driver, "compute driver", known_drivers)
     if "migration" in config.sections:
         migration = config.section("migration")
         for field, registry in (
@@ -75,9 +80,11 @@ def _encoder(codec: type[PageCodec], settings: Mapping[str, Any]) -> object:
     return codec(settings).new_encoder()
 
 
-def check_plugin_settings(config: NovaCronConfig, plugins: NovaCronPluginManager) -> None:
+def check_plugin_settings(
+    config: NovaCronConfig, plugins: NovaCronPluginManager, *, drivers: bool = True
+) -> None:
     """Raise ConfigError listing every problem ``plugin_problems`` finds (none: return)."""
-    problems = plugin_problems(config, plugins)
+    problems = plugin_problems(config, plugins, drivers=drivers)
     if problems:
         count = len(problems)
         listing = "\n".join(f"  - {problem}" for problem in problems)
