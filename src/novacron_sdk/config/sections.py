@@ -24,8 +24,12 @@ class AgentSettings(BaseModel):
         "migration endpoint (NAT, a proxy); default: the bound address.",
     )
     driver: str = Field(default="sim", description="Hypervisor driver this agent manages.")
-    vcpus: int = Field(default=8, ge=1, description="Capacity announced for placement.")
-    memory_mib: int = Field(default=16384, ge=1, description="Capacity announced for placement.")
+    vcpus: int = Field(
+        default=8, ge=1, description="vCPUs registered with the cluster for placement."
+    )
+    memory_mib: int = Field(
+        default=16384, ge=1, description="Memory registered with the cluster for placement."
+    )
     incoming_timeout_s: float = Field(
         default=60.0,
         gt=0,
