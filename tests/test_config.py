@@ -340,3 +340,27 @@ def test_docs_list_exactly_the_fields_of_every_core_section(
         table = docs.split(heading, 1)[1].split("\n#", 1)[0]
         documented = re.findall(r"^\| `([a-z_0-9]+)` \|", table, flags=re.MULTILINE)
         assert documented == list(registry.get(name).model_fields), name
+
+
+def test_unknown_key_names_the_closest_known_key(
+    plugins: NovaCronPluginManager, env: dict[str, str], tmp_path: Path
+) -> None:
+    """A misspelt key says 'unknown key', the closest key, and every key the section has."""
+    path = write(tmp_path / "conf.yaml", "agent:\n  hots: x\n  zzzzz: 1\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, plugins=plugins, environ=env)
+    text = str(caught.value)
+    assert "line 2: agent.hots: unknown key (did you mean 'host'?) (got 'x')" in text
+    assert "line 3: agent.zzzzz: unknown key (got 1); allowed: the keys name, host" in text
+    assert "Extra inputs" not in text
+
+
+def test_log_level_in_any_letter_case(
+    plugins: NovaCronPluginManager, env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(tmp_path / "conf.yaml", "logging:\n  level: info\n")
+    config = load_config(path, plugins=plugins, environ=env)
+    assert config.get("logging", LoggingSettings).level == "INFO"
+    bad = write(tmp_path / "bad.yaml", "logging:\n  level: loud\n")
+    with pytest.raises(ConfigError, match=r"logging\.level: Input should be 'DEBUG'"):
+        load_config(bad, plugins=plugins, environ=env)

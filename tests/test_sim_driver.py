@@ -412,3 +412,13 @@ async def test_corrupt_state_file_is_reported(tmp_path):
     driver = SimDriver({"state_path": str(path)})
     with pytest.raises(DriverError, match=r"corrupt.*move it away"):
         await driver.list_vms()
+
+
+def test_unknown_settings_are_refused_with_the_closest_key() -> None:
+    """A typo in drivers.settings.sim is an error, not a silently ignored key."""
+    expected = r"sim\.state_pth: unknown key \(did you mean 'state_path'\?\)"
+    with pytest.raises(DriverError, match=expected):
+        SimDriver({"state_pth": "/tmp/x.json"})
+    with pytest.raises(DriverError, match="known: host_name, vcpus, memory_mib"):
+        SimDriver({"disks": [1, 2]})
+    assert SimDriver({"host_name": "h", "vcpus": 2, "memory_mib": 64}).capacity_vcpus == 2

@@ -7,6 +7,7 @@ environment variable or its ``--set`` flag.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -345,6 +346,8 @@ class _Layers:
         missing = error["type"] == "missing"
         source = self.source_of(key) or ("no value given" if missing else "default value")
         text = f"{source}: {'.'.join(key)}: {error['msg']}"
+        if error["type"] == "extra_forbidden":
+            text = f"{source}: {'.'.join(key)}: unknown key{_closest(model, error['loc'])}"
         if not missing:
             shown = repr(error["input"])
             text += f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
@@ -361,6 +364,21 @@ def _yaml_problem(path: Path, exc: yaml.YAMLError) -> str:
         context = f"{context} at line {context_mark.line + 1}"
     detail = f"{problem} ({context})" if context else problem
     return f"{path}: invalid YAML at {where}: {detail}; fix the syntax there"
+
+
+def _closest(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean 'host'?)`` for an unknown key at ``loc``, or "" when none is close."""
+    current: Any = model
+    for part in loc[:-1]:
+        submodel = _model_in(current)
+        if submodel is None or str(part) not in submodel.model_fields:
+            return ""
+        current = submodel.model_fields[str(part)].annotation
+    submodel = _model_in(current)
+    if submodel is None or not loc:
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(submodel.model_fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _allowed(model: type[BaseModel], loc: tuple[int | str, ...], error_type: str) -> str:

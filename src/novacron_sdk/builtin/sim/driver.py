@@ -7,6 +7,7 @@ everywhere; it never runs guest code. See docs/sim.md.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
 import secrets
 import socket
@@ -79,8 +80,22 @@ class SimDriver(HypervisorDriver):
         }
     )
 
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "host_name", "vcpus", "memory_mib", "image_dir", "state_path",
+    )  # fmt: skip
+    """Every setting the driver reads (``drivers.settings.sim``)."""
+
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
+        for key in self.settings:
+            if key not in self.SETTINGS:
+                close = difflib.get_close_matches(str(key), self.SETTINGS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                msg = (
+                    f"invalid sim driver settings: drivers.settings.sim.{key}: unknown key{hint}; "
+                    f"known: {', '.join(self.SETTINGS)}"
+                )
+                raise DriverError(msg)
         try:
             self.host_name = str(self.settings.get("host_name") or f"sim-{socket.gethostname()}")
             self.capacity_vcpus = int(self.settings.get("vcpus", 64))
