@@ -119,3 +119,22 @@ def test_agent_says_where_it_listens_and_when_it_stops(subprocess_env, tmp_path:
     assert proc.returncode == 0, rest
     assert rest == "agent host-x stopped\n"
     assert stdout == ""
+
+
+def test_progress_log_lines_do_not_show_the_source_file() -> None:
+    """Event lines of the progress display read 'verified: ...', without 'display.py:81'."""
+    import io
+
+    from novacron_sdk.migration.display import ProgressDisplay
+    from novacron_sdk.migration.models import MigrationEvent
+
+    display = ProgressDisplay(enabled=True)
+    buffer = io.StringIO()
+    display.console.file = buffer
+    event = MigrationEvent(
+        migration_id="m", vm="v", kind="verified", phase="verifying", message="16 pages match"
+    )
+    with display:
+        display(event)
+    assert "verified: 16 pages match" in buffer.getvalue()
+    assert "display.py" not in buffer.getvalue()

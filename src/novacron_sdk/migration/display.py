@@ -23,7 +23,7 @@ class ProgressDisplay:
             TimeElapsedColumn,
         )
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, log_path=False)  # no "display.py:81" beside each line
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
