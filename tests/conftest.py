@@ -6,7 +6,9 @@ The pytest11 plugin (novacron_sdk.testing.pytest_plugin) adds ``novacron_plugins
 
 from __future__ import annotations
 
+import errno
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -182,3 +184,20 @@ def agent_factory(tmp_path: Path) -> Iterator[Callable[..., str]]:
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+@pytest.fixture
+def small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine that cannot map more than 256 MiB at once (below the sim host's capacity).
+
+    A boundary that cannot run here for real (this VM has 24 GiB and overcommits): anonymous
+    ``mmap`` calls above 256 MiB fail with ENOMEM, as on a small host.
+    """
+    real = mmap.mmap
+
+    def limited(fileno: int, length: int) -> mmap.mmap:
+        if length > 256 * 1024 * 1024:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real(fileno, length)
+
+    monkeypatch.setattr(mmap, "mmap", limited)

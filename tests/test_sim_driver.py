@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
-import mmap
 import re
 import subprocess
 import sys
@@ -97,19 +95,6 @@ async def test_capacity_is_enforced_and_freed(sim):
     with pytest.raises(QuotaExceededError, match="vCPUs free"):
         await sim.create_vm(spec("wide", vcpus=8))
     assert [vm.name for vm in await sim.list_vms()] == ["more"]
-
-
-@pytest.fixture
-def small_machine(monkeypatch):
-    """A machine that cannot map more than 256 MiB at once (below the sim host's capacity)."""
-    real = mmap.mmap
-
-    def limited(fileno: int, length: int) -> mmap.mmap:
-        if length > 256 * MIB:
-            raise OSError(errno.ENOMEM, "Cannot allocate memory")
-        return real(fileno, length)
-
-    monkeypatch.setattr(mmap, "mmap", limited)
 
 
 async def test_vm_larger_than_the_machine_fails_cleanly_and_leaves_nothing(sim, small_machine):

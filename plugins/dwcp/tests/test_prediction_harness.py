@@ -187,21 +187,10 @@ def test_predict_trace_example_runs():
     ],
 )
 def test_predict_trace_example_reports_a_bad_trace_without_a_traceback(tmp_path, content, fragment):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     trace = tmp_path / "trace.log"
     if content is not None:
         trace.write_bytes(content)
-    example = Path(__file__).resolve().parents[3] / "examples" / "predict_trace.py"
-    result = subprocess.run(
-        [sys.executable, str(example), str(trace)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run_example(trace)
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("error: ")
     assert fragment in result.stderr
@@ -209,20 +198,9 @@ def test_predict_trace_example_reports_a_bad_trace_without_a_traceback(tmp_path,
 
 
 def test_predict_trace_example_says_when_a_trace_is_too_short_to_score(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
     trace = tmp_path / "short.log"
     trace.write_text("0.0\t2.5\n1.0\t3.0\n")
-    example = Path(__file__).resolve().parents[3] / "examples" / "predict_trace.py"
-    result = subprocess.run(
-        [sys.executable, str(example), str(trace)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = _run_example(trace)
     assert result.returncode == 0, result.stderr
     assert "too short to score" in result.stdout
     assert "nan" not in result.stdout
@@ -249,3 +227,19 @@ def test_predict_and_place_run_under_the_novacron_parser(tmp_path, capsys):
     args.plugins = plugins
     assert args._run(args) == 0
     assert capsys.readouterr().out.split() == ["v", "a"]
+
+
+def _run_example(trace):
+    """Run examples/predict_trace.py on ``trace`` in a subprocess."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[3] / "examples" / "predict_trace.py"
+    return subprocess.run(
+        [sys.executable, str(example), str(trace)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
