@@ -18,7 +18,6 @@ from novacron_sdk.models import VM, VMSpec
 from novacron_sdk.plugin.manager import build_plugin_manager
 
 URL = "http://agent.test"
-MIB = 1024 * 1024
 
 
 class BuggyDriver(SimDriver):
