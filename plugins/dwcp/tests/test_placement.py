@@ -275,6 +275,9 @@ def test_place_command_batch_json(tmp_path, capsys):
     )
     decisions = json.loads(capsys.readouterr().out)
     assert len({d["host_id"] for d in decisions}) == 2
+    command = ["--cluster", str(cluster), "--requests", str(requests), "--batch"]
+    assert run_place([*command, "--time-limit", "2"]) == 0
+    assert "2 host(s) used (hosts already running VMs count)" in capsys.readouterr().out
 
 
 def test_place_command_reports_a_bad_file(tmp_path, capsys):

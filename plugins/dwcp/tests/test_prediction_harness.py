@@ -81,6 +81,29 @@ def test_predict_command_prints_every_predictor_as_json(tmp_path, capsys):
     }
 
 
+def test_predict_command_shows_progress_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Several traces on a terminal: a progress bar on stderr, the same table on stdout."""
+    import sys
+
+    for i in range(3):
+        (tmp_path / f"t{i}.log").write_text("".join(f"{j}\t{5 + (j % 3)}\n" for j in range(40)))
+    assert run_predict(["--trace", str(tmp_path), "--predictors", "ewma"]) == 0
+    plain = capsys.readouterr()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert run_predict(["--trace", str(tmp_path), "--predictors", "ewma"]) == 0
+    shown = capsys.readouterr()
+    assert shown.out == plain.out
+    assert "scoring traces" in shown.err
+    assert "scoring traces" not in plain.err
+
+
+def test_evaluate_reports_each_trace_done():
+    trace = Trace.from_points("t", [(float(t), 5e6 + t % 3 * 1e6) for t in range(30)])
+    done: list[int] = []
+    evaluate([trace, trace], {"last": LastSamplePredictor}, (1.0,), on_trace=done.append)
+    assert done == [1, 2]
+
+
 def test_predict_command_reports_bad_input(tmp_path, capsys):
     path = tmp_path / "broken"
     path.write_text("garbage\n")

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
             result = solve_batch(requests, hosts, time_limit_s=args.time_limit)
             decisions = result.decisions
             summary = (
-                f"{result.solver} ({result.status}): {result.hosts_used} host(s) used, "
+                f"{result.solver} ({result.status}): {result.hosts_used} host(s) used "
+                "(hosts already running VMs count), "
                 f"lower bound {result.lower_bound}, {result.wall_s:.2f} s"
             )
             summary += "".join(f"\nnote: {n}" for n in result.notes)

@@ -48,14 +48,16 @@ def evaluate(
     predictors: Mapping[str, PredictorFactory],
     horizons: Sequence[float] = DEFAULT_HORIZONS,
     warmup: int = WARMUP_SAMPLES,
+    on_trace: Callable[[int], None] | None = None,
 ) -> list[Score]:
     """Replay every trace through a fresh instance of every predictor and score them.
 
     Absolute percentage error divides by the true mean floored at 1 kbit/s, so an outage
-    interval counts as a large error instead of an infinite one.
+    interval counts as a large error instead of an infinite one. ``on_trace`` is called with
+    the number of traces done after each one (for a progress display).
     """
     tallies = {(name, h): _Tally([]) for name in predictors for h in horizons}
-    for trace in traces:
+    for done, trace in enumerate(traces, 1):
         samples = trace.samples()
         for name, factory in predictors.items():
             predictor = factory()
@@ -76,6 +78,8 @@ def evaluate(
                     )
                     tally.covered += actual >= estimate.lower_bps
                     tally.claimed = estimate.coverage
+        if on_trace is not None:
+            on_trace(done)
     return [
         Score(
             predictor=name,
