@@ -399,3 +399,12 @@ def test_status_of_unreachable_agent(novacron_cli, unused_tcp_port):
     assert result.exit_code == 2
     assert "could not reach the agent" in result.stderr
     assert "is 'novacron agent' running there?" in result.stderr
+
+
+def test_drivers_table_says_when_features_depend_on_the_connection():
+    """An empty class-level feature set (libvirt: per connection) is not shown as blank."""
+    from novacron_sdk.cli.commands.drivers import _features_cell
+
+    assert _features_cell(None) == "(--features)"
+    assert _features_cell([]) == "(decided per connection)"
+    assert _features_cell(["create", "pause"]) == "create, pause"

@@ -53,6 +53,13 @@ def describe_drivers(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _features_cell(features: list[str] | None) -> str:
+    if features is None:
+        return "(--features)"
+    # A driver whose features depend on what it connects to (libvirt) declares none per class.
+    return ", ".join(features) or "(decided per connection)"
+
+
 def _run(args: argparse.Namespace) -> int:
     from novacron_sdk.cli import output
 
@@ -68,8 +75,7 @@ def _run(args: argparse.Namespace) -> int:
                 r["kind"],
                 r["plugin"],
                 r["description"],
-                r["error"]
-                or (", ".join(r["features"]) if r["features"] is not None else "(--features)"),
+                r["error"] or _features_cell(r["features"]),
             )
             for r in rows
         ],
