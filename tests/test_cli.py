@@ -401,6 +401,41 @@ def test_status_of_unreachable_agent(novacron_cli, unused_tcp_port):
     assert "is 'novacron agent' running there?" in result.stderr
 
 
+class _DeniedHandler(BaseHTTPRequestHandler):
+    """What a secured agent answers a request without credentials."""
+
+    def do_GET(self):
+        body = json.dumps({"error": "authentication required", "kind": "SecurityError"}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_status_of_agent_requiring_authentication_says_how(novacron_cli, monkeypatch):
+    monkeypatch.delenv("NOVACRON_SECURITY__ENABLED", raising=False)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DeniedHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        result = novacron_cli("status", "--agent", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert result.exit_code == 2
+    assert f"the agent at {url} requires authentication: run with security enabled " in (
+        result.stderr
+    )
+    assert "(--set security.enabled=true) and this node's key enrolled there" in result.stderr
+    assert "answered 401" not in result.stderr
+
+
 def test_drivers_table_says_when_features_depend_on_the_connection():
     """An empty class-level feature set (libvirt: per connection) is not shown as blank."""
     from novacron_sdk.cli.commands.drivers import _features_cell

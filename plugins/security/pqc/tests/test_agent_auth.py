@@ -110,9 +110,12 @@ async def test_health_is_the_only_open_route(cluster) -> None:
 async def test_unenrolled_peer_is_rejected(cluster, tmp_path) -> None:
     stranger = make_keys(tmp_path, "stranger")
     async with AgentClient(cluster["a"].url, auth=PqcHttpAuth(stranger.provider())) as client:
-        with pytest.raises(SecurityError, match="not enrolled here"):
+        with pytest.raises(SecurityError) as caught:
             await client.list_vms()
+    assert str(caught.value).startswith(f"agent {cluster['a'].url} refused the handshake: ")
+    assert "not enrolled on 'host-a'; to trust it, run on host-a:" in str(caught.value)
     assert "'stranger'" in cluster["a"].log_tail(50)
+    assert "not enrolled here" in cluster["a"].log_tail(50)  # host-a's own log says "here"
 
 
 async def test_wrong_key_is_rejected(cluster, tmp_path) -> None:
@@ -279,3 +282,102 @@ async def test_cli_migrate_authenticates_with_the_operator_key(cluster, clients)
     moved = await cb.get_vm("cli-secure")
     assert moved.state is VMState.RUNNING
     await cb.destroy_vm(moved.id)
+
+
+def novacron(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "novacron_sdk", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_cli_status_authenticates_like_the_other_commands(cluster, tmp_path) -> None:
+    url = cluster["a"].url
+    operator = cluster["keys"]["operator"]
+    args = [arg for item in operator.settings() for arg in ("--set", item)]
+    secured = await asyncio.to_thread(novacron, *args, "status", "--agent", url, "--json")
+    assert secured.returncode == 0, secured.stderr
+    assert json.loads(secured.stdout)["host"]["name"] == "host-a"
+    anonymous = await asyncio.to_thread(novacron, "status", "--agent", url)
+    assert anonymous.returncode == 2
+    assert anonymous.stderr == (
+        f"error: the agent at {url} requires authentication: run with security enabled "
+        "(--set security.enabled=true) and this node's key enrolled there "
+        "(on the agent's host: novacron keys enroll NODE.pub)\n"
+    )
+    absent = tmp_path / "absent.key"
+    keyless = [*args, "--set", f"security.identity_key={absent}"]
+    without_key = await asyncio.to_thread(novacron, *keyless, "status", "--agent", url)
+    assert without_key.returncode == 2
+    assert without_key.stderr.startswith(
+        "error: security is enabled, but this node's credentials cannot be loaded: "
+        f"cannot read private key file {absent}"
+    ), without_key.stderr
+    assert "Components already started" not in without_key.stderr
+
+
+@pytest.fixture(scope="module")
+def mixed(cluster, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """An agent without security, and host-c: secured, trusting the operator but not host-a."""
+    root = tmp_path_factory.mktemp("keys-c")
+    c = make_keys(root, "host-c")
+    EnrolledKeys(c.enrolled).enroll(cluster["keys"]["operator"].identity.public)
+    with (
+        LocalAgent("plain", env=ENV) as plain,
+        LocalAgent("host-c", settings=c.settings(), env=ENV) as agent_c,
+    ):
+        yield {"plain": plain, "c": agent_c}
+
+
+async def _refused_migration(source: AgentClient, vm_name: str, destination: str) -> str:
+    """Start migrating a fresh VM from ``source``; the error it fails with, the VM left home."""
+    vm = await source.create_vm(
+        VMSpec(name=vm_name, memory_mib=64, extra={"workload": {"pattern": "idle"}})
+    )
+    try:
+        with pytest.raises(NovaCronError) as caught:
+            await source.start_migration(vm.id, destination)
+        assert (await source.get_vm(vm.id)).state is VMState.RUNNING
+    finally:
+        await source.destroy_vm(vm.id)
+    return str(caught.value)
+
+
+async def test_secured_source_names_a_destination_without_security(cluster, clients, mixed) -> None:
+    ca, _ = clients
+    plain = mixed["plain"].url
+    error = await _refused_migration(ca, "to-plain", plain)
+    assert error == (
+        f"agent {cluster['a'].url} reports: agent {plain} does not have security enabled "
+        "(its API has no handshake endpoint /v1/auth/hello): enable security.enabled there, "
+        "or disable it here"
+    )
+
+
+async def test_unsecured_source_is_told_to_enable_security(cluster, mixed) -> None:
+    plain = mixed["plain"].url
+    async with AgentClient(plain) as source:
+        error = await _refused_migration(source, "from-plain", cluster["b"].url)
+    assert error.startswith(
+        f"agent {plain} reports: agent {cluster['b'].url}: authentication required: "
+    ), error
+    assert (
+        "the caller (the novacron command, or the source agent of a migration) must run with "
+        "security enabled (security.enabled=true) and its node key enrolled on this agent"
+    ) in error
+
+
+async def test_refusing_destination_is_named_as_where_to_enrol(cluster, clients, mixed) -> None:
+    ca, _ = clients
+    c = mixed["c"].url
+    error = await _refused_migration(ca, "to-c", c)
+    fingerprint = cluster["keys"]["a"].identity.public.fingerprint[:23]
+    assert error == (
+        f"agent {cluster['a'].url} reports: agent {c} refused the handshake: peer 'host-a' "
+        f"({fingerprint}) is not enrolled on 'host-c'; to trust it, run on host-c: "
+        "novacron keys enroll host-a.pub"
+    )

@@ -58,3 +58,18 @@ def test_generate_enroll_list(tmp_path: Path) -> None:
     again = novacron("keys", "generate", "--name", "host-a", home=tmp_path)
     assert again.returncode == 2
     assert "exists" in again.stderr
+
+
+def test_enrolling_a_file_that_is_no_public_key_says_so(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("ssh-ed25519 AAAA... user@host\n")
+    partial = tmp_path / "partial.pub"
+    partial.write_text(json.dumps({"format": "novacron-pqc-public/1", "name": "x"}))
+    for path in (garbage, partial):
+        done = novacron("keys", "enroll", str(path), home=tmp_path)
+        assert done.returncode == 2
+        assert done.stderr.startswith(
+            f"error: {path} is not a NovaCron public key file (novacron-pqc-public/1): "
+        ), done.stderr
+        assert "Traceback" not in done.stderr
+    assert "no peer is enrolled" in novacron("keys", "list", home=tmp_path).stdout

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from novacron_pqc.http_auth import FrameQueueChannel
-from novacron_pqc.wire import HandshakeMsg
+from novacron_pqc.wire import HandshakeMsg, HandshakeRefusedError
 from novacron_sdk.errors import SecurityError
 
 
@@ -84,3 +84,15 @@ async def test_silent_peer_times_out_with_advice(pair) -> None:
     left, _right = FrameQueueChannel.pair()
     with pytest.raises(SecurityError, match=r"timed out.*security enabled"):
         await a.provider(handshake_timeout_s=0.2).handshake(left, role="initiator")
+
+
+async def test_the_refused_side_learns_where_to_enrol(pair, stranger) -> None:
+    _, b = pair
+    mine, theirs = await run(stranger.provider(), b.provider())
+    assert isinstance(theirs, SecurityError)
+    assert "'stranger'" in str(theirs)
+    assert "not enrolled here" in str(theirs)  # in node-b's own log: "here" is node-b
+    assert isinstance(mine, HandshakeRefusedError), mine
+    assert "is not enrolled on 'node-b'" in mine.reason  # the stranger's "here" is not node-b
+    assert mine.reason.endswith("run on node-b: novacron keys enroll stranger.pub")
+    assert str(mine) == f"the peer refused the handshake: {mine.reason}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +38,19 @@ def make_app() -> FastAPI:
 @pytest.fixture
 async def server(pair) -> AsyncIterator[str]:
     _, b = pair
-    app = AuthMiddleware(make_app(), b.provider(), session_seconds=600)
+    async for url in serve(AuthMiddleware(make_app(), b.provider(), session_seconds=600)):
+        yield url
+
+
+@pytest.fixture
+async def plain_server() -> AsyncIterator[str]:
+    """The same API without authentication: what an agent with security disabled serves."""
+    async for url in serve(make_app()):
+        yield url
+
+
+async def serve(app: Any) -> AsyncIterator[str]:
+    """``app`` on uvicorn at 127.0.0.1: yields its URL, stops when resumed."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
@@ -63,6 +76,8 @@ async def test_unauthenticated_requests_are_refused(server) -> None:
             r = await http.request(method, path)
             assert r.status_code == 401
             assert "authentication required" in r.json()["error"]
+            assert "the caller" in r.json()["error"]
+            assert "must run with security enabled (security.enabled=true)" in r.json()["error"]
             assert "node-" not in r.text  # no host detail leaks
 
 
@@ -81,8 +96,25 @@ async def test_enrolled_client_is_served_and_responses_are_checked(pair, server)
 
 async def test_unenrolled_client_is_refused(stranger, server) -> None:
     async with httpx.AsyncClient(base_url=server, auth=PqcHttpAuth(stranger.provider())) as http:
-        with pytest.raises(SecurityError, match=r"refused the handshake.*not enrolled"):
+        with pytest.raises(SecurityError) as caught:
             await http.get("/v1/status")
+    # The refusing agent is named, by URL and node name, as where to enrol the key.
+    message = str(caught.value)
+    assert message.startswith(f"agent {server} refused the handshake: peer 'stranger' (sha256:")
+    assert message.endswith(
+        "is not enrolled on 'node-b'; to trust it, run on node-b: novacron keys enroll stranger.pub"
+    )
+
+
+async def test_agent_without_security_is_named_with_the_fix(pair, plain_server) -> None:
+    a, _ = pair
+    async with httpx.AsyncClient(base_url=plain_server, auth=PqcHttpAuth(a.provider())) as http:
+        with pytest.raises(SecurityError) as caught:
+            await http.get("/v1/status")
+    assert str(caught.value) == (
+        f"agent {plain_server} does not have security enabled (its API has no handshake "
+        "endpoint /v1/auth/hello): enable security.enabled there, or disable it here"
+    )
 
 
 async def test_client_refuses_an_unenrolled_agent(pair, stranger, server) -> None:

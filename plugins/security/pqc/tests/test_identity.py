@@ -10,9 +10,11 @@ import pytest
 
 from novacron_pqc.identity import (
     ED25519_SIGNATURE_BYTES,
+    PUBLIC_FORMAT,
     EnrolledKeys,
     NodeIdentity,
     PublicIdentity,
+    UntrustedPeerError,
 )
 from novacron_sdk.errors import SecurityError
 
@@ -92,6 +94,63 @@ def test_enrolment_pins_and_explains(tmp_path: Path) -> None:
         enrolled.check(impostor.public)
     with pytest.raises(SecurityError, match="keys list"):
         enrolled.remove("peer")
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"not a key\n", "it is not JSON"),
+        (b"", "it is not JSON"),
+        (b"\xff\xfe\x00", "it is not JSON"),
+        (b"[]", ""),
+        (json.dumps({"format": PUBLIC_FORMAT, "name": "x"}).encode(), "'ed25519', 'mldsa65'"),
+    ],
+)
+def test_a_file_that_is_no_public_key_says_so(tmp_path: Path, content: bytes, why: str) -> None:
+    path = tmp_path / "j.pub"
+    path.write_bytes(content)
+    with pytest.raises(SecurityError) as caught:
+        PublicIdentity.load(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path} is not a NovaCron public key file ({PUBLIC_FORMAT})")
+    assert why in message
+    assert "Expecting value" not in message
+    assert "KeyError" not in message
+
+
+def test_a_private_key_given_as_public_key_says_which_file_to_enrol(tmp_path: Path) -> None:
+    NodeIdentity.generate("n1").save(tmp_path / "node.key")
+    with pytest.raises(SecurityError, match="it is a private key file; enrol the matching"):
+        PublicIdentity.load(tmp_path / "node.key")
+
+
+def test_a_private_key_file_that_is_not_json_says_so(tmp_path: Path) -> None:
+    path = tmp_path / "node.key"
+    path.write_text("secret words\n")
+    path.chmod(0o600)
+    with pytest.raises(SecurityError) as caught:
+        NodeIdentity.load(path)
+    assert str(caught.value) == (
+        f"{path} is not a NovaCron private key file (novacron-pqc-private/1): it is not JSON"
+    )
+
+
+def test_a_refusal_names_the_refusing_node_when_told_to_the_peer(tmp_path: Path) -> None:
+    enrolled = EnrolledKeys(tmp_path / "enrolled")
+    peer = NodeIdentity.generate("host-a")
+    with pytest.raises(UntrustedPeerError) as caught:
+        enrolled.check(peer.public)
+    assert "run on this host: novacron keys enroll host-a.pub" in str(caught.value)
+    told = caught.value.explain("host-b")
+    assert f"peer 'host-a' ({peer.public.fingerprint[:23]}) is not enrolled on 'host-b'" in told
+    assert told.endswith("to trust it, run on host-b: novacron keys enroll host-a.pub")
+    enrolled.enroll(NodeIdentity.generate("host-a").public)  # another key under that name
+    with pytest.raises(UntrustedPeerError) as wrong:
+        enrolled.check(peer.public)
+    assert "wrong key" in wrong.value.explain("host-b")
+    assert wrong.value.explain("host-b").endswith(
+        "run on host-b: novacron keys enroll --replace host-a.pub"
+    )
 
 
 def test_enrolment_made_while_running_is_seen(tmp_path: Path) -> None:

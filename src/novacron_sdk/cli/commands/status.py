@@ -1,13 +1,21 @@
-"""``novacron status``: this machine's setup, or a running agent's health with ``--agent URL``."""
+"""``novacron status``: this machine's setup, or a running agent's health with ``--agent URL``.
+
+An agent with security enabled is asked with the credentials ``novacron vm --agent`` uses.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from novacron_sdk.cli.commands import add_json_flag, cli_config, cli_plugins
+from novacron_sdk.cli.commands import add_json_flag, cli_config, cli_plugins, run_async
 from novacron_sdk.cli.interface import CliCommand
-from novacron_sdk.errors import NovaCronError
+from novacron_sdk.errors import NovaCronError, SecurityError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from novacron_sdk.plugin.manager import NovaCronPluginManager
 
 _TIMEOUT_S = 10.0
 
@@ -34,13 +42,24 @@ def local_status(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def fetch_agent_status(url: str) -> dict[str, Any]:
-    """GET ``{url}/v1/status`` and return its JSON; errors become NovaCronError."""
+async def fetch_agent_status(
+    url: str, *, auth: httpx.Auth | None = None, plugins: NovaCronPluginManager | None = None
+) -> dict[str, Any]:
+    """GET ``{url}/v1/status`` and return its JSON; errors become NovaCronError.
+
+    ``auth`` authenticates to an agent with security enabled (see
+    :func:`novacron_sdk.agent.auth.client_auth`); without it, a 401 says how to get it.
+    """
     import httpx
+
+    from novacron_sdk.agent.auth import authentication_required
 
     target = url.rstrip("/") + "/v1/status"
     try:
-        response = httpx.get(target, timeout=_TIMEOUT_S)
+        async with httpx.AsyncClient(timeout=_TIMEOUT_S, auth=auth) as http:
+            response = await http.get(target)
+        if response.status_code == 401 and auth is None:
+            raise SecurityError(authentication_required(url, plugins))
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPStatusError as exc:
@@ -56,6 +75,15 @@ def fetch_agent_status(url: str) -> dict[str, Any]:
         msg = f"the agent at {url} returned an unexpected status document"
         raise NovaCronError(msg)
     return data
+
+
+async def _agent_status(args: argparse.Namespace) -> dict[str, Any]:
+    """``--agent``: with the credentials ``novacron vm --agent`` and ``migrate`` use."""
+    from novacron_sdk.agent.auth import client_auth
+
+    plugins = cli_plugins(args)
+    auth = await client_auth(cli_config(args), plugins)
+    return await fetch_agent_status(args.agent, auth=auth, plugins=plugins)
 
 
 def _print_local(status: dict[str, Any]) -> None:
@@ -102,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     from novacron_sdk.cli import output
 
     if args.agent:
-        status = fetch_agent_status(args.agent)
+        status = run_async(_agent_status(args))
         if args.json:
             output.print_json(status)
         else:

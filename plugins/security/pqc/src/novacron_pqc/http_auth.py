@@ -216,7 +216,9 @@ class AuthMiddleware:
         if not header or not header.startswith(SCHEME + " "):
             msg = (
                 "authentication required: this agent accepts only enrolled peers "
-                f"({SCHEME} handshake at {HELLO_PATH})"
+                f"({SCHEME} handshake at {HELLO_PATH}); the caller (the novacron command, "
+                "or the source agent of a migration) must run with security enabled "
+                "(security.enabled=true) and its node key enrolled on this agent"
             )
             raise SecurityError(msg)
         try:

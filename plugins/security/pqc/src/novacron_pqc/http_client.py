@@ -23,8 +23,12 @@ from novacron_pqc.http_auth import (
     response_mac,
     session_keys,
 )
+from novacron_pqc.wire import HandshakeRefusedError
 from novacron_sdk.errors import SecurityError
 from novacron_sdk.security.interface import SecurityProvider
+
+NO_ENDPOINT = frozenset({404, 405})
+"""Answers to the first handshake POST from an API without the handshake: security is off."""
 
 
 class PqcHttpAuth(httpx.Auth):
@@ -80,6 +84,7 @@ class PqcHttpAuth(httpx.Auth):
         mine, theirs = FrameQueueChannel.pair()
         task = asyncio.create_task(self.provider.handshake(mine, role="initiator"))
         handshake_id = ""
+        agent = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
         try:
             for path in (HELLO_PATH, FINISH_PATH):
                 frame = await next_frame(theirs, task)
@@ -92,12 +97,23 @@ class PqcHttpAuth(httpx.Auth):
                     content=frame,
                     headers=headers,
                 )
+                if path == HELLO_PATH and response.status_code in NO_ENDPOINT:
+                    msg = (
+                        f"agent {agent} does not have security enabled (its API has no "
+                        f"handshake endpoint {HELLO_PATH}): enable security.enabled there, "
+                        "or disable it here"
+                    )
+                    raise SecurityError(msg)
                 if response.headers.get("content-type", "").startswith("application/json"):
-                    msg = f"agent refused the handshake: {_error_text(response)}"
+                    msg = f"agent {agent} refused the handshake: {_error_text(response)}"
                     raise SecurityError(msg)
                 handshake_id = response.headers.get(HANDSHAKE_HEADER, handshake_id)
                 await theirs.send(response.content)
             session = await task
+        except HandshakeRefusedError as exc:
+            # Its reason names the refusing node ("run on host-b: ..."); say which agent it is.
+            msg = f"agent {agent} refused the handshake: {exc.reason}"
+            raise SecurityError(msg) from exc
         finally:
             if not task.done():
                 task.cancel()

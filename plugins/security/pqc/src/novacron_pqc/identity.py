@@ -109,15 +109,29 @@ class PublicIdentity:
     @classmethod
     def from_json(cls, data: Any, *, source: str) -> PublicIdentity:
         """Parse a public key file's content; ``source`` names it in errors."""
+        not_ours = f"{source} is not a NovaCron public key file ({PUBLIC_FORMAT})"
+        if isinstance(data, dict) and data.get("format") == PRIVATE_FORMAT:
+            msg = (
+                f"{not_ours}: it is a private key file; enrol the matching public key file "
+                "(node.pub next to node.key) and keep the private key on its host"
+            )
+            raise SecurityError(msg)
         if not isinstance(data, dict) or data.get("format") != PUBLIC_FORMAT:
-            msg = f"{source} is not a NovaCron public key file ({PUBLIC_FORMAT})"
+            raise SecurityError(not_ours)
+        missing = [k for k in ("name", "ed25519", "mldsa65") if k not in data]
+        if missing:
+            msg = f"{not_ours}: fields missing: {', '.join(repr(k) for k in missing)}"
             raise SecurityError(msg)
         try:
             ed = _unb64(data["ed25519"])
             pq = _unb64(data["mldsa65"])
+        except ValueError as exc:
+            msg = f"{source} is damaged: its keys are not valid base64 ({exc})"
+            raise SecurityError(msg) from exc
+        try:
             identity = cls.decode_keys(str(data["name"]), ed + pq)
-        except (KeyError, ValueError, TypeError) as exc:
-            msg = f"{source} is damaged: {type(exc).__name__}: {exc}"
+        except SecurityError as exc:
+            msg = f"{source} is damaged: {exc}"
             raise SecurityError(msg) from exc
         if len(ed) != ED25519_PUBLIC_BYTES:
             msg = f"{source} is damaged: the Ed25519 key has {len(ed)} bytes"
@@ -133,11 +147,44 @@ class PublicIdentity:
         """Read a public key file."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             msg = f"cannot read public key file {path}: {exc}"
             raise SecurityError(msg) from exc
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:
+            msg = f"{path} is not a NovaCron public key file ({PUBLIC_FORMAT}): it is not JSON"
+            raise SecurityError(msg) from exc
         return cls.from_json(data, source=str(path))
+
+
+class UntrustedPeerError(SecurityError):
+    """A peer whose key is not enrolled here, or differs from the key enrolled for its name.
+
+    The message says it from this node's side ("here", "this host"); :meth:`explain` with
+    this node's name says it to the peer, which shows it on *its* host.
+    """
+
+    def __init__(self, peer: PublicIdentity, pinned: PublicIdentity | None = None) -> None:
+        self.peer = peer
+        self.pinned = pinned
+        super().__init__(self.explain())
+
+    def explain(self, node: str | None = None) -> str:
+        """The refusal, where ``node`` (the refusing node's name) replaces "here"."""
+        where, host = ("here", "this host") if node is None else (f"on {node!r}", node)
+        name, fingerprint = self.peer.name, self.peer.fingerprint[:23]
+        if self.pinned is None:
+            return (
+                f"peer {name!r} ({fingerprint}) is not enrolled {where}; to trust it, "
+                f"run on {host}: novacron keys enroll {name}.pub"
+            )
+        return (
+            f"peer {name!r} presented key {fingerprint} but the key enrolled for it {where} "
+            f"is {self.pinned.fingerprint[:23]}: wrong key; if {name!r} really got new keys, "
+            f"run on {host}: novacron keys enroll --replace {name}.pub"
+        )
 
 
 @dataclass(frozen=True)
@@ -207,13 +254,18 @@ class NodeIdentity:
                     f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
                 )
                 raise SecurityError(msg)
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            raw = path.read_bytes()
+        except OSError as exc:
             msg = f"cannot read private key file {path}: {exc}; create one: novacron keys generate"
             raise SecurityError(msg) from exc
+        not_ours = f"{path} is not a NovaCron private key file ({PRIVATE_FORMAT})"
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except ValueError:  # also UnicodeDecodeError; no detail about a secret file's bytes
+            msg = f"{not_ours}: it is not JSON"
+            raise SecurityError(msg) from None
         if not isinstance(data, dict) or data.get("format") != PRIVATE_FORMAT:
-            msg = f"{path} is not a NovaCron private key file ({PRIVATE_FORMAT})"
-            raise SecurityError(msg)
+            raise SecurityError(not_ours)
         try:
             return cls(
                 str(data["name"]), _unb64(data["ed25519_seed"]), _unb64(data["mldsa65_seed"])
@@ -257,19 +309,7 @@ class EnrolledKeys:
             pinned = self._by_fingerprint.get(peer.fingerprint)
         if pinned is not None:
             return pinned
-        known = self._by_name.get(peer.name)
-        if known is not None:
-            msg = (
-                f"peer {peer.name!r} presented key {peer.fingerprint[:23]} but the key enrolled "
-                f"for it is {known.fingerprint[:23]}: wrong key; if {peer.name!r} really got "
-                "new keys, enrol its new public key with: novacron keys enroll --replace"
-            )
-            raise SecurityError(msg)
-        msg = (
-            f"peer {peer.name!r} ({peer.fingerprint[:23]}) is not enrolled here; to trust it, "
-            f"run on this host: novacron keys enroll {peer.name}.pub"
-        )
-        raise SecurityError(msg)
+        raise UntrustedPeerError(peer, self._by_name.get(peer.name))
 
     def enroll(self, identity: PublicIdentity, *, replace: bool = False) -> Path:
         """Pin ``identity``; refuse to change an existing pin unless ``replace``."""

@@ -30,7 +30,12 @@ from typing import Any, ClassVar, Literal
 from pydantic import ValidationError
 
 from novacron_pqc import backends, kem
-from novacron_pqc.identity import EnrolledKeys, NodeIdentity, PublicIdentity
+from novacron_pqc.identity import (
+    EnrolledKeys,
+    NodeIdentity,
+    PublicIdentity,
+    UntrustedPeerError,
+)
 from novacron_pqc.session import AEADS, AeadSession, expand
 from novacron_pqc.settings import SecuritySettings
 from novacron_pqc.wire import HandshakeMsg, pack, unpack
@@ -122,8 +127,14 @@ class PqcSecurityProvider(SecurityProvider):
     async def _refuse(self, channel: Channel, error: SecurityError) -> SecurityError:
         """Tell the peer why (best effort), close, and hand the error back to raise."""
         log.warning("handshake refused: %s", error)
+        # The peer shows the reason on its own host: "not enrolled here" must name this node.
+        reason = (
+            error.explain(self.identity.name)
+            if isinstance(error, UntrustedPeerError)
+            else str(error)
+        )
         try:
-            await channel.send(pack(HandshakeMsg.ERROR, str(error).encode()))
+            await channel.send(pack(HandshakeMsg.ERROR, reason.encode()))
             await channel.drain()
         except (NovaCronError, OSError):
             pass

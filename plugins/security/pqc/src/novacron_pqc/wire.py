@@ -12,6 +12,14 @@ MAX_HANDSHAKE_FRAME = 32 * 1024
 _LENGTH = struct.Struct(">I")
 
 
+class HandshakeRefusedError(SecurityError):
+    """The peer refused the handshake; ``reason`` is what it said, in its own words."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the peer refused the handshake: {reason}")
+
+
 class HandshakeMsg(IntEnum):
     """Handshake message types, in the order they are sent."""
 
@@ -53,8 +61,7 @@ def unpack(frame: bytes, expected: HandshakeMsg, count: int) -> list[bytes]:
         raise SecurityError(msg)
     if kind == HandshakeMsg.ERROR:
         reason = fields[0].decode("utf-8", "replace") if fields else "no reason given"
-        msg = f"the peer refused the handshake: {reason}"
-        raise SecurityError(msg)
+        raise HandshakeRefusedError(reason)
     if kind != expected or len(fields) != count:
         msg = f"unexpected handshake message type {kind} with {len(fields)} fields"
         msg += f" (expected {expected.name} with {count})"
