@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from novacron_sdk.builtin.sqlite_store import SqliteStore, default_path
+from novacron_sdk.builtin.sqlite_store import SqliteStore, StoreConfigError, default_path
 from novacron_sdk.consensus.interface import Compare, Op, StateStore
-from novacron_sdk.errors import StateStoreError
+from novacron_sdk.errors import ConfigError, StateStoreError
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.testing.store import StateStoreContract, collect, eventually
 
@@ -181,6 +182,91 @@ def _changelog_kinds(path: Path) -> list[tuple[str, str]]:
 async def test_refuses_memory_database() -> None:
     with pytest.raises(StateStoreError, match="memory"):
         SqliteStore({"path": ":memory:"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        # What YAML (a config file, --set) makes of an unquoted :memory:
+        ({"path": {":memory": None}}, r"state\.settings\.path: YAML read the unquoted :memory:"),
+        ({"path": 12}, r"state\.settings\.path must be a file path \(a string\), got 12; quote"),
+        ({"path": ":memory:"}, r"':memory:' cannot be shared.*set state\.settings\.path"),
+        ({"poll_interval_s": "fast"}, r"state\.settings\.poll_interval_s must be a number"),
+        ({"poll_interval_s": 0}, r"poll_interval_s must be a number greater than 0, got 0"),
+        ({"sweep_interval_s": -1}, r"sweep_interval_s must be a number at least 0, got -1"),
+        ({"busy_timeout_s": True}, r"busy_timeout_s must be a number"),
+        ({"history_revisions": 0.5}, r"history_revisions must be a whole number >= 1"),
+    ],
+)
+def test_bad_settings_are_config_errors(settings: dict[str, object], problem: str) -> None:
+    """ConfigError, so the agent does not retry; still a StateStoreError for old callers."""
+    with pytest.raises(StoreConfigError, match=problem) as info:
+        SqliteStore(settings)
+    assert isinstance(info.value, ConfigError)
+    assert isinstance(info.value, StateStoreError)
+
+
+def _not_a_database(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, but long enough for sqlite to look at its header" * 20)
+    return path
+
+
+def _below_a_file(tmp_path: Path) -> Path:
+    (tmp_path / "file").write_text("")
+    return tmp_path / "file" / "state.db"
+
+
+@pytest.mark.parametrize(
+    ("make_path", "problem"),
+    [
+        (lambda tmp: Path("/proc/novacron/state.db"), "cannot create the directory /proc/novacron"),
+        (lambda tmp: tmp, "cannot open or write .*is a directory"),
+        (_not_a_database, "is not an SQLite database"),
+        (_below_a_file, "cannot create the directory .*file: a file of that name exists"),
+    ],
+    ids=["uncreatable-directory", "directory", "not-a-database", "below-a-file"],
+)
+async def test_unusable_file_is_a_config_error(tmp_path: Path, make_path, problem: str) -> None:
+    """A file that cannot be created, opened or written fails at once (no busy retries),
+    naming the setting, the path and the reason."""
+    path = make_path(tmp_path)
+    store = SqliteStore({"path": path})
+    began = time.monotonic()
+    with pytest.raises(StoreConfigError, match=problem) as info:
+        await store.get("k")
+    assert time.monotonic() - began < 2
+    message = str(info.value)
+    assert message.startswith("state.settings.path: the sqlite state store")
+    assert "set state.settings.path to" in message
+    await store.close()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
+async def test_read_only_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    first = SqliteStore({"path": path})
+    await first.put("k", b"v")
+    await first.close()
+    path.chmod(0o444)
+    store = SqliteStore({"path": path})
+    with pytest.raises(StoreConfigError, match=r"state\.settings\.path: .*cannot open or write"):
+        await store.put("k", b"w")
+    await store.close()
+
+
+def test_status_cluster_explains_bad_paths(novacron_cli) -> None:
+    """The walkthrough's commands: a clean error naming the setting, never 'unexpected'."""
+    result = novacron_cli("--set", "state.settings.path=:memory:", "status", "--cluster")
+    assert result.exit_code == 2
+    assert "state.settings.path: YAML read the unquoted :memory:" in result.stderr
+    result = novacron_cli("--set", "state.settings.path=/proc/novacron/s.db", "status", "--cluster")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(
+        "error: state.settings.path: the sqlite state store cannot create the directory "
+        "/proc/novacron ("
+    )
+    assert "unexpected" not in result.stderr
 
 
 def test_default_path_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

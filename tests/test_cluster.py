@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from novacron_sdk.cluster import (
     source_fence,
 )
 from novacron_sdk.consensus.interface import TxnResult
-from novacron_sdk.errors import StateStoreError
+from novacron_sdk.errors import ConfigError, StateStoreError
 from novacron_sdk.testing.store import eventually
 
 
@@ -64,6 +65,72 @@ async def test_host_reregisters_after_its_lease_expired(store: SqliteStore) -> N
     await eventually(back, "re-registration")
     await member.stop()
     assert await list_hosts(store) == []
+
+
+async def test_a_second_agent_with_the_same_name_is_refused(store: SqliteStore) -> None:
+    """It waits out the first one's lease ttl (in case that one had died), then refuses,
+    naming the other agent's URL; the first keeps its record."""
+    first = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=0.6)
+    await first.start()
+    second = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
+    with pytest.raises(ConfigError) as info:
+        await asyncio.wait_for(second.start(), 10)
+    message = str(info.value)
+    assert "host name 'h1' is taken: another agent at http://127.0.0.1:1 on machine " in message
+    assert message.endswith("give each agent its own agent.name (novacron agent --name)")
+    assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
+    assert second.lease is None
+    await first.stop()
+    assert await list_hosts(store) == []
+
+
+async def test_a_restarted_agent_takes_its_name_back(store: SqliteStore) -> None:
+    """An earlier run that died without deregistering: the new run (another port) waits
+    for the dead run's lease to expire and registers; on the same URL it takes over at once."""
+    dead = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=0.6)
+    await dead.start()
+    assert dead._task is not None
+    dead._task.cancel()  # killed: no deregistration, the lease lives on for its ttl
+    restarted = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
+    await asyncio.wait_for(restarted.start(), 10)
+    assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:2"]
+    assert restarted._task is not None
+    restarted._task.cancel()
+
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    same_url = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=30)
+    await same_url.start()
+    assert loop.time() - began < 0.5  # no wait: no live process can share its URL
+    [host] = await list_hosts(store)
+    assert host.instance == same_url.record.instance != restarted.record.instance
+    await same_url.stop()
+
+
+async def test_reregistration_does_not_take_a_name_another_agent_took(
+    store: SqliteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A paused agent whose lease expired finds its name taken: it warns, and keeps off."""
+    caplog.set_level(logging.WARNING, logger="novacron_sdk.cluster.hosts")
+    paused = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=0.6)
+    await paused.start()
+    assert paused.lease is not None
+    await store.revoke_lease(paused.lease)  # as if its lease expired during a pause
+    other = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
+    await other.start()
+
+    async def warned() -> bool:
+        return "another agent (at http://127.0.0.1:2" in caplog.text
+
+    await eventually(warned, "the paused agent's warning")
+    assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:2"]
+    await other.stop()
+
+    async def back() -> bool:  # the name is free again: the paused agent registers
+        return [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
+
+    await eventually(back, "re-registration once the name is free")
+    await paused.stop()
 
 
 async def test_one_controller_and_failover(store: SqliteStore) -> None:

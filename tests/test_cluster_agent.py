@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.builtin.sim.driver import SimDriver
 from novacron_sdk.builtin.sqlite_store import SqliteStore
 from novacron_sdk.cluster import HostMembership, HostRecord, cluster_status, get_owner, record_owner
 from novacron_sdk.cluster.cli import cluster_report
 from novacron_sdk.cluster.components import ClusterSettings, register_components
 from novacron_sdk.config import load_config
+from novacron_sdk.errors import InitError
 from novacron_sdk.init import build_orchestrator
 from novacron_sdk.init.interface import InitContext
 from novacron_sdk.models import VMSpec
@@ -37,7 +39,9 @@ class ClusterPlugin:
         register_components(registry)
 
 
-def _context(tmp_path: Path, *, enabled: bool) -> InitContext:
+def _context(
+    tmp_path: Path, *, enabled: bool, sim: str = "sim.json", state: str | None = None
+) -> InitContext:
     plugins = build_plugin_manager(autoload=False, plugins=[("cluster", ClusterPlugin())])
     config = load_config(
         plugins=plugins,
@@ -45,8 +49,8 @@ def _context(tmp_path: Path, *, enabled: bool) -> InitContext:
         overrides={
             "agent.port": 0,
             "agent.name": "host-a",
-            "drivers.settings": {"sim": {"state_path": str(tmp_path / "sim.json")}},
-            "state.settings": {"path": str(tmp_path / "state.db")},
+            "drivers.settings": {"sim": {"state_path": str(tmp_path / sim)}},
+            "state.settings": {"path": state or str(tmp_path / "state.db")},
             "cluster.enabled": enabled,
             "cluster.lease_ttl_s": 2.0,
         },
@@ -114,3 +118,74 @@ async def test_status_report_prints_the_cluster(
     assert "host-gone" in text.out
     await membership.stop()
     await store.close()
+
+
+async def test_agent_owns_vms_created_after_it_started(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A VM created through the agent's API later is recorded as the agent's within a
+    keep-alive period (lease ttl / 3), and ``status --cluster --json`` lists it."""
+    context = _context(tmp_path, enabled=True)
+    orchestrator = build_orchestrator(context, names=COMPONENTS)
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    try:
+        await orchestrator.start()
+        assert (await cluster_status(store)).vms == []
+        url = context.values["service"].url
+        async with AgentClient(url) as client:
+            vm = await client.create_vm(VMSpec(name="late", memory_mib=16))
+
+        async def owned() -> bool:
+            owner = await get_owner(store, vm.name)
+            return owner is not None and owner.host == "host-a"
+
+        await eventually(owned, "ownership record of a VM created after start-up")
+        await asyncio.to_thread(cluster_report, context.config, context.plugins, as_json=True)
+        data = json.loads(capsys.readouterr().out)
+        assert [(v["vm"], v["host"]) for v in data["vms"]] == [("late", "host-a")]
+        assert data["orphaned_vms"] == []
+    finally:
+        await orchestrator.stop()
+        await store.close()
+
+
+async def test_a_second_agent_with_the_same_name_does_not_take_the_host_over(
+    tmp_path: Path,
+) -> None:
+    """Two agents named host-a on one store: the second's cluster.member is degraded with
+    an error naming the first's URL; the first keeps its host record."""
+    first = build_orchestrator(_context(tmp_path, enabled=True), names=COMPONENTS)
+    second_context = _context(tmp_path, enabled=True, sim="sim-2.json")
+    second = build_orchestrator(second_context, names=COMPONENTS)
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    try:
+        await first.start()
+        [host] = (await cluster_status(store)).hosts
+        await second.start()
+        member = next(s for s in second.status() if s.name == "cluster.member")
+        assert member.state == "degraded"
+        assert member.attempts == 1  # a ConfigError: not retried
+        assert member.error is not None
+        assert f"host name 'host-a' is taken: another agent at {host.url}" in member.error
+        assert "give each agent its own agent.name" in member.error
+        assert second_context.values["service"].url != host.url
+        assert (await cluster_status(store)).hosts == [host]
+    finally:
+        await second.stop()
+        await first.stop()
+        await store.close()
+
+
+async def test_an_unusable_store_file_fails_start_up_at_once(tmp_path: Path) -> None:
+    """A store path the agent cannot create is a ConfigError: not retried, and the error
+    names state.settings.path."""
+    context = _context(tmp_path, enabled=True, state="/proc/novacron/state.db")
+    orchestrator = build_orchestrator(context, names=COMPONENTS)
+    with pytest.raises(InitError) as info:
+        await orchestrator.start()
+    assert "which failed: StoreConfigError: state.settings.path: the sqlite state store " in str(
+        info.value
+    )
+    assert "cannot create the directory /proc/novacron" in str(info.value)
+    store = next(s for s in orchestrator.status() if s.name == "cluster.store")
+    assert store.attempts == 1

@@ -4,13 +4,16 @@ in one SQLite file (WAL mode), safe to share between processes on one machine.
 Settings (all optional):
 
 - ``path``: the database file; default ``$XDG_STATE_HOME/novacron/state.db`` or
-  ``~/.local/state/novacron/state.db``. ``:memory:`` is refused: other processes could not
-  see it.
+  ``~/.local/state/novacron/state.db``. Missing directories are created. ``:memory:`` is
+  refused: other processes could not see it.
 - ``poll_interval_s`` (default 0.05): how often a watch looks for new changes.
 - ``sweep_interval_s`` (default 0 = off): also expire leases from a background task. Expired
   leases are swept at the start of every operation and every idle watch poll anyway.
 - ``busy_timeout_s`` (default 10): how long to wait for another process's write lock.
 - ``history_revisions`` (default 100000): revisions of change history kept for watches.
+
+Invalid settings, and a file that cannot be created, opened or written, raise
+:class:`StoreConfigError` (a ConfigError: the agent does not retry it) naming the setting.
 
 Every write runs in ``BEGIN IMMEDIATE`` so compares and operations are atomic across
 processes. SQLite calls run in a worker thread (one connection per store, behind a lock) so
@@ -39,9 +42,15 @@ from novacron_sdk.consensus.interface import (
     TxnResult,
     WatchEvent,
 )
-from novacron_sdk.errors import StateStoreError
+from novacron_sdk.errors import ConfigError, StateStoreError
 
 T = TypeVar("T")
+
+
+class StoreConfigError(ConfigError, StateStoreError):
+    """A setting of the sqlite store is invalid, or its file cannot be created, opened or
+    written: a retry will not help, the setting must change."""
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -74,6 +83,81 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     if isinstance(code, int):
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return "locked" in str(exc)
+
+
+def _path_setting(value: Any) -> Path:
+    if not value:
+        return default_path()
+    if isinstance(value, dict) and list(value) == [":memory"]:
+        # What YAML makes of an unquoted ``:memory:`` (in a file or in --set).
+        msg = (
+            "state.settings.path: YAML read the unquoted :memory: as a mapping (quote such "
+            "values: path: ':memory:' in a file, --set \"state.settings.path=':memory:'\"), "
+            "but the sqlite state store cannot use ':memory:' anyway: other processes could "
+            "not see it; set a file path, e.g. /var/lib/novacron/state.db"
+        )
+        raise StoreConfigError(msg)
+    if not isinstance(value, str | os.PathLike):
+        msg = (
+            f"state.settings.path must be a file path (a string), got {value!r}; quote it "
+            "if YAML read it as something else: path: '...' in a file, "
+            "--set \"state.settings.path='...'\""
+        )
+        raise StoreConfigError(msg)
+    if os.fspath(value) == ":memory:":
+        msg = (
+            "the sqlite state store needs a file path: ':memory:' cannot be shared between "
+            "processes; set state.settings.path to a file, e.g. /var/lib/novacron/state.db"
+        )
+        raise StoreConfigError(msg)
+    return Path(value).expanduser()
+
+
+def _number_setting(
+    settings: Mapping[str, Any], key: str, default: float, *, minimum: float, strict: bool
+) -> float:
+    value = settings.get(key, default)
+    bad = isinstance(value, bool) or not isinstance(value, int | float)
+    if bad or not (value > minimum if strict else value >= minimum):
+        bound = f"{'greater than' if strict else 'at least'} {minimum:g}"
+        msg = f"state.settings.{key} must be a number {bound}, got {value!r}"
+        raise StoreConfigError(msg)
+    return float(value)
+
+
+def _os_reason(path: Path) -> str | None:
+    """Why the OS will not let this process write ``path`` (sqlite3 does not say), if known."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    if path.exists():
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except OSError as exc:
+            return str(exc)
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"no permission to write in the directory {path.parent}"
+    return None
+
+
+def _open_failed(path: Path, exc: OSError | sqlite3.Error) -> StoreConfigError:
+    """The StoreConfigError for a store file that cannot be created, opened or written."""
+    if isinstance(exc, FileExistsError):
+        problem = f"cannot create the directory {path.parent}: a file of that name exists"
+        todo = "a file in a directory"
+    elif isinstance(exc, OSError):
+        problem = f"cannot create the directory {path.parent} ({exc})"
+        todo = "a file in an existing, writable directory (or one this user may create)"
+    elif getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_NOTADB:
+        problem = f"{path} is not an SQLite database ({exc})"
+        todo = "a new file, or the file of an existing state store"
+    else:
+        reason = _os_reason(path)
+        problem = f"cannot open or write {path} ({exc}{f': {reason}' if reason else ''})"
+        todo = "a file this user may read and write, in a directory it may write"
+    msg = (
+        f"state.settings.path: the sqlite state store {problem}; set state.settings.path to {todo}"
+    )
+    return StoreConfigError(msg)
 
 
 def _prefix_args(prefix: str) -> tuple[str, int, str]:
@@ -203,18 +287,16 @@ class SqliteStore(StateStore):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
-        raw_path = self.settings.get("path") or default_path()
-        if str(raw_path) == ":memory:":
-            msg = (
-                "the sqlite state store needs a file path: ':memory:' cannot be shared between "
-                "processes; set state.settings.path"
-            )
-            raise StateStoreError(msg)
-        self.path = Path(raw_path).expanduser()
-        self.poll_interval = float(self.settings.get("poll_interval_s", 0.05))
-        self.sweep_interval = float(self.settings.get("sweep_interval_s", 0))
-        self.busy_timeout = float(self.settings.get("busy_timeout_s", 10))
-        self.history = int(self.settings.get("history_revisions", 100_000))
+        self.path = _path_setting(self.settings.get("path"))
+        number = partial(_number_setting, self.settings)
+        self.poll_interval = number("poll_interval_s", 0.05, minimum=0, strict=True)
+        self.sweep_interval = number("sweep_interval_s", 0, minimum=0, strict=False)
+        self.busy_timeout = number("busy_timeout_s", 10, minimum=0, strict=False)
+        history = self.settings.get("history_revisions", 100_000)
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+            msg = f"state.settings.history_revisions must be a whole number >= 1, got {history!r}"
+            raise StoreConfigError(msg)
+        self.history = history
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self._closed = False
@@ -222,16 +304,38 @@ class SqliteStore(StateStore):
 
     # -- plumbing ------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
+        """Open the file (creating it, its directory and the schema) on first use.
+
+        A directory that cannot be created, or a file that cannot be opened or written (read
+        only, a directory, not a database), raises StoreConfigError; SQLITE_BUSY is raised
+        as it is, for :meth:`_locked` to retry.
+        """
         if self._db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(
-                self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _open_failed(self.path, exc) from exc
+            try:
+                db = sqlite3.connect(
+                    self.path,
+                    timeout=self.busy_timeout,
+                    isolation_level=None,
+                    check_same_thread=False,
+                )
+            except sqlite3.Error as exc:
+                if _is_busy(exc):
+                    raise
+                raise _open_failed(self.path, exc) from exc
             try:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 # In one write transaction so that processes opening a new file together agree.
                 db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+            except sqlite3.Error as exc:
+                db.close()
+                if _is_busy(exc):
+                    raise
+                raise _open_failed(self.path, exc) from exc
             except BaseException:
                 db.close()
                 raise

@@ -7,6 +7,7 @@ control API (the host record carries the API's URL).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import TYPE_CHECKING, ClassVar
@@ -17,8 +18,9 @@ from novacron_sdk.cluster.controller import ClusterController
 from novacron_sdk.cluster.hosts import HostMembership, HostRecord
 from novacron_sdk.cluster.ownership import record_owner
 from novacron_sdk.cluster.status import open_configured_store
-from novacron_sdk.errors import ConfigError, StateStoreError
+from novacron_sdk.errors import ConfigError, NovaCronError, StateStoreError
 from novacron_sdk.init.interface import Component
+from novacron_sdk.models import VMState
 
 if TYPE_CHECKING:
     from novacron_sdk.agent.service import AgentService
@@ -74,15 +76,22 @@ class StoreComponent(Component):
 
 
 class MemberComponent(Component):
-    """Registers this host under a lease, and records it as owner of its unowned VMs."""
+    """Registers this host under a lease, and records it as owner of its unowned VMs.
+
+    VMs are adopted at start and then every third of the lease ttl, so VMs created later
+    (through the agent's API or the hypervisor itself) get an owner record too. A VM being
+    migrated is left alone: its record is the migration's fence (see cluster/ownership.py).
+    """
 
     name: ClassVar[str] = "cluster.member"
     depends_on: ClassVar[tuple[str, ...]] = ("cluster.store", "agent.api")
     critical: ClassVar[bool] = False
 
     async def start(self) -> None:
-        """Register and start the lease keep-alive."""
+        """Register, adopt this host's unowned VMs, and start the keep-alive and adoption."""
         self.membership: HostMembership | None = None
+        self._adopter: asyncio.Task[None] | None = None
+        self._known: set[str] = set()
         settings = _settings(self)
         store: StateStore | None = self.context.values.get("state_store")
         if not settings.enabled or store is None:
@@ -99,15 +108,60 @@ class MemberComponent(Component):
         )
         self.membership = HostMembership(store, record, ttl_s=settings.lease_ttl_s)
         await self.membership.start()
-        # Owner records are keyed by VM name: the name travels with a migration (the
-        # destination's VM may get a new id), so it must be unique in the cluster.
-        for vm in await service.driver.list_vms():
-            await record_owner(store, vm.name, service.name)
+        try:
+            await self._adopt(store, service)
+        except BaseException:
+            await self.membership.stop()  # stop() only runs for components that started
+            raise
+        self._adopter = asyncio.get_running_loop().create_task(
+            self._adopt_forever(store, service, settings.lease_ttl_s / 3)
+        )
+
+    async def _adopt(self, store: StateStore, service: AgentService) -> None:
+        """Record this host as the owner of each of its VMs that has no owner record yet.
+
+        Owner records are keyed by VM name: the name travels with a migration (the
+        destination's VM may get a new id), so it must be unique in the cluster. Names that
+        already have a record are remembered and not asked about again while the VM exists.
+        """
+        vms = await service.driver.list_vms()
+        present = {vm.name for vm in vms}
+        self._known &= present
+        busy = _migrating(service)
+        for vm in vms:
+            if vm.name in self._known or vm.state is VMState.MIGRATING:
+                continue
+            if vm.name in busy or vm.id in busy:
+                continue
+            if await record_owner(store, vm.name, service.name):
+                log.info("host %s now owns VM %s", service.name, vm.name)
+            self._known.add(vm.name)
+
+    async def _adopt_forever(
+        self, store: StateStore, service: AgentService, interval_s: float
+    ) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self._adopt(store, service)
+            except (NovaCronError, OSError) as exc:
+                log.warning("host %s: recording owners of new VMs failed: %s", service.name, exc)
 
     async def stop(self) -> None:
-        """Deregister at once (other hosts need not wait for the lease to expire)."""
+        """Stop adopting; deregister at once (other hosts need not wait for the lease)."""
+        if self._adopter is not None:
+            self._adopter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._adopter
         if self.membership is not None:
             await self.membership.stop()
+
+
+def _migrating(service: AgentService) -> set[str]:
+    """Ids and names of the VMs that this agent migrates, out or in, right now."""
+    busy = {m.vm for m in service.outgoing.values() if not m.done.is_set()}
+    busy.update(m.info.spec.name for m in service.incoming.values())
+    return busy
 
 
 class ControllerComponent(Component):
