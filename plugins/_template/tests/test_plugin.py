@@ -6,6 +6,7 @@ import pytest
 
 from novacron_PLUGINNAME import hooks
 from novacron_PLUGINNAME.driver import PluginDriver
+from novacron_sdk.errors import ConfigError
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.testing.compute import ComputeDriverContract
 
@@ -18,6 +19,13 @@ def test_registers_the_driver_lazily():
     assert entry.target == "novacron_PLUGINNAME.driver:PluginDriver"
     assert plugins.hypervisors.get("PLUGINNAME") is PluginDriver
     assert plugins.failures() == []
+
+
+def test_a_mistyped_setting_names_the_key_it_resembles():
+    with pytest.raises(
+        ConfigError, match=r"capacity_vm: unknown key \(did you mean 'capacity_vms'\?\)"
+    ):
+        PluginDriver({"capacity_vm": 10})
 
 
 class TestPluginDriverContract(ComputeDriverContract):

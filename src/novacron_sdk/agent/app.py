@@ -52,6 +52,16 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (DriverError, 502),
     (NovaCronError, 500),
 ]
+# A DriverError with one of these codes is a request the driver refused before asking its
+# provider (an unknown spec.extra key, malformed domain XML, a missing image): invalid input,
+# answered 422 like a body that fails validation, not 502 like a provider failure.
+INVALID_INPUT_CODES = frozenset({"InvalidParameter", "MissingParameter"})
+
+
+def _status_of(exc: NovaCronError) -> int:
+    if isinstance(exc, DriverError) and exc.code in INVALID_INPUT_CODES:
+        return 422
+    return next(code for cls, code in _STATUS if isinstance(exc, cls))
 
 
 class MigrationRequest(BaseModel):
@@ -129,8 +139,7 @@ def create_app(service: AgentService, status_provider: StatusProvider | None = N
 
     @app.exception_handler(NovaCronError)
     async def _novacron_error(request: Request, exc: NovaCronError) -> JSONResponse:
-        status = next(code for cls, code in _STATUS if isinstance(exc, cls))
-        return _error(exc, status)
+        return _error(exc, _status_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

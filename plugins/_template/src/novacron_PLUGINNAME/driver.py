@@ -11,9 +11,24 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from novacron_sdk.errors import InvalidStateError, NotFoundError, QuotaExceededError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from novacron_sdk.config.checks import validation_problems
+from novacron_sdk.errors import ConfigError, InvalidStateError, NotFoundError, QuotaExceededError
 from novacron_sdk.hypervisors.interface import HypervisorDriver
 from novacron_sdk.models import VM, DriverFeature, Host, Page, VMSpec, VMState
+
+
+class PluginSettings(BaseModel):
+    """``drivers.settings.PLUGINNAME``: every key the driver reads, with its default.
+
+    ``extra="forbid"`` makes a mistyped key (``capacity_vm``) an error that names the closest
+    known key, as in the SDK's own sections; a plain BaseModel would silently ignore it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity_vms: int = Field(default=100, gt=0, description="How many VMs the host holds.")
 
 
 class PluginDriver(HypervisorDriver):
@@ -34,7 +49,13 @@ class PluginDriver(HypervisorDriver):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self._capacity = int(self.settings.get("capacity_vms", 100))
+        try:
+            self.config = PluginSettings.model_validate(self.settings)
+        except ValidationError as exc:
+            problems = validation_problems(exc, PluginSettings, f"drivers.settings.{self.name}.")
+            msg = f"invalid {self.name} driver settings: {problems}"
+            raise ConfigError(msg) from exc
+        self._capacity = self.config.capacity_vms
         self._vms: dict[str, VM] = {}
 
     async def _list_vms_page(self, token: str | None, page_size: int) -> Page[VM]:

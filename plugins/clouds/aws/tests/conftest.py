@@ -123,6 +123,7 @@ class FaultProxy:
         self.status = 503
         self.code = "RequestLimitExceeded"
         self.message = "Request limit exceeded."
+        self.action: str | None = None
         self.rejected = 0
         self.forwarded = 0
         self.lock = threading.Lock()
@@ -135,14 +136,17 @@ class FaultProxy:
         status: int = 503,
         code: str = "RequestLimitExceeded",
         message: str = "Request limit exceeded.",
+        action: str | None = None,
     ) -> None:
-        """Answer the next ``count`` requests with this error."""
+        """Answer the next ``count`` requests (of EC2 ``action`` only, if given) with this error."""
         with self.lock:
             self.failures_left, self.status, self.code, self.message = count, status, code, message
+            self.action = action
 
-    def take_failure(self) -> bool:
+    def take_failure(self, body: bytes) -> bool:
         with self.lock:
-            if self.failures_left <= 0:
+            chosen = self.action is None or f"Action={self.action}&".encode() in body + b"&"
+            if self.failures_left <= 0 or not chosen:
                 self.forwarded += 1
                 return False
             self.failures_left -= 1
@@ -157,7 +161,7 @@ def _handler(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _relay(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if proxy.take_failure():
+            if proxy.take_failure(body):
                 payload = EC2_ERROR_BODY.format(code=proxy.code, message=proxy.message).encode()
                 self.send_response(proxy.status)
                 self.send_header("Content-Type", "text/xml")

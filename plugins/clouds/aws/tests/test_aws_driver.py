@@ -279,6 +279,42 @@ async def test_tags_spot_and_security_groups(driver: AwsDriver) -> None:
     assert moved.extra["security_groups"] == [group]
 
 
+async def test_vms_show_the_vcpus_and_memory_of_their_type(driver: AwsDriver) -> None:
+    vm = await driver.create_vm(VMSpec(name="sized", size="t3.small"))
+    assert (vm.vcpus, vm.memory_mib) == (2, 2048)
+    await driver.create_vm(VMSpec(name="default-size"))  # t3.micro
+    listed = {v.name: (v.vcpus, v.memory_mib) for v in await driver.list_vms()}
+    assert listed == {"sized": (2, 2048), "default-size": (2, 1024)}
+    assert (await driver.get_vm("sized")).memory_mib == 2048
+
+
+async def test_unreadable_instance_types_leave_zero_and_say_why(
+    proxy: Any, proxied_driver: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = proxied_driver()
+    proxy.fail_next(
+        5,
+        status=403,
+        code="UnauthorizedOperation",
+        message="You are not authorized to perform this operation.",
+        action="DescribeInstanceTypes",
+    )
+    vm = await driver.create_vm(VMSpec(name="unsized"))
+    assert (vm.vcpus, vm.memory_mib) == (0, 0)
+    assert [v.id for v in await driver.list_vms()] == [vm.id]
+    assert proxy.rejected == 1  # asked once per type, not at every listing
+    assert "cannot read the vCPUs and memory of instance types t3.micro" in caplog.text
+    assert "UnauthorizedOperation" in caplog.text
+    await driver.close()
+
+
+async def test_unknown_extra_is_invalid_input(driver: AwsDriver) -> None:
+    with pytest.raises(DriverError, match="spot_price") as caught:
+        await driver.create_vm(VMSpec(name="odd", extra={"spot_price": "0.1"}))
+    assert caught.value.code == "InvalidParameter"  # the agent answers 422 for this code
+    assert await driver.list_vms() == []
+
+
 async def test_list_images_shows_own_amis(driver: AwsDriver) -> None:
     vm = await driver.create_vm(VMSpec(name="imaged"))
     ec2 = boto3.client("ec2", region_name=REGION)

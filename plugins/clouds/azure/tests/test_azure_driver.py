@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from azure.identity import ClientSecretCredential, DefaultAzureCredential
 
 from novacron_azure import hooks
 from novacron_azure.driver import AzureDriver
-from novacron_azure.testing import Fault
+from novacron_azure.testing import FakeArmTransport, Fault
 from novacron_sdk import AsyncClient
 from novacron_sdk.errors import (
     ConfigError,
@@ -199,6 +200,30 @@ async def test_default_chain_without_explicit_credentials(monkeypatch):
     assert driver.subscription_id == "from-env"
 
 
+async def test_no_credential_is_one_short_message(
+    arm, azure_settings, tmp_path, monkeypatch, caplog
+):
+    # Nothing for DefaultAzureCredential to find: no Azure CLI, no token caches, no IMDS (the
+    # network guard refuses 169.254.169.254).
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    driver = AzureDriver(azure_settings, transport=FakeArmTransport(arm.url))
+    with caplog.at_level(logging.WARNING), pytest.raises(DriverError) as caught:
+        await driver.list_vms()
+    await driver.close()
+    text = str(caught.value)
+    assert caught.value.code == "ClientAuthenticationError"
+    assert "\n" not in text
+    assert (
+        "(DefaultAzureCredential failed to retrieve a token from the included credentials)" in text
+    )
+    for advice in ("drivers.settings.azure.tenant_id", "AZURE_CLIENT_SECRET", "'az login'"):
+        assert advice in text
+    assert "EnvironmentCredential" not in text  # the chain's report is not repeated
+    # ... nor logged as a warning next to the error (it is logged at INFO, for -v).
+    assert "Attempted credentials" not in caplog.text
+
+
 def test_half_a_service_principal_is_rejected():
     with pytest.raises(DriverError, match="needs tenant_id and client_id"):
         AzureDriver({"subscription_id": "s", "client_secret": "x"}).credential()
@@ -256,8 +281,26 @@ async def test_spot_tags_and_security_group(arm, driver):
 
 
 async def test_unknown_extra_is_rejected(driver):
-    with pytest.raises(DriverError, match=r"spec\.extra"):
+    with pytest.raises(DriverError, match=r"spec\.extra") as caught:
         await driver.create_vm(VMSpec(name="odd", extra={"colour": "blue"}))
+    assert caught.value.code == "InvalidParameter"  # the agent answers 422 for this code
+
+
+async def test_vms_show_the_vcpus_and_memory_of_their_size(arm, driver):
+    vm = await driver.create_vm(VMSpec(name="sized", size="Standard_B2s"))
+    assert (vm.vcpus, vm.memory_mib) == (2, 4096)
+    await driver.create_vm(VMSpec(name="default-size"))  # Standard_B1s
+    listed = {v.name: (v.vcpus, v.memory_mib) for v in await driver.list_vms()}
+    assert listed == {"sized": (2, 4096), "default-size": (1, 1024)}
+    assert arm.count("GET", "/vmSizes") == 1  # once per location, not at every listing
+
+
+async def test_unreadable_sizes_leave_zero_and_say_why(arm, driver, caplog):
+    arm.inject(Fault(403, "AuthorizationFailed", "no read on vmSizes", path_contains="/vmSizes"))
+    vm = await driver.create_vm(VMSpec(name="unsized"))
+    assert (vm.vcpus, vm.memory_mib) == (0, 0)
+    assert [v.id for v in await driver.list_vms()] == [vm.id]
+    assert "cannot read the vCPUs and memory of the VM sizes in westeurope" in caplog.text
 
 
 def test_network_guard_blocks_other_hosts():

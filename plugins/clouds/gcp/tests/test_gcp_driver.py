@@ -195,6 +195,9 @@ async def test_no_credentials_is_a_clear_error():
     with pytest.raises(DriverError, match="application default credentials") as caught:
         await GcpDriver({"project": "p"}).list_vms()
     assert caught.value.code == "DefaultCredentialsError"
+    text = str(caught.value)
+    assert ".." not in text
+    assert "for more information. Set drivers.settings.gcp.credentials_file" in text
 
 
 def test_missing_project_is_a_clear_error(tmp_path, monkeypatch):
@@ -240,8 +243,35 @@ async def test_spot_labels_and_network_tags(driver):
 
 
 async def test_unknown_extra_is_rejected(driver):
-    with pytest.raises(DriverError, match=r"spec\.extra"):
+    with pytest.raises(DriverError, match=r"spec\.extra") as caught:
         await driver.create_vm(VMSpec(name="odd", extra={"colour": "blue"}))
+    assert caught.value.code == "InvalidParameter"  # the agent answers 422 for this code
+
+
+async def test_vms_show_the_vcpus_and_memory_of_their_machine_type(compute, driver):
+    small = await driver.create_vm(VMSpec(name="small", size="e2-small"))
+    assert (small.vcpus, small.memory_mib) == (2, 2048)
+    await driver.create_vm(VMSpec(name="big", size="n2-standard-4", location="europe-west1-c"))
+    listed = {vm.name: (vm.vcpus, vm.memory_mib) for vm in await driver.list_vms()}
+    assert listed == {"small": (2, 2048), "big": (4, 16384)}
+    assert (await driver.get_vm("small")).memory_mib == 2048
+    # Asked once per zone and machine type, not at every listing.
+    assert compute.count("GET", "/machineTypes/") == 2
+
+
+async def test_custom_and_unreadable_machine_types(compute, driver, caplog):
+    for name, machine in (("custom", "n2-custom-6-12288"), ("mystery", "x9-mystery")):
+        compute.state.instances[("europe-west1-b", name)] = {
+            "name": name,
+            "zone": "zones/europe-west1-b",
+            "machineType": f"zones/europe-west1-b/machineTypes/{machine}",
+            "status": "RUNNING",
+            "selfLink": f"zones/europe-west1-b/instances/{name}",
+        }
+    listed = {vm.name: (vm.vcpus, vm.memory_mib) for vm in await driver.list_vms()}
+    assert listed == {"custom": (6, 12288), "mystery": (0, 0)}  # still listed
+    assert "cannot read the vCPUs and memory of machine type x9-mystery" in caplog.text
+    assert compute.count("GET", "/machineTypes/") == 1  # the custom type needs no call
 
 
 def test_network_guard_blocks_other_hosts():

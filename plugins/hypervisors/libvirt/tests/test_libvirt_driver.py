@@ -6,8 +6,10 @@ import asyncio
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import httpx
 import pytest
 
 pytest.importorskip(
@@ -18,6 +20,8 @@ import libvirt
 
 from novacron_libvirt import hooks
 from novacron_libvirt.driver import LibvirtDriver
+from novacron_sdk.agent.app import create_app
+from novacron_sdk.agent.service import AgentService
 from novacron_sdk.errors import (
     ConfigError,
     DriverError,
@@ -27,6 +31,7 @@ from novacron_sdk.errors import (
 )
 from novacron_sdk.models import DriverFeature, VMEvent, VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.pytest_plugin import CliResult
 
 TEST_URI = "test:///default"
 
@@ -85,6 +90,44 @@ async def test_bad_uri_and_settings_raise_sdk_errors() -> None:
         LibvirtDriver({"uri": "test:///no/such/file.xml"})
     with pytest.raises(ConfigError, match="shutdown_timeout_s"):
         LibvirtDriver({"uri": TEST_URI, "shutdown_timeout_s": "soon"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"urii": "x"}, "drivers.settings.libvirt.urii: unknown key (did you mean 'uri'?)"),
+        (
+            {"uri": TEST_URI, "shutdown_timout_s": 1},
+            "drivers.settings.libvirt.shutdown_timout_s: unknown key "
+            "(did you mean 'shutdown_timeout_s'?)",
+        ),
+        ({"uri": TEST_URI, "events": "maybe"}, "drivers.settings.libvirt.events: "),
+        ({"uri": TEST_URI, "migration_path_map": ["/a"]}, "migration_path_map: "),
+    ],
+)
+def test_bad_settings_name_the_key(settings: dict[str, object], problem: str) -> None:
+    # Checked before the connection opens: the bad URI "x" is never tried.
+    with pytest.raises(ConfigError, match=r"^invalid libvirt driver settings: ") as caught:
+        LibvirtDriver(settings)
+    assert problem in str(caught.value)
+
+
+def test_a_mistyped_setting_on_the_command_line_is_refused(
+    novacron_cli: Callable[..., CliResult], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(tmp_path))
+    monkeypatch.delenv("NOVACRON_CONFIG", raising=False)
+    result = novacron_cli(
+        "--set",
+        "drivers.settings.libvirt.urii=test:///default",
+        "vm",
+        "list",
+        "--driver",
+        "libvirt",
+    )
+    assert result.exit_code != 0
+    assert "drivers.settings.libvirt.urii: unknown key (did you mean 'uri'?)" in result.stderr
 
 
 async def test_domain_events_feed_vm_events(driver: LibvirtDriver) -> None:
@@ -185,8 +228,38 @@ async def test_sizes_and_locations_come_from_the_host(driver: LibvirtDriver) -> 
 
 
 async def test_unknown_spec_extra_is_rejected(driver: LibvirtDriver) -> None:
-    with pytest.raises(DriverError, match="bogus"):
+    with pytest.raises(DriverError, match="bogus") as caught:
         await driver.create_vm(spec("extra", extra={"bogus": 1}))
+    assert caught.value.code == "InvalidParameter"
+    with pytest.raises(DriverError, match=r"'kernell' \(did you mean 'kernel'\?\)"):
+        await driver.create_vm(spec("extra", extra={"kernell": "/boot/vmlinuz"}))
+
+
+@pytest.fixture
+async def agent_api(driver: LibvirtDriver) -> AsyncIterator[httpx.AsyncClient]:
+    """The agent's control API on the test-driver connection, in-process."""
+    service = AgentService(plugins=build_plugin_manager(autoload=False), driver=driver, name="lv")
+    transport = httpx.ASGITransport(app=create_app(service))
+    async with httpx.AsyncClient(base_url="http://agent.test", transport=transport) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ({"kernell": "/boot/vmlinuz"}, "did you mean 'kernel'?"),
+        ({"domain_xml": "<domain"}, "spec.extra['domain_xml'] is not valid XML"),
+    ],
+)
+async def test_agent_answers_bad_spec_extra_with_422(
+    driver: LibvirtDriver, agent_api: httpx.AsyncClient, extra: dict[str, str], words: str
+) -> None:
+    before = {vm.id for vm in await driver.list_vms()}
+    response = await agent_api.post("/v1/vms", json={"name": "lv-api-bad", "extra": extra})
+    assert response.status_code == 422, response.text
+    assert response.json()["kind"] == "DriverError"
+    assert words in response.json()["error"]
+    assert {vm.id for vm in await driver.list_vms()} == before
 
 
 def test_libvirt_error_codes_keep_their_names() -> None:

@@ -29,12 +29,24 @@ def tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"Key": key, "Value": value} for key, value in tags.items()]
 
 
-def instance_to_vm(instance: dict[str, Any]) -> VM:
-    """An EC2 instance (from DescribeInstances or RunInstances) as a VM."""
+def instance_type_shape(item: dict[str, Any]) -> tuple[int, int]:
+    """(default vCPUs, memory MiB) of an entry of DescribeInstanceTypes."""
+    vcpus = int((item.get("VCpuInfo") or {}).get("DefaultVCpus", 0))
+    return vcpus, int((item.get("MemoryInfo") or {}).get("SizeInMiB", 0))
+
+
+def instance_to_vm(instance: dict[str, Any], shape: tuple[int, int] | None = None) -> VM:
+    """An EC2 instance (from DescribeInstances or RunInstances) as a VM.
+
+    ``shape`` is its instance type's (vCPUs, memory MiB): an instance does not carry its
+    memory. The vCPUs come from the instance's CpuOptions when it has them (they may differ
+    from the type's default), else from ``shape``; unknown values are 0.
+    """
     tags = tags_of(instance)
     name = tags.pop("Name", None) or str(instance["InstanceId"])
     cpu = instance.get("CpuOptions") or {}
-    vcpus = int(cpu.get("CoreCount", 0)) * int(cpu.get("ThreadsPerCore", 1))
+    type_vcpus, memory_mib = shape or (0, 0)
+    vcpus = int(cpu.get("CoreCount", 0)) * int(cpu.get("ThreadsPerCore", 1)) or type_vcpus
     private = [
         str(address["PrivateIpAddress"])
         for interface in instance.get("NetworkInterfaces", [])
@@ -50,6 +62,7 @@ def instance_to_vm(instance: dict[str, Any]) -> VM:
         state=STATES.get(str(instance.get("State", {}).get("Name")), VMState.UNKNOWN),
         driver=DRIVER,
         vcpus=vcpus,
+        memory_mib=memory_mib,
         image=instance.get("ImageId"),
         size=instance.get("InstanceType"),
         location=(instance.get("Placement") or {}).get("AvailabilityZone"),
@@ -71,11 +84,12 @@ def instance_type_to_size(item: dict[str, Any]) -> Size:
     """An entry of DescribeInstanceTypes as a Size."""
     gpus = sum(int(g.get("Count", 0)) for g in (item.get("GpuInfo") or {}).get("Gpus", []))
     storage = item.get("InstanceStorageInfo") or {}
+    vcpus, memory_mib = instance_type_shape(item)
     return Size(
         id=str(item["InstanceType"]),
         name=str(item["InstanceType"]),
-        vcpus=int((item.get("VCpuInfo") or {}).get("DefaultVCpus", 0)),
-        memory_mib=int((item.get("MemoryInfo") or {}).get("SizeInMiB", 0)),
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         disk_gib=int(storage.get("TotalSizeInGB", 0)),
         gpus=gpus,
         driver=DRIVER,

@@ -24,6 +24,7 @@ from novacron_aws.convert import (
     LIVE_STATES,
     image_to_model,
     instance_to_vm,
+    instance_type_shape,
     instance_type_to_size,
     tag_list,
 )
@@ -43,6 +44,8 @@ EXTRA_KEYS = frozenset(
 )
 # DescribeInstances accepts MaxResults between 5 and 1000 only.
 _MIN_PAGE, _MAX_PAGE = 5, 1000
+# DescribeInstanceTypes accepts at most 100 InstanceTypes per call.
+_TYPES_PER_CALL = 100
 
 
 class AwsDriver(CloudDriver):
@@ -63,6 +66,9 @@ class AwsDriver(CloudDriver):
         self._session: boto3.Session | None = None
         self._client: Any = None
         self._client_lock = asyncio.Lock()
+        # Instance type -> (vCPUs, memory MiB), or None if EC2 would not say. Types never
+        # change, so each is asked for once per driver.
+        self._shapes: dict[str, tuple[int, int] | None] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
     def _build_session(self) -> boto3.Session:
@@ -136,12 +142,42 @@ class AwsDriver(CloudDriver):
         if token:
             params["NextToken"] = token
         page = await self._call("describe_instances", **params)
-        vms = [
-            instance_to_vm(instance)
+        instances = [
+            instance
             for reservation in page.get("Reservations", [])
             for instance in reservation.get("Instances", [])
         ]
+        vms = await self._to_vms(instances)
         return Page[VM](items=tuple(vms), next_token=page.get("NextToken") or None)
+
+    async def _to_vms(self, instances: list[dict[str, Any]]) -> list[VM]:
+        """``instances`` as VMs, with vCPUs and memory from their instance types."""
+        types = {str(i["InstanceType"]) for i in instances if i.get("InstanceType")}
+        await self._learn_shapes(types)
+        return [instance_to_vm(i, self._shapes.get(str(i.get("InstanceType")))) for i in instances]
+
+    async def _learn_shapes(self, types: set[str]) -> None:
+        """Ask EC2 for the vCPUs and memory of the instance types not seen yet.
+
+        Listing VMs must not fail for this: if EC2 refuses (no ec2:DescribeInstanceTypes
+        permission, a type it does not know), those VMs show 0 and a warning says why.
+        """
+        missing = sorted(types - self._shapes.keys())
+        for start in range(0, len(missing), _TYPES_PER_CALL):
+            batch = missing[start : start + _TYPES_PER_CALL]
+            try:
+                items = await self._collect(
+                    "describe_instance_types", "InstanceTypes", InstanceTypes=batch
+                )
+            except DriverError as exc:
+                log.warning(
+                    "cannot read the vCPUs and memory of instance types %s (%s); their VMs show 0",
+                    ", ".join(batch),
+                    exc,
+                )
+                items = []
+            found = {str(item["InstanceType"]): instance_type_shape(item) for item in items}
+            self._shapes.update({name: found.get(name) for name in batch})
 
     async def get_vm(self, vm_id: str) -> VM:
         """The instance with id ``i-...`` or ``Name`` tag ``vm_id``."""
@@ -166,7 +202,8 @@ class AwsDriver(CloudDriver):
             ids = ", ".join(i["InstanceId"] for i in live)
             msg = f"{len(live)} EC2 instances are named {vm_id!r} ({ids}); use an instance id"
             raise DriverError(msg, code="AmbiguousName")
-        return instance_to_vm(live[0])
+        (vm,) = await self._to_vms(live)
+        return vm
 
     def _run_params(self, spec: VMSpec) -> dict[str, Any]:
         unknown = set(spec.extra) - EXTRA_KEYS
@@ -221,7 +258,7 @@ class AwsDriver(CloudDriver):
         subnet_id, key_name, user_data) and wait until it runs if ``wait`` is on."""
         self.require(DriverFeature.CREATE)
         result = await self._call("run_instances", **self._run_params(spec))
-        vm = instance_to_vm(result["Instances"][0])
+        (vm,) = await self._to_vms(result["Instances"][:1])
         return await self.settle(vm, VMState.RUNNING, self.config)
 
     async def start(self, vm_id: str) -> VM:

@@ -75,9 +75,23 @@ def image_of(props: dict[str, Any]) -> str | None:
     return ":".join(str(p) for p in parts) if all(parts) else None
 
 
-def vm_from_arm(vm: dict[str, Any]) -> VM:
-    """An ARM virtual machine (JSON as ``as_dict()`` gives it) as a VM."""
+def size_of(vm: dict[str, Any]) -> str | None:
+    """The VM size (``Standard_B1s``) of an ARM virtual machine."""
+    size = ((vm.get("properties") or {}).get("hardwareProfile") or {}).get("vmSize")
+    return str(size) if size else None
+
+
+def vm_from_arm(vm: dict[str, Any], shape: tuple[int, int] | None = None) -> VM:
+    """An ARM virtual machine (JSON as ``as_dict()`` gives it) as a VM.
+
+    ``shape`` is its size's (vCPUs, memory MiB): a VM names its size but not what it holds.
+    vCPUs the VM was limited to (``vmSizeProperties.vCPUsAvailable``) win; unknown values
+    are 0.
+    """
     props = vm.get("properties") or {}
+    vcpus, memory_mib = shape or (0, 0)
+    hardware = props.get("hardwareProfile") or {}
+    vcpus = int((hardware.get("vmSizeProperties") or {}).get("vCPUsAvailable") or vcpus)
     created = props.get("timeCreated")
     zones = vm.get("zones") or []
     nics = (props.get("networkProfile") or {}).get("networkInterfaceConfigurations") or []
@@ -89,8 +103,10 @@ def vm_from_arm(vm: dict[str, Any]) -> VM:
         name=str(vm["name"]),
         state=state_of(vm),
         driver=DRIVER,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         image=image_of(props),
-        size=(props.get("hardwareProfile") or {}).get("vmSize"),
+        size=size_of(vm),
         location=vm.get("location"),
         created_at=datetime.fromisoformat(created) if isinstance(created, str) else created,
         tags=dict(vm.get("tags") or {}),
@@ -120,13 +136,19 @@ def image_reference(image: str) -> dict[str, str]:
     return dict(zip(("publisher", "offer", "sku", "version"), parts, strict=True))
 
 
+def size_shape(item: dict[str, Any]) -> tuple[int, int]:
+    """(vCPUs, memory MiB) of an entry of the vmSizes list."""
+    return int(item.get("numberOfCores") or 0), int(item.get("memoryInMB") or 0)
+
+
 def size_from_arm(item: dict[str, Any]) -> Size:
     """An entry of the vmSizes list as a Size."""
+    vcpus, memory_mib = size_shape(item)
     return Size(
         id=str(item["name"]),
         name=str(item["name"]),
-        vcpus=int(item.get("numberOfCores") or 0),
-        memory_mib=int(item.get("memoryInMB") or 0),
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         disk_gib=int(item.get("resourceDiskSizeInMB") or 0) // 1024,
         driver=DRIVER,
         extra={"max_data_disks": item.get("maxDataDiskCount")},

@@ -28,9 +28,11 @@ from novacron_azure.convert import (
     create_body,
     custom_image_from_arm,
     size_from_arm,
+    size_of,
+    size_shape,
     vm_from_arm,
 )
-from novacron_azure.errors import is_retryable, map_error
+from novacron_azure.errors import demote_credential_chain_report, is_retryable, map_error
 from novacron_azure.settings import AzureSettings
 from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
@@ -69,6 +71,9 @@ class AzureDriver(CloudDriver):
         self._transport = transport
         self._client: ComputeManagementClient | None = None
         self._client_lock = asyncio.Lock()
+        # Location -> {VM size: (vCPUs, memory MiB)}; empty if ARM would not say. Sizes do
+        # not change, so each location's are asked for once per driver.
+        self._shapes: dict[str, dict[str, tuple[int, int]]] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -101,6 +106,7 @@ class AzureDriver(CloudDriver):
                 )
                 raise DriverError(msg, code="PartialCredentials")
             else:
+                demote_credential_chain_report()
                 self._credential = DefaultAzureCredential(
                     exclude_interactive_browser_credential=True,
                     managed_identity_client_id=cfg.client_id,
@@ -167,7 +173,36 @@ class AzureDriver(CloudDriver):
             return items, next_link
 
         items, next_token = await self._call("list virtual machines", fetch)
-        return Page[VM](items=tuple(vm_from_arm(i) for i in items), next_token=next_token or None)
+        vms = await self._to_vms(items)
+        return Page[VM](items=tuple(vms), next_token=next_token or None)
+
+    async def _to_vms(self, items: list[dict[str, Any]]) -> list[VM]:
+        """ARM virtual machines as VMs, with vCPUs and memory from their sizes."""
+        locations = {str(item["location"]).lower() for item in items if item.get("location")}
+        for location in sorted(locations - self._shapes.keys()):
+            self._shapes[location] = await self._size_shapes(location)
+        vms = []
+        for item in items:
+            sizes = self._shapes.get(str(item.get("location") or "").lower(), {})
+            vms.append(vm_from_arm(item, sizes.get(size_of(item) or "")))
+        return vms
+
+    async def _size_shapes(self, location: str) -> dict[str, tuple[int, int]]:
+        """{VM size: (vCPUs, memory MiB)} in ``location``; empty (and a warning) if ARM
+        refuses: listing VMs must not fail for it."""
+        try:
+            items = await self._call(
+                f"list VM sizes of {location}",
+                lambda c: [s.as_dict() for s in c.virtual_machine_sizes.list(location)],
+            )
+        except DriverError as exc:
+            log.warning(
+                "cannot read the vCPUs and memory of the VM sizes in %s (%s); its VMs show 0",
+                location,
+                exc,
+            )
+            return {}
+        return {str(item["name"]): size_shape(item) for item in items}
 
     async def get_vm(self, vm_id: str) -> VM:
         """The VM with resource id ``vm_id``, or named ``vm_id`` in the resource group."""
@@ -182,7 +217,8 @@ class AzureDriver(CloudDriver):
             f"get VM {name!r}",
             lambda c: c.virtual_machines.get(group, name, expand="instanceView").as_dict(),
         )
-        return vm_from_arm(found)
+        (vm,) = await self._to_vms([found])
+        return vm
 
     async def create_vm(self, spec: VMSpec) -> VM:
         """Create a VM (``spec.extra``: spot, spot_max_price, zone, resource_group, subnet_id,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -28,6 +30,32 @@ QUOTA_CODES = frozenset(
 AUTH_CODES = frozenset(
     {"AuthorizationFailed", "InvalidAuthenticationToken", "AuthenticationFailed"}
 )
+NO_CREDENTIAL_HELP = (
+    "Set drivers.settings.azure.tenant_id, client_id and client_secret (or AZURE_TENANT_ID, "
+    "AZURE_CLIENT_ID and AZURE_CLIENT_SECRET), use a managed identity, or run 'az login'; "
+    "-v logs why each credential was unavailable"
+)
+_CHAIN_LOGGER = "azure.identity._credentials.chained"
+_CHAIN_REPORT = "failed to retrieve a token from the included credentials"
+
+
+class _ChainReportAtInfo(logging.Filter):
+    """azure-identity logs a failed DefaultAzureCredential's report (a dozen lines) as a
+    WARNING and then raises it; the driver's error already says what to set. The log record
+    is demoted to INFO: shown with -v, not a second copy of the report by default."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or _CHAIN_REPORT not in record.getMessage():
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return logging.getLogger(record.name).isEnabledFor(logging.INFO)
+
+
+def demote_credential_chain_report() -> None:
+    """Install the filter on azure-identity's chain logger (once per process)."""
+    chain_logger = logging.getLogger(_CHAIN_LOGGER)
+    if not any(isinstance(f, _ChainReportAtInfo) for f in chain_logger.filters):
+        chain_logger.addFilter(_ChainReportAtInfo())
 
 
 def arm_code(exc: HttpResponseError) -> str | None:
@@ -52,12 +80,13 @@ def is_retryable(exc: BaseException) -> bool:
 
 def map_error(exc: AzureError, action: str) -> DriverError:
     """The SDK error for a failed Azure ``action``; the ARM code is kept in ``.code``."""
-    # A credential that cannot get a token raises this with no HTTP response at all.
+    # A credential that cannot get a token raises this with no HTTP response at all. Its
+    # message is the chain's whole report, a line per credential: the first line says it all.
     if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+        lines = str(exc.message or exc).strip().splitlines()
+        reason = (lines[0] if lines else type(exc).__name__).strip().rstrip(".")
         return DriverError(
-            f"Azure {action} failed: no usable credential ({exc}). Set drivers.settings.azure."
-            "tenant_id/client_id/client_secret, or configure DefaultAzureCredential (env vars, "
-            "managed identity, 'az login')",
+            f"Azure {action} failed: no usable Azure credential ({reason}). {NO_CREDENTIAL_HELP}",
             code="ClientAuthenticationError",
         )
     if not isinstance(exc, HttpResponseError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 
 from google.cloud import compute_v1
@@ -23,6 +24,7 @@ STATES = {
     "TERMINATED": VMState.STOPPED,
 }
 EXTRA_KEYS = frozenset({"spot", "preemptible", "network_tags", "subnetwork", "network"})
+_CUSTOM = re.compile(r"(?:^|-)custom-(?P<vcpus>\d+)-(?P<memory>\d+)(?:-ext)?$")
 
 
 def last_segment(url: str) -> str:
@@ -35,8 +37,18 @@ def vm_id(zone: str, name: str) -> str:
     return f"{zone}/{name}"
 
 
-def instance_to_vm(instance: compute_v1.Instance) -> VM:
-    """A Compute Engine instance as a VM."""
+def custom_shape(machine_type: str) -> tuple[int, int] | None:
+    """(vCPUs, memory MiB) that a custom machine type's name states (``n2-custom-4-8192``)."""
+    match = _CUSTOM.search(machine_type)
+    return (int(match["vcpus"]), int(match["memory"])) if match else None
+
+
+def instance_to_vm(instance: compute_v1.Instance, shape: tuple[int, int] | None = None) -> VM:
+    """A Compute Engine instance as a VM; ``shape`` is its machine type's (vCPUs, memory MiB).
+
+    An instance names its machine type but not its size; unknown values are 0.
+    """
+    vcpus, memory_mib = shape or (0, 0)
     zone = last_segment(instance.zone)
     created = instance.creation_timestamp
     private = [nic.network_i_p for nic in instance.network_interfaces if nic.network_i_p]
@@ -52,6 +64,8 @@ def instance_to_vm(instance: compute_v1.Instance) -> VM:
         name=instance.name,
         state=STATES.get(instance.status, VMState.UNKNOWN),
         driver=DRIVER,
+        vcpus=vcpus,
+        memory_mib=memory_mib,
         size=last_segment(instance.machine_type) if instance.machine_type else None,
         location=zone,
         created_at=datetime.fromisoformat(created) if created else None,

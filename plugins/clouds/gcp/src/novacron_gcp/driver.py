@@ -25,6 +25,7 @@ from google.cloud import compute_v1
 from requests import RequestException
 
 from novacron_gcp.convert import (
+    custom_shape,
     image_to_model,
     instance_resource,
     instance_to_vm,
@@ -69,6 +70,9 @@ class GcpDriver(CloudDriver):
         self._credentials = credentials
         self._project = self.config.project
         self._clients: dict[str, Any] = {}
+        # (zone, machine type) -> (vCPUs, memory MiB), or None if the API would not say.
+        # Machine types do not change, so each is asked for once per driver.
+        self._shapes: dict[tuple[str, str], tuple[int, int] | None] = {}
 
     # -- plumbing ----------------------------------------------------------------------------
     def credentials(self) -> auth_credentials.Credentials:
@@ -175,12 +179,49 @@ class GcpDriver(CloudDriver):
             return next(iter(client.aggregated_list(request=request).pages))
 
         page = await self._call("list instances", fetch)
-        vms = [
-            instance_to_vm(instance)
-            for scoped in page.items.values()
-            for instance in scoped.instances
-        ]
+        instances = [instance for scoped in page.items.values() for instance in scoped.instances]
+        vms = await self._to_vms(instances)
         return Page[VM](items=tuple(vms), next_token=page.next_page_token or None)
+
+    async def _to_vms(self, instances: list[compute_v1.Instance]) -> list[VM]:
+        """``instances`` as VMs, with vCPUs and memory from their machine types."""
+        keys = [_shape_key(instance) for instance in instances]
+        missing = sorted({key for key in keys if key is not None} - self._shapes.keys())
+        shapes = await asyncio.gather(*(self._machine_shape(*key) for key in missing))
+        self._shapes.update(zip(missing, shapes, strict=True))
+        return [
+            instance_to_vm(instance, self._shapes.get(key) if key else None)
+            for instance, key in zip(instances, keys, strict=True)
+        ]
+
+    async def _machine_shape(self, zone: str, machine_type: str) -> tuple[int, int] | None:
+        """(vCPUs, memory MiB) of ``machine_type`` in ``zone``; None (and a warning) if the
+        API refuses: listing VMs must not fail for it."""
+        shape = custom_shape(machine_type)
+        if shape is not None:
+            return shape
+        client: compute_v1.MachineTypesClient = await asyncio.to_thread(
+            self._client, "MachineTypesClient"
+        )
+        project = self.project
+        try:
+            found = await self._call(
+                f"get machine type {machine_type!r}",
+                lambda: client.get(project=project, zone=zone, machine_type=machine_type),
+            )
+        except DriverError as exc:
+            log.warning(
+                "cannot read the vCPUs and memory of machine type %s in %s (%s); its VMs show 0",
+                machine_type,
+                zone,
+                exc,
+            )
+            return None
+        return int(found.guest_cpus), int(found.memory_mb)
+
+    async def _vm(self, instance: compute_v1.Instance) -> VM:
+        (vm,) = await self._to_vms([instance])
+        return vm
 
     async def _get(self, zone: str, name: str) -> compute_v1.Instance:
         client, project = await self._instances(), self.project
@@ -193,10 +234,10 @@ class GcpDriver(CloudDriver):
         """The instance with id ``zone/name``, or named ``vm_id`` (``zone`` first, then all)."""
         if "/" in vm_id:
             zone, _, name = vm_id.partition("/")
-            return instance_to_vm(await self._get(zone, name))
+            return await self._vm(await self._get(zone, name))
         if self.config.zone:
             try:
-                return instance_to_vm(await self._get(self.config.zone, vm_id))
+                return await self._vm(await self._get(self.config.zone, vm_id))
             except NotFoundError:
                 pass
         return await super().get_vm(vm_id)
@@ -346,6 +387,12 @@ class GcpDriver(CloudDriver):
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await asyncio.to_thread(client.transport.close)
+
+
+def _shape_key(instance: compute_v1.Instance) -> tuple[str, str] | None:
+    if not instance.machine_type or not instance.zone:
+        return None
+    return last_segment(instance.zone), last_segment(instance.machine_type)
 
 
 def _images_of(

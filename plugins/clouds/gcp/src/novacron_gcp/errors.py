@@ -62,8 +62,9 @@ def classify(code: str | None, status: int | None) -> type[DriverError]:
 def map_error(exc: Exception, action: str) -> DriverError:
     """The SDK error for a failed ``action``; the reason is kept in ``.code``."""
     if isinstance(exc, auth.DefaultCredentialsError):
+        reason = str(exc).strip().rstrip(".")  # google-auth's message ends with its own "."
         return DriverError(
-            f"GCP {action} failed: {exc}. Set drivers.settings.gcp.credentials_file, or "
+            f"GCP {action} failed: {reason}. Set drivers.settings.gcp.credentials_file, or "
             "configure application default credentials "
             "('gcloud auth application-default login', GOOGLE_APPLICATION_CREDENTIALS)",
             code="DefaultCredentialsError",

@@ -3,9 +3,9 @@
 :class:`FakeCompute` serves, on 127.0.0.1, the part of ``compute/v1`` the ``gcp`` driver uses:
 instances (insert, get, delete, start, stop, reset, setLabels, setTags, zonal and aggregated
 lists with ``pageToken`` paging), zone operations (get and ``wait``, which answers RUNNING a
-set number of times before DONE), machine types, images, regions and zones, and errors that
-a test injects (404, 409, 429, ``rateLimitExceeded``...). Point the real clients at it with
-``client_options={"api_endpoint": fake.url}``, ``transport="rest"`` and
+set number of times before DONE), machine types (list and get), images, regions and zones,
+and errors that a test injects (404, 409, 429, ``rateLimitExceeded``...). Point the real
+clients at it with ``client_options={"api_endpoint": fake.url}``, ``transport="rest"`` and
 ``AnonymousCredentials()``::
 
     with FakeCompute() as fake:
@@ -38,6 +38,7 @@ _OPERATION = re.compile(
     _PREFIX + r"/zones/(?P<zone>[^/]+)/operations/(?P<op>[^/]+?)(?P<wait>/wait)?$"
 )
 _MACHINE_TYPES = re.compile(_PREFIX + r"/zones/(?P<zone>[^/]+)/machineTypes$")
+_MACHINE_TYPE = re.compile(_PREFIX + r"/zones/(?P<zone>[^/]+)/machineTypes/(?P<name>[^/]+)$")
 _IMAGES = re.compile(_PREFIX + r"/global/images$")
 _REGIONS = re.compile(_PREFIX + r"/regions$")
 _ZONES = re.compile(_PREFIX + r"/zones$")
@@ -171,6 +172,8 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
                 self._aggregated(query)
             elif _MACHINE_TYPES.match(path):
                 self._paged(query, MACHINE_TYPES, "compute#machineTypeList")
+            elif match := _MACHINE_TYPE.match(path):
+                self._machine_type(match["zone"], match["name"])
             elif _IMAGES.match(path):
                 self._paged(query, state.images, "compute#imageList")
             elif _REGIONS.match(path):
@@ -195,6 +198,14 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
             if start + size < len(items):
                 body["nextPageToken"] = str(start + size)
             self._send(200, body)
+
+        def _machine_type(self, zone: str, name: str) -> None:
+            found = next((m for m in MACHINE_TYPES if m["name"] == name), None)
+            if found is None:
+                message = f"The resource 'projects/{state.project}/zones/{zone}/machineTypes/"
+                self._send(404, _error(404, "notFound", f"{message}{name}' was not found"))
+                return
+            self._send(200, {**found, "kind": "compute#machineType", "zone": zone})
 
         def _aggregated(self, query: dict[str, str]) -> None:
             size = int(query.get("maxResults") or state.page_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
@@ -37,6 +38,16 @@ SPEC_EXTRA_KEYS = frozenset(
 )
 
 
+# The code of a DriverError for a request the driver rejects before asking libvirt (the
+# clouds' convention too): the agent answers it with HTTP 422, not 502.
+INVALID_INPUT = "InvalidParameter"
+
+
+def _with_close_match(key: str) -> str:
+    close = difflib.get_close_matches(key, sorted(SPEC_EXTRA_KEYS), n=1)
+    return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
+
+
 def vm_state(state: int, reason: int) -> VMState:
     """The SDK state for libvirt's (state, reason) pair."""
     if state == libvirt.VIR_DOMAIN_PAUSED and reason in _MIGRATION_PAUSE_REASONS:
@@ -56,11 +67,12 @@ def domain_xml(
     extra = spec.extra
     unknown = sorted(set(extra) - SPEC_EXTRA_KEYS)
     if unknown:
+        named = ", ".join(_with_close_match(key) for key in unknown)
         msg = (
-            f"spec.extra has keys the libvirt driver does not know: {', '.join(unknown)} "
+            f"spec.extra has keys the libvirt driver does not know: {named} "
             f"(known: {', '.join(sorted(SPEC_EXTRA_KEYS))})"
         )
-        raise DriverError(msg)
+        raise DriverError(msg, code=INVALID_INPUT)
     if "domain_xml" in extra:
         return _named_domain_xml(str(extra["domain_xml"]), spec.name)
     root = ET.Element("domain", type=domain_type)
@@ -115,7 +127,7 @@ def _named_domain_xml(xml: str, name: str) -> str:
         root = ET.fromstring(xml)  # noqa: S314 - the caller's own domain XML, not remote input
     except ET.ParseError as exc:
         msg = f"spec.extra['domain_xml'] is not valid XML: {exc}"
-        raise DriverError(msg) from exc
+        raise DriverError(msg, code=INVALID_INPUT) from exc
     name_element = root.find("name")
     if name_element is None:
         name_element = ET.SubElement(root, "name")

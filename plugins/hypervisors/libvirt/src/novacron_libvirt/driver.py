@@ -4,7 +4,8 @@ Every libvirt call blocks, so each runs in a worker thread (``asyncio.to_thread`
 connection is thread-safe. Domain lifecycle events arrive on libvirt's event thread and are
 handed to the sink's event loop.
 
-Settings (``drivers.settings.libvirt``):
+Settings (``drivers.settings.libvirt``; :mod:`novacron_libvirt.settings` checks them and an
+unknown key is a ConfigError naming the closest known one):
 
 - ``uri`` (default ``qemu:///system``): any libvirt URI (``qemu+ssh://host/system``,
   ``qemu:///session?socket=/path``, ``test:///default``...).
@@ -37,8 +38,9 @@ import libvirt
 from novacron_libvirt import catalogue, convert, domains
 from novacron_libvirt.errors import is_not_found, translate
 from novacron_libvirt.events import ensure_event_loop, lifecycle_event
+from novacron_libvirt.settings import LibvirtSettings
 from novacron_libvirt.stream_driver import StreamMigrationMixin
-from novacron_sdk.errors import ConfigError, DriverError, InvalidStateError, NotFoundError
+from novacron_sdk.errors import DriverError, InvalidStateError, NotFoundError
 from novacron_sdk.hypervisors.interface import HypervisorDriver
 from novacron_sdk.models import (
     VM,
@@ -87,13 +89,11 @@ class LibvirtDriver(StreamMigrationMixin, HypervisorDriver):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
-        self.uri = str(self.settings.get("uri", "qemu:///system"))
-        try:
-            self.shutdown_timeout_s = float(self.settings.get("shutdown_timeout_s", 30.0))
-        except (TypeError, ValueError) as exc:
-            msg = f"libvirt setting shutdown_timeout_s must be a number of seconds ({exc})"
-            raise ConfigError(msg) from exc
-        want_events = bool(self.settings.get("events", True))
+        # Before anything else: a typo in a key is an error naming the key it resembles.
+        self.config = LibvirtSettings.parse(self.settings)
+        self.uri = self.config.uri
+        self.shutdown_timeout_s = self.config.shutdown_timeout_s
+        want_events = self.config.events
         if want_events:
             ensure_event_loop()  # before open(): libvirt binds events at connect time
         try:
@@ -109,7 +109,7 @@ class LibvirtDriver(StreamMigrationMixin, HypervisorDriver):
         self._arch = convert.host_arch(caps)
         offered = convert.guest_domain_types(caps, self._arch)
         default_type = "kvm" if "kvm" in offered else (offered[0] if offered else "qemu")
-        self.domain_type = str(self.settings.get("domain_type") or default_type)
+        self.domain_type = self.config.domain_type or default_type
         self._sinks: list[tuple[EventSink, asyncio.AbstractEventLoop | None]] = []
         self._event_callback: int | None = None
         features = set(_BASE_FEATURES)
