@@ -333,12 +333,16 @@ def test_status_of_real_agent(novacron_cli, real_agent):
     assert "agent.api" in table.stdout
 
 
-class _StatusHandler(BaseHTTPRequestHandler):
-    document: dict = {}
+class _JsonHandler(BaseHTTPRequestHandler):
+    """Answers every GET with ``answer()``: (HTTP status, JSON document)."""
+
+    def answer(self):
+        raise NotImplementedError
 
     def do_GET(self):
-        body = json.dumps(self.document).encode()
-        self.send_response(200 if self.path == "/v1/status" else 404)
+        status, document = self.answer()
+        body = json.dumps(document).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -346,6 +350,13 @@ class _StatusHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+class _StatusHandler(_JsonHandler):
+    document: dict = {}
+
+    def answer(self):
+        return (200 if self.path == "/v1/status" else 404), self.document
 
 
 @pytest.fixture
@@ -401,19 +412,11 @@ def test_status_of_unreachable_agent(novacron_cli, unused_tcp_port):
     assert "is 'novacron agent' running there?" in result.stderr
 
 
-class _DeniedHandler(BaseHTTPRequestHandler):
+class _DeniedHandler(_JsonHandler):
     """What a secured agent answers a request without credentials."""
 
-    def do_GET(self):
-        body = json.dumps({"error": "authentication required", "kind": "SecurityError"}).encode()
-        self.send_response(401)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+    def answer(self):
+        return 401, {"error": "authentication required", "kind": "SecurityError"}
 
 
 def test_status_of_agent_requiring_authentication_says_how(novacron_cli, monkeypatch):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from novacron_sdk.config.checks import validation_problems
-from novacron_sdk.errors import ConfigError
+from novacron_sdk.config.checks import parse_settings
 from novacron_sdk.models import DriverFeature
 
 CLOUD_FEATURES: frozenset[DriverFeature] = frozenset(
@@ -49,9 +48,5 @@ class CloudSettings(BaseModel):
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> Self:
         """Validate ``settings``, raising ConfigError that names each offending key."""
-        try:
-            return cls.model_validate(dict(settings))
-        except ValidationError as exc:
-            problems = validation_problems(exc, cls, f"drivers.settings.{cls.section}.")
-            msg = f"invalid {cls.section} driver settings: {problems}"
-            raise ConfigError(msg) from exc
+        prefix = f"drivers.settings.{cls.section}."
+        return parse_settings(cls, settings, prefix=prefix, what=f"{cls.section} driver")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,6 +23,8 @@ from novacron_sdk.config.sections import (
     TransportsSettings,
 )
 from novacron_sdk.errors import ConfigError, NovaCronError
+
+M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:
     from novacron_sdk.config.loader import NovaCronConfig
@@ -100,6 +102,19 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, ValidationError):
         return validation_problems(exc)
     return str(exc) or type(exc).__name__
+
+
+def parse_settings(model: type[M], settings: Mapping[str, Any], *, prefix: str, what: str) -> M:
+    """``settings`` validated as ``model``; ConfigError ``invalid WHAT settings: key: problem``.
+
+    For plugin settings models (a driver's ``drivers.settings.NAME``): ``prefix`` goes before
+    every key of the message, ``what`` names the settings (``libvirt driver``).
+    """
+    try:
+        return model.model_validate(dict(settings))
+    except ValidationError as exc:
+        msg = f"invalid {what} settings: {validation_problems(exc, model, prefix)}"
+        raise ConfigError(msg) from exc
 
 
 def validation_problems(

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from novacron_sdk.config.checks import validation_problems
-from novacron_sdk.errors import ConfigError
+from novacron_sdk.config.checks import parse_settings
 
 SECTION = "drivers.settings.libvirt"
 
@@ -50,9 +49,4 @@ class LibvirtSettings(BaseModel):
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> LibvirtSettings:
         """Validate ``settings``, raising ConfigError that names each offending key."""
-        try:
-            return cls.model_validate(dict(settings))
-        except ValidationError as exc:
-            problems = validation_problems(exc, cls, f"{SECTION}.")
-            msg = f"invalid libvirt driver settings: {problems}"
-            raise ConfigError(msg) from exc
+        return parse_settings(cls, settings, prefix=f"{SECTION}.", what="libvirt driver")
