@@ -40,7 +40,12 @@ class ClusterPlugin:
 
 
 def _context(
-    tmp_path: Path, *, enabled: bool, sim: str = "sim.json", state: str | None = None
+    tmp_path: Path,
+    *,
+    enabled: bool,
+    sim: str = "sim.json",
+    state: str | None = None,
+    lease_ttl_s: float = 2.0,
 ) -> InitContext:
     plugins = build_plugin_manager(autoload=False, plugins=[("cluster", ClusterPlugin())])
     config = load_config(
@@ -52,7 +57,7 @@ def _context(
             "drivers.settings": {"sim": {"state_path": str(tmp_path / sim)}},
             "state.settings": {"path": state or str(tmp_path / "state.db")},
             "cluster.enabled": enabled,
-            "cluster.lease_ttl_s": 2.0,
+            "cluster.lease_ttl_s": lease_ttl_s,
         },
     )
     return InitContext(config=config, plugins=plugins)
@@ -144,6 +149,34 @@ async def test_agent_owns_vms_created_after_it_started(
         data = json.loads(capsys.readouterr().out)
         assert [(v["vm"], v["host"]) for v in data["vms"]] == [("late", "host-a")]
         assert data["orphaned_vms"] == []
+    finally:
+        await orchestrator.stop()
+        await store.close()
+
+
+async def test_a_migration_records_the_source_as_owner_before_the_destination_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A VM created since the membership's last pass gets its owner record when a migration
+    starts, before the destination is asked to prepare (so the record the destination's
+    fence reads cannot appear later). Here the destination is unreachable: the record is
+    there all the same, and the VM stays where it is."""
+    from novacron_sdk.errors import NovaCronError
+
+    context = _context(tmp_path, enabled=True, lease_ttl_s=300.0)  # no pass during the test
+    orchestrator = build_orchestrator(context, names=COMPONENTS)
+    store = SqliteStore({"path": tmp_path / "state.db"})
+    try:
+        await orchestrator.start()
+        service = context.values["service"]
+        async with AgentClient(service.url) as client:
+            vm = await client.create_vm(VMSpec(name="fresh", memory_mib=16))
+        assert await get_owner(store, vm.name) is None
+        with pytest.raises(NovaCronError, match="unreachable"):
+            await service.start_migration(vm.name, "http://127.0.0.1:9")
+        owner = await get_owner(store, vm.name)
+        assert owner is not None
+        assert owner.host == "host-a"
     finally:
         await orchestrator.stop()
         await store.close()
