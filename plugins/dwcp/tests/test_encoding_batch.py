@@ -22,10 +22,7 @@ PAGE = 512  # small pages keep batches of several parts cheap
 
 def _pair(settings_: dict[str, object]) -> tuple[DwcpEncoder, DwcpDecoder]:
     codec = DwcpCodec(settings_)
-    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
-    assert isinstance(encoder, DwcpEncoder)
-    assert isinstance(decoder, DwcpDecoder)
-    return encoder, decoder
+    return codec.new_encoder(PAGE), codec.new_decoder(PAGE)
 
 
 def _content(kind: int, seed: int) -> bytes:

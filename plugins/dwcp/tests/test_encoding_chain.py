@@ -55,10 +55,7 @@ class TestDwcpContractRaw(CodecContract):
 
 def _pair(settings_: dict[str, object] | None = None) -> tuple[DwcpEncoder, DwcpDecoder]:
     codec = DwcpCodec(settings_)
-    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
-    assert isinstance(encoder, DwcpEncoder)
-    assert isinstance(decoder, DwcpDecoder)
-    return encoder, decoder
+    return codec.new_encoder(PAGE), codec.new_decoder(PAGE)
 
 
 class Memory:

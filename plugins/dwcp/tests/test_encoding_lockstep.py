@@ -21,10 +21,7 @@ PAGE = 4096
 
 def _pair(method: str | None = None) -> tuple[DwcpEncoder, DwcpDecoder]:
     codec = DwcpCodec({"method": method} if method else None)
-    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
-    assert isinstance(encoder, DwcpEncoder)
-    assert isinstance(decoder, DwcpDecoder)
-    return encoder, decoder
+    return codec.new_encoder(PAGE), codec.new_decoder(PAGE)
 
 
 def _batches(count: int, seed: int) -> list[PageBatch]:

@@ -37,10 +37,7 @@ def kernel(tmp_path: Path) -> Path:
 
 def _pair(settings_: dict[str, object]) -> tuple[DwcpEncoder, DwcpDecoder]:
     codec = DwcpCodec(settings_)
-    encoder, decoder = codec.new_encoder(PAGE), codec.new_decoder(PAGE)
-    assert isinstance(encoder, DwcpEncoder)
-    assert isinstance(decoder, DwcpDecoder)
-    return encoder, decoder
+    return codec.new_encoder(PAGE), codec.new_decoder(PAGE)
 
 
 class TestDwcpContractWithReferences(CodecContract):

@@ -43,7 +43,6 @@ from novacron_sdk.encoding.interface import (
     CodecStats,
     PageBatch,
     PageCodec,
-    PageDecoder,
     PageEncoder,
 )
 from novacron_sdk.errors import EncodingError
@@ -272,11 +271,11 @@ class DwcpCodec(PageCodec):
 
     name: ClassVar[str] = "dwcp"
 
-    def new_encoder(self, page_size: int = 4096) -> PageEncoder:
+    def new_encoder(self, page_size: int = 4096) -> DwcpEncoder:
         """A fresh encoder with an empty cache and a new stream id."""
         return DwcpEncoder(page_size, self.settings)
 
-    def new_decoder(self, page_size: int = 4096) -> PageDecoder:
+    def new_decoder(self, page_size: int = 4096) -> DwcpDecoder:
         """A fresh decoder; it adopts the stream of the first payload it decodes (batch 0)."""
         return DwcpDecoder(page_size, self.settings)
 
