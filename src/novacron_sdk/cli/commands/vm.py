@@ -111,6 +111,7 @@ def _spec(args: argparse.Namespace) -> VMSpec:
     """The VM request of ``vm create``; NovaCronError naming every invalid field."""
     from pydantic import ValidationError
 
+    from novacron_sdk.config.checks import validation_problems
     from novacron_sdk.models import VMSpec
 
     try:
@@ -124,10 +125,7 @@ def _spec(args: argparse.Namespace) -> VMSpec:
             extra={"workload": args.workload} if args.workload is not None else {},
         )
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        msg = f"invalid VM request: {problems}"
+        msg = f"invalid VM request: {validation_problems(exc, VMSpec)}"
         raise NovaCronError(msg) from exc
 
 
