@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from novacron_dwcp.encoding import compress
 from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.chain import DwcpCodec, DwcpDecoder, DwcpEncoder
-from novacron_dwcp.encoding.wire import FLAG_NEW_STREAMS, OP_COPY, OP_FULL, parse_header
+from novacron_dwcp.encoding.wire import (
+    FLAG_NEW_STREAMS,
+    METHOD_ZSTD_LONG,
+    OP_COPY,
+    OP_FULL,
+    parse_header,
+)
 from novacron_sdk.encoding.interface import PageBatch
 from novacron_sdk.errors import EncodingError
 
@@ -143,39 +149,86 @@ def test_store_of_zero_capacity_holds_nothing() -> None:
     assert written.size == slots.size == 0
 
 
-def test_probes_do_not_leave_the_long_window_streams() -> None:
-    """When the long-window method is the choice, probes measure others on the side."""
+@pytest.mark.parametrize(("bits_per_second", "level"), [(30e6, 3), (10e6, 15), (1e6, 17)])
+def test_probes_do_not_leave_the_long_window_streams(bits_per_second: float, level: int) -> None:
+    """When the long-window method is the choice, probes measure others on the side; the
+    last method of the list has no neighbour beyond it and measures nothing in its place."""
     encoder, decoder = _pair({"threads": 1})
-    encoder.set_bandwidth_hint(1e6)  # bytes matter most: the long window at level 3
+    encoder.set_bandwidth_hint(bits_per_second)  # bytes matter: the long window, by level
     rng = random.Random(3)
     words = [b"alpha ", b"beta ", b"gamma ", b"delta "]
     neighbours = {m.name: m.seconds_per_byte_prior for m in compress.METHODS}
+    shadows = []
     for number in range(2 * compress.PROBE_EVERY):
         text = b"".join(rng.choice(words) for _ in range(PAGE * 64 // 5))[: PAGE * 64]
         batch = PageBatch(range(number * 64, number * 64 + 64), text, PAGE)
         assert decoder.decode(encoder.encode(batch)).data == batch.data
+        shadows.append(encoder.selector.shadow)
+    # What is measured on the side is compressed in independent frames, never as streams.
+    assert all(s is None or s.kind != METHOD_ZSTD_LONG for s in shadows)
+    name = f"zstd-{level}-long"
     batches = {k: v for k, v in encoder.stats().by_kind.items() if k.startswith("batches:")}
-    assert batches == {"batches:zstd-3-long": 2 * compress.PROBE_EVERY}
+    assert batches == {f"batches:{name}": 2 * compress.PROBE_EVERY}
     measured = encoder.selector.seconds_per_byte
-    probed = [n for n, prior in neighbours.items() if n != "zstd-3-long" and measured[n] != prior]
-    assert probed  # a neighbour was measured on the side
+    probed = [n for n, prior in neighbours.items() if n != name and measured[n] != prior]
+    if compress.METHODS[-1].name == name:
+        # Its other neighbour is the streams at another level, which a probe never starts.
+        assert probed == []
+    else:
+        assert probed  # a neighbour was measured on the side
+    # The streams' ratio is theirs: a probe never folds a raw copy into it.
+    assert encoder.selector.long_ratio is not None
+    assert encoder.selector.long_ratio < 0.25  # one raw copy folded in: above 0.35
 
 
 def _long(level: int) -> compress.Method:
     return next(m for m in compress.METHODS if m.name == f"zstd-{level}-long")
 
 
-def test_level_3_long_window_only_where_its_cpu_time_stays_hidden() -> None:
-    """zstd-3-long wins on a slow link, and loses to zstd-1-long once its CPU is the bottleneck."""
+def test_long_window_level_follows_the_link() -> None:
+    """The slower the link, the higher the streams' level, as long as its CPU time stays
+    hidden behind the link: level 1 at 400 Mbit/s, 3 at 50, 15 at 10, 17 at 1."""
     selector = compress.AdaptiveSelector()
     # Measured: zstd-1-long at 2 ns/byte, zstd-3-long at 20 ns/byte; output about 0.3 of input.
+    # Levels 15 and 17 are at their priors (140 and 290 ns/byte).
     for level, seconds in ((1, 2e-3), (3, 2e-2)):
         for _ in range(40):
             selector.observe(_long(level), 1 << 20, int(0.3 * (1 << 20)), seconds * 1.048576)
-    selector.bandwidth = 1e6  # about 2 us of link time per input byte: the link decides
-    assert selector.choose(threads=1) is _long(3)
-    selector.bandwidth = 400e6  # about 6 ns per input byte: zstd-3-long's 20 ns would decide
-    assert selector.choose(threads=1) is _long(1)
+    expected = {400e6: 1, 50e6: 3, 10e6: 15, 1e6: 17}
+    chosen = {}
+    for bandwidth in expected:
+        selector.bandwidth = bandwidth
+        chosen[bandwidth] = selector.choose(threads=1)
+    assert chosen == {bandwidth: _long(level) for bandwidth, level in expected.items()}
+
+
+def test_running_streams_keep_their_batches_near_a_tie() -> None:
+    """Independent frames take a batch from the running streams only when clearly sooner."""
+    selector = compress.AdaptiveSelector()
+    selector.bandwidth = 10e6
+    selector.streams_started(15)
+    for _ in range(compress.PROBE_EVERY):  # the streams' trial, at their prior speeds
+        assert selector.choose(threads=1) is _long(15)
+    # zstd-12 frames: 0.9 x 0.2 of the input, 1.44e-7 s/byte of link time, the quickest frames.
+    selector.base_ratio, selector.long_ratio = 0.2, 0.1
+    selector.seconds_per_byte["zstd-15-long"] = 1.6e-7  # 1.11x zstd-12's time: streams stay
+    assert selector.choose(threads=1) is _long(15)
+    selector.seconds_per_byte["zstd-15-long"] = 2.0e-7  # 1.39x: the batch goes in frames
+    assert selector.choose(threads=1).name == "zstd-12"
+
+
+def test_first_batch_of_new_streams_does_not_measure_their_speed() -> None:
+    """Setting up the window and tables is not compression speed: the first batch's time of
+    new streams is left out, later batches are measured."""
+    encoder, decoder = _pair({"threads": 1, "method": "zstd-15-long"})
+    prior = encoder.selector.seconds_per_byte["zstd-15-long"]
+    rng = random.Random(4)
+    for number in range(2):
+        batch = PageBatch(range(number * 64, number * 64 + 64), rng.randbytes(PAGE * 64), PAGE)
+        assert decoder.decode(encoder.encode(batch)).data == batch.data
+        measured = encoder.selector.seconds_per_byte["zstd-15-long"]
+        assert (measured == prior) == (number == 0)
+    assert encoder.selector.long_ratio is not None
 
 
 def test_running_streams_are_replaced_only_when_worth_their_history() -> None:
@@ -186,8 +239,9 @@ def test_running_streams_are_replaced_only_when_worth_their_history() -> None:
     for _ in range(20):  # the level-1 streams ship a twentieth of what they get
         selector.observe(_long(1), 1 << 20, (1 << 20) // 20, 1e-3)
     assert selector.choose(threads=1) is _long(1)
-    selector.streams_started(1)  # the same streams without that measurement: level 3 wins
-    assert selector.choose(threads=1) is _long(3)
+    # The same streams without that measurement: the smallest output's level wins.
+    selector.streams_started(1)
+    assert selector.choose(threads=1) is _long(17)
 
 
 def test_streams_restart_at_another_level_in_lock_step() -> None:

@@ -165,7 +165,9 @@ class DwcpEncoder(PageEncoder):
             seconds = sum(out.seconds for out in packed)
             control_method = method
         literal_size = sum(raw for raw, _ in chunks)
-        self.selector.observe(method, literal_size, sum(len(c) for _, c in chunks), seconds)
+        # The first batch of new streams also paid for their setup: its time is not their speed.
+        timing = None if flags & FLAG_NEW_STREAMS else seconds
+        self.selector.observe(method, literal_size, sum(len(c) for _, c in chunks), timing)
         packed_control = compress.compress(control_method, control)
         header = Header(
             method.kind, method.level, self.seq, self.stream_id, self.state, size,

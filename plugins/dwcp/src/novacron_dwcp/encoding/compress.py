@@ -30,6 +30,11 @@ MIN_CHUNK = 128 * 1024
 PROBE_EVERY = 16
 # Weight of a new measurement in the moving averages.
 SMOOTHING = 0.3
+# Running long-window streams give a batch to independent frames only when those ship it
+# this many times sooner: near a tie, measurement noise (a busy machine) used to send batches
+# of the corpus's dirty rounds without the streams' history (files at 10 Mbit/s: 0.352x of
+# zstd-1 in a run next to other work, 0.308x alone).
+STAY_MARGIN = 1.25
 
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -81,6 +86,15 @@ METHODS: tuple[Method, ...] = (
     Method("zstd-3", METHOD_ZSTD, 3, 0.96, 5.0e-9),
     Method("zstd-6", METHOD_ZSTD, 6, 0.93, 15.0e-9),
     Method("zstd-12", METHOD_ZSTD, 12, 0.9, 60.0e-9),
+    # The long window at high levels, for links slower than these levels compress (internet
+    # links of a few tens of Mbit/s and less). Factors: their output relative to level 1's on
+    # the corpus's first images (literal pieces of all three guests, 128 MiB window): level 15
+    # 0.86-0.87x, level 17 0.82-0.83x, each taken at its least favourable; priors: their
+    # measured speeds there (about 7 and 3.5 MB/s of literal bytes on one core). No level in
+    # between: one chosen for a first round at 100 Mbit/s (level 9 was) is locked in with its
+    # history and then loses to independent frames on dirty rounds (see _candidates).
+    Method("zstd-15-long", METHOD_ZSTD_LONG, 15, 0.85 * 0.87, 140.0e-9, lanes=1),
+    Method("zstd-17-long", METHOD_ZSTD_LONG, 17, 0.85 * 0.83, 290.0e-9, lanes=1),
 )
 # zstd-1's output/input on memory literals before anything is measured.
 BASE_RATIO_PRIOR = 0.45
@@ -195,7 +209,9 @@ class AdaptiveSelector:
     sending overlap in a pipelined migration, so the slower of the two decides. Without a
     bandwidth estimate the chain uses zstd-1 in parallel chunks, which keeps up with most links
     without making the CPU the bottleneck; on slower links the model picks zstd-1-long or, where
-    the link leaves time for it, zstd-3-long (history across batches, one lane busy).
+    the link leaves time for it, zstd-3-long (history across batches, one lane busy), and on
+    internet links zstd-15-long or zstd-17-long. Running streams keep a batch unless
+    independent frames ship it STAY_MARGIN times sooner.
 
     Ratios depend on the data far more than on the method, so methods are not compared by
     their own past ratios (measured on other batches): the selector keeps one measured
@@ -244,16 +260,23 @@ class AdaptiveSelector:
         if self.bandwidth is None:
             return DEFAULT_METHOD
         bytes_per_second = self.bandwidth / 8
-        best = min(
-            self._candidates(),
-            key=lambda m: (
-                max(
-                    self.seconds(m) / m.parallelism(threads),
-                    self.ratio(m) / bytes_per_second,
-                ),
-                self.ratio(m),
-            ),
-        )
+
+        def ship_time(method: Method) -> float:
+            return max(
+                self.seconds(method) / method.parallelism(threads),
+                self.ratio(method) / bytes_per_second,
+            )
+
+        best = min(self._candidates(), key=lambda m: (ship_time(m), self.ratio(m)))
+        running = self._running()
+        if (
+            running is not None
+            and best.kind != METHOD_ZSTD_LONG
+            and ship_time(running) <= STAY_MARGIN * ship_time(best)
+        ):
+            # A batch sent outside the streams is missing from the history of every later
+            # batch, which the per-batch model does not see: near a tie, the streams stay.
+            best = running
         self.shadow = None
         if best.kind == METHOD_ZSTD_LONG and best.level == self.long_level:
             self._stream_batches += 1
@@ -261,6 +284,8 @@ class AdaptiveSelector:
             position = METHODS.index(best)
             step = 1 if (self._batches // PROBE_EVERY) % 2 else -1
             probe = METHODS[min(len(METHODS) - 1, max(0, position + step))]
+            if probe is best:
+                return best  # an end of the list: no neighbour on that side
             if probe.kind == METHOD_ZSTD_LONG and probe.level != self.long_level:
                 # A probe must not start (or restart) the streams: that costs their history.
                 return best
@@ -283,6 +308,15 @@ class AdaptiveSelector:
         scale = self.seconds_per_byte[DEFAULT_METHOD.name] / DEFAULT_METHOD.seconds_per_byte_prior
         return method.seconds_per_byte_prior * scale
 
+    def _running(self) -> Method | None:
+        """The running streams' method, or None when no streams run."""
+        if self.long_level is None:
+            return None
+        return next(
+            (m for m in METHODS if m.kind == METHOD_ZSTD_LONG and m.level == self.long_level),
+            None,
+        )
+
     def streams_started(self, level: int) -> None:
         """The encoder (re)started its long-window streams at ``level``: no history yet."""
         self.long_level = level
@@ -300,8 +334,12 @@ class AdaptiveSelector:
             return METHODS
         return tuple(m for m in METHODS if m.kind != METHOD_ZSTD_LONG or m.level == self.long_level)
 
-    def observe(self, method: Method, raw: int, compressed: int, seconds: float) -> None:
-        """Fold one measurement into the estimates (tiny inputs say nothing and are skipped)."""
+    def observe(self, method: Method, raw: int, compressed: int, seconds: float | None) -> None:
+        """Fold one measurement into the estimates (tiny inputs say nothing and are skipped).
+
+        ``seconds`` is None when the time says nothing about the method's speed: the first
+        batch of new long-window streams also pays for setting up their window and tables.
+        """
         if method.kind == METHOD_RAW or raw < MIN_CHUNK // 4:
             return
         name = method.name
@@ -312,5 +350,7 @@ class AdaptiveSelector:
         else:
             equivalent = compressed / raw / method.relative_ratio
             self.base_ratio += SMOOTHING * (equivalent - self.base_ratio)
+        if seconds is None:
+            return
         self.seconds_per_byte[name] += SMOOTHING * (seconds / raw - self.seconds_per_byte[name])
         self._measured.add(name)
