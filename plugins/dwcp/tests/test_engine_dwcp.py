@@ -9,11 +9,15 @@ import asyncio
 
 import pytest
 
+from novacron_dwcp.encoding.wire import METHOD_ZSTD_LONG, parse_header
 from novacron_sdk.builtin.sim.driver import SimDriver
+from novacron_sdk.encoding.interface import PageBatch, PageCodec, PageDecoder, PageEncoder
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationPhase, MigrationSettings
+from novacron_sdk.migration.planner import plan_migration
 from novacron_sdk.models import VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.transport.interface import Endpoint
 
 
 @pytest.fixture
@@ -69,6 +73,64 @@ async def test_idle_vm_is_bit_identical_after_dwcp_migration(dwcp_plugins) -> No
         await migrate_between(src, dst, vm.id, plugins=dwcp_plugins)
         moved = await dst.get_vm("d2")
         assert await dst.ex_memory_digest(moved.id) == before
+    finally:
+        await src.close()
+        await dst.close()
+
+
+async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> None:
+    """At 8 Mbit/s (the engine's own cap, measured from send backpressure) the first round
+    switches to the long-window streams before it ends; memory still matches."""
+    methods: list[int] = []
+
+    class Observed(PageEncoder):
+        """The chain's encoder, observed: the method of every payload it makes."""
+
+        def __init__(self, inner: PageEncoder) -> None:
+            self.inner = inner
+
+        def encode(self, batch: PageBatch) -> bytes:
+            payload = self.inner.encode(batch)
+            methods.append(parse_header(payload, batch.page_size).method)
+            return payload
+
+        def stats(self):  # type: ignore[no-untyped-def]
+            return self.inner.stats()
+
+        def set_bandwidth_hint(self, bits_per_second: float) -> None:
+            self.inner.set_bandwidth_hint(bits_per_second)
+
+    class ObservedCodec(PageCodec):
+        name = "observed"
+
+        def __init__(self, inner: PageCodec) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def new_encoder(self, page_size: int = 4096) -> PageEncoder:
+            return Observed(self.inner.new_encoder(page_size))
+
+        def new_decoder(self, page_size: int = 4096) -> PageDecoder:
+            return self.inner.new_decoder(page_size)
+
+    src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
+    try:
+        spec = VMSpec(
+            name="d3", memory_mib=32, extra={"fill": "mixed", "workload": {"pattern": "idle"}}
+        )
+        vm = await src.create_vm(spec)
+        before = await src.ex_memory_digest(vm.id)
+        settings = MigrationSettings(max_bandwidth_bps=8e6)
+        plan = plan_migration(dwcp_plugins, settings, Endpoint())
+        plan.codec = ObservedCodec(plan.codec)
+        report = await migrate_between(
+            src, dst, vm.id, plugins=dwcp_plugins, settings=settings, plan=plan
+        )
+        first_round = methods[: -(-report.rounds[0].pages // settings.batch_pages)]
+        assert first_round[0] != METHOD_ZSTD_LONG  # no estimate yet: independent frames
+        assert METHOD_ZSTD_LONG in first_round  # then the measured link's choice
+        assert report.link_bps is not None
+        assert await dst.ex_memory_digest((await dst.get_vm("d3")).id) == before
     finally:
         await src.close()
         await dst.close()

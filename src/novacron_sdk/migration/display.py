@@ -125,6 +125,8 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
                 f"{predicted} / {report.measured_bps / 1e6:.0f} Mbit/s",
             )
         )
+    if report.link_bps is not None:
+        rows.append(("link (measured from backpressure)", f"{report.link_bps / 1e6:.1f} Mbit/s"))
     if report.error:
         rows.append(("error", report.error))
     return rows

@@ -34,7 +34,7 @@ from novacron_sdk.migration.models import (
     MigrationSettings,
     RoundReport,
 )
-from novacron_sdk.migration.pacing import TokenBucket
+from novacron_sdk.migration.pacing import LinkMeter, TokenBucket
 from novacron_sdk.migration.planner import MigrationPlan, should_switch_over
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.plugin.manager import NovaCronPluginManager
@@ -88,6 +88,12 @@ class MigrationEngine:
         self._bucket = (
             TokenBucket(settings.max_bandwidth_bps) if settings.max_bandwidth_bps else None
         )
+        self._link = LinkMeter()
+        # A link rate measured by the sending side, for the encoder before its next batch,
+        # and the round of the last such measurement.
+        self._link_hint: float | None = None
+        self._link_hint_round_bps: float | None = None
+        self._link_round = 0
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -191,7 +197,14 @@ class MigrationEngine:
             estimate = self.plan.predictor.predict(max(0.1, self.settings.downtime_limit_ms / 1000))
             if estimate is not None:
                 run.report.predicted_bps = estimate.mean_bps
-                run.encoder.set_bandwidth_hint(estimate.mean_bps)
+            # The codec wants the link's rate: measured from backpressure when this round's
+            # sends waited for the link, else the predictor's estimate of what rounds achieve.
+            hint = self._link_hint_round_bps if self._link_round == self._round else None
+            if hint is None and estimate is not None:
+                hint = estimate.mean_bps
+            if hint is not None:
+                run.encoder.set_bandwidth_hint(hint)
+                self._link_hint = None
             remaining = int(len(pending) * run.page_size * max(ratio, 0.01))
             if should_switch_over(self.plugins, remaining, estimate, self.settings):
                 return pending
@@ -357,6 +370,10 @@ class MigrationEngine:
                     await slots.acquire()
                     indices = pages[off : off + batch]
                     data = await source.read_pages(indices)
+                    if self._link_hint is not None:
+                        # Between encodes (never while one runs on the worker thread).
+                        encoder.set_bandwidth_hint(self._link_hint)
+                        self._link_hint = None
                     payload = await asyncio.to_thread(
                         _digest_and_encode, encoder, table, indices, data, page_size
                     )
@@ -371,9 +388,14 @@ class MigrationEngine:
                 slots.release()
                 payload, count = item
                 frame = protocol.pack_bytes(Msg.PAGES, payload)
+                sending = time.monotonic()
                 if self._bucket is not None:
                     await self._bucket.consume(len(frame))
                 await channel.send(frame)
+                link_bps = self._link.record(len(frame), time.monotonic() - sending)
+                if link_bps is not None:
+                    self._link_hint = self._link_hint_round_bps = run.report.link_bps = link_bps
+                    self._link_round = self._round
                 self._pages_sent += count
                 self._wire_bytes += len(frame)
                 if time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
@@ -381,6 +403,7 @@ class MigrationEngine:
                     self._emit("progress")
             await producer
         finally:
+            self._link.pause()  # the time until the next round's sends is not the link's
             if not producer.done():
                 producer.cancel()
                 await asyncio.gather(producer, return_exceptions=True)

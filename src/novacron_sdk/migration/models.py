@@ -159,4 +159,12 @@ class MigrationReport(BaseModel):
     max_throttle: float = 0.0
     predicted_bps: float | None = None
     measured_bps: float | None = None
+    link_bps: float | None = Field(
+        default=None,
+        description=(
+            "The link's rate as measured from send backpressure (bits/s, the last second in "
+            "which sends waited for the link; the codec's bandwidth hint from then on), or "
+            "None when sends never waited for it (the CPU set the pace)."
+        ),
+    )
     verification: dict[str, Any] = Field(default_factory=dict)
