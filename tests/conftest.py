@@ -1,4 +1,5 @@
-"""Shared fixtures of the core test suite: the installed fake plugin and a CLI subprocess runner.
+"""Shared fixtures of the core test suite: the installed fake plugin, a CLI subprocess runner
+and two sim drivers (``drivers``: the two ends of an in-process migration).
 
 The pytest11 plugin (novacron_sdk.testing.pytest_plugin) adds ``novacron_plugins``,
 ``novacron_config``, ``sim_driver`` and ``novacron_cli``.
@@ -13,12 +14,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from novacron_sdk.builtin.sim.driver import SimDriver
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_PLUGIN_SOURCE = ROOT / "tests" / "fixtures" / "fake-plugin"
@@ -201,3 +204,13 @@ def small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(fileno, length)
 
     monkeypatch.setattr(mmap, "mmap", limited)
+
+
+@pytest.fixture
+async def drivers() -> AsyncIterator[tuple[SimDriver, SimDriver]]:
+    """Two sim drivers, "src" and "dst", closed after the test."""
+    src = SimDriver({"host_name": "src"})
+    dst = SimDriver({"host_name": "dst"})
+    yield src, dst
+    await src.close()
+    await dst.close()

@@ -7,13 +7,12 @@ and the faulty codec is a deliberate fault injector, said where it is used.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from novacron_sdk.builtin.sim.driver import SimDriver
-from novacron_sdk.encoding.interface import PageBatch, PageCodec, PageDecoder, PageEncoder
+from novacron_sdk.encoding.interface import PageBatch
 from novacron_sdk.errors import MigrationAbortedError, VerificationError
 from novacron_sdk.hypervisors.interface import MigrationSource
 from novacron_sdk.migration.inprocess import migrate_between
@@ -22,6 +21,7 @@ from novacron_sdk.migration.planner import builtin_should_switch_over, plan_migr
 from novacron_sdk.models import VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.prediction.interface import BandwidthEstimate
+from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
 from novacron_sdk.transport.interface import Endpoint
 
 MIB = 1024 * 1024
@@ -30,15 +30,6 @@ MIB = 1024 * 1024
 @pytest.fixture
 def plugins():
     return build_plugin_manager(autoload=False)
-
-
-@pytest.fixture
-async def drivers() -> AsyncIterator[tuple[SimDriver, SimDriver]]:
-    src = SimDriver({"host_name": "src"})
-    dst = SimDriver({"host_name": "dst"})
-    yield src, dst
-    await src.close()
-    await dst.close()
 
 
 def busy_spec(name: str = "vm1", *, memory_mib: int = 64, **workload: Any) -> VMSpec:
@@ -205,11 +196,10 @@ async def test_cancel_rolls_back(plugins, drivers) -> None:
     assert await dst.list_vms() == []
 
 
-class _CorruptingEncoder(PageEncoder):
-    def __init__(self, inner: PageEncoder, page_size: int) -> None:
-        self.inner = inner
-        self.page_size = page_size
-        self.batches = 0
+class _CorruptingEncoder(ForwardingEncoder):
+    """Fault injector: flips one byte of one page after the source digested it."""
+
+    batches = 0
 
     def encode(self, batch: PageBatch) -> bytes:
         self.batches += 1
@@ -220,25 +210,6 @@ class _CorruptingEncoder(PageEncoder):
             # The digest was taken of the true data; only the wire content is wrong.
         return self.inner.encode(batch)
 
-    def stats(self):  # type: ignore[no-untyped-def]
-        return self.inner.stats()
-
-
-class CorruptingCodec(PageCodec):
-    """Fault injector: flips one byte of one page after the source digested it."""
-
-    name = "corrupting"
-
-    def __init__(self, inner: PageCodec) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def new_encoder(self, page_size: int = 4096) -> PageEncoder:
-        return _CorruptingEncoder(self.inner.new_encoder(page_size), page_size)
-
-    def new_decoder(self, page_size: int = 4096) -> PageDecoder:
-        return self.inner.new_decoder(page_size)
-
 
 async def test_wrong_memory_never_resumes(plugins, drivers) -> None:
     """A page corrupted between digest and wire is caught by verification before resume."""
@@ -246,7 +217,7 @@ async def test_wrong_memory_never_resumes(plugins, drivers) -> None:
     vm = await src.create_vm(busy_spec(pattern="idle"))
     settings = tcp_settings()
     plan = plan_migration(plugins, settings, Endpoint())
-    plan.codec = CorruptingCodec(plan.codec)
+    plan.codec = WrappingCodec(plan.codec, _CorruptingEncoder)
     with pytest.raises(VerificationError, match="mismatching pages"):
         await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
     assert (await src.get_vm(vm.id)).state is VMState.RUNNING

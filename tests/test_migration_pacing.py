@@ -8,25 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from novacron_sdk.builtin.sim.driver import SimDriver
-from novacron_sdk.encoding.interface import (
-    CodecStats,
-    PageBatch,
-    PageCodec,
-    PageDecoder,
-    PageEncoder,
-)
+from novacron_sdk.encoding.interface import PageBatch, PageEncoder
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.migration.pacing import LinkMeter, TokenBucket
 from novacron_sdk.migration.planner import plan_migration
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
 from novacron_sdk.transport.interface import Endpoint
 
 
@@ -79,50 +72,21 @@ async def test_token_bucket_paces_to_its_rate() -> None:
     assert 0.3 <= elapsed <= 1.0
 
 
-class _HintRecorder(PageEncoder):
-    """Passes every call through to the real encoder; records the hints and when they came."""
+class _HintRecorder(ForwardingEncoder):
+    """Records the hints the engine gives the real encoder, and after how many batches."""
 
-    def __init__(self, inner: PageEncoder, log: list[tuple[int, float]]) -> None:
-        self.inner = inner
-        self.log = log
+    def __init__(self, inner: PageEncoder) -> None:
+        super().__init__(inner)
+        self.log: list[tuple[int, float]] = []
         self.batches = 0
 
     def encode(self, batch: PageBatch) -> bytes:
         self.batches += 1
         return self.inner.encode(batch)
 
-    def stats(self) -> CodecStats:
-        return self.inner.stats()
-
     def set_bandwidth_hint(self, bits_per_second: float) -> None:
         self.log.append((self.batches, bits_per_second))
-        self.inner.set_bandwidth_hint(bits_per_second)
-
-
-class _RecordingCodec(PageCodec):
-    """The planned codec, its encoder wrapped in a recorder (an observer, not a mock)."""
-
-    name = "recording"
-
-    def __init__(self, inner: PageCodec, log: list[tuple[int, float]]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.log = log
-
-    def new_encoder(self, page_size: int = 4096) -> PageEncoder:
-        return _HintRecorder(self.inner.new_encoder(page_size), self.log)
-
-    def new_decoder(self, page_size: int = 4096) -> PageDecoder:
-        return self.inner.new_decoder(page_size)
-
-
-@pytest.fixture
-async def drivers() -> AsyncIterator[tuple[SimDriver, SimDriver]]:
-    src = SimDriver({"host_name": "src"})
-    dst = SimDriver({"host_name": "dst"})
-    yield src, dst
-    await src.close()
-    await dst.close()
+        super().set_bandwidth_hint(bits_per_second)
 
 
 async def _migrate(drivers: Any, settings: MigrationSettings) -> tuple[Any, list[Any], int]:
@@ -133,11 +97,17 @@ async def _migrate(drivers: Any, settings: MigrationSettings) -> tuple[Any, list
     vm = await src.create_vm(spec)
     await asyncio.sleep(0)
     plan = plan_migration(plugins, settings, Endpoint())
-    log: list[tuple[int, float]] = []
-    plan.codec = _RecordingCodec(plan.codec, log)
+    encoders: list[_HintRecorder] = []
+
+    def recorder(inner: PageEncoder) -> PageEncoder:
+        encoders.append(_HintRecorder(inner))
+        return encoders[-1]
+
+    plan.codec = WrappingCodec(plan.codec, recorder)
     report = await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
     first_round_batches = -(-report.rounds[0].pages // settings.batch_pages)
-    return report, log, first_round_batches
+    (encoder,) = encoders
+    return report, encoder.log, first_round_batches
 
 
 async def test_first_round_is_encoded_for_the_link_it_crosses(drivers: Any) -> None:

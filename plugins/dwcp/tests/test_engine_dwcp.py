@@ -11,12 +11,13 @@ import pytest
 
 from novacron_dwcp.encoding.wire import METHOD_ZSTD_LONG, parse_header
 from novacron_sdk.builtin.sim.driver import SimDriver
-from novacron_sdk.encoding.interface import PageBatch, PageCodec, PageDecoder, PageEncoder
+from novacron_sdk.encoding.interface import PageBatch
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationPhase, MigrationSettings
 from novacron_sdk.migration.planner import plan_migration
 from novacron_sdk.models import VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
 from novacron_sdk.transport.interface import Endpoint
 
 
@@ -83,35 +84,13 @@ async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> 
     switches to the long-window streams before it ends; memory still matches."""
     methods: list[int] = []
 
-    class Observed(PageEncoder):
+    class Observed(ForwardingEncoder):
         """The chain's encoder, observed: the method of every payload it makes."""
-
-        def __init__(self, inner: PageEncoder) -> None:
-            self.inner = inner
 
         def encode(self, batch: PageBatch) -> bytes:
             payload = self.inner.encode(batch)
             methods.append(parse_header(payload, batch.page_size).method)
             return payload
-
-        def stats(self):  # type: ignore[no-untyped-def]
-            return self.inner.stats()
-
-        def set_bandwidth_hint(self, bits_per_second: float) -> None:
-            self.inner.set_bandwidth_hint(bits_per_second)
-
-    class ObservedCodec(PageCodec):
-        name = "observed"
-
-        def __init__(self, inner: PageCodec) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def new_encoder(self, page_size: int = 4096) -> PageEncoder:
-            return Observed(self.inner.new_encoder(page_size))
-
-        def new_decoder(self, page_size: int = 4096) -> PageDecoder:
-            return self.inner.new_decoder(page_size)
 
     src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
     try:
@@ -122,7 +101,7 @@ async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> 
         before = await src.ex_memory_digest(vm.id)
         settings = MigrationSettings(max_bandwidth_bps=8e6)
         plan = plan_migration(dwcp_plugins, settings, Endpoint())
-        plan.codec = ObservedCodec(plan.codec)
+        plan.codec = WrappingCodec(plan.codec, Observed)
         report = await migrate_between(
             src, dst, vm.id, plugins=dwcp_plugins, settings=settings, plan=plan
         )

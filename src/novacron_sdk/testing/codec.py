@@ -15,12 +15,20 @@ in later batches (dirty pages of a migration), and checks ``decode(encode(x)) ==
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import ClassVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from novacron_sdk.encoding.interface import PageBatch, PageCodec
+from novacron_sdk.encoding.interface import (
+    CodecStats,
+    PageBatch,
+    PageCodec,
+    PageDecoder,
+    PageEncoder,
+)
 from novacron_sdk.errors import DesyncError, EncodingError
 
 
@@ -51,6 +59,49 @@ _page = st.tuples(
     st.integers(min_value=0, max_value=5),
 )
 DIRTY_SEQUENCES = st.lists(st.lists(_page, max_size=24), min_size=1, max_size=6)
+
+
+class ForwardingEncoder(PageEncoder):
+    """Passes every call to ``inner``: subclass it to observe what an engine asks of an
+    encoder (or, in a fault injector, to alter it), without mocking the codec."""
+
+    def __init__(self, inner: PageEncoder) -> None:
+        self.inner = inner
+
+    def encode(self, batch: PageBatch) -> bytes:
+        """The inner encoder's payload."""
+        return self.inner.encode(batch)
+
+    def stats(self) -> CodecStats:
+        """The inner encoder's counters."""
+        return self.inner.stats()
+
+    def set_bandwidth_hint(self, bits_per_second: float) -> None:
+        """Passed on to the inner encoder."""
+        self.inner.set_bandwidth_hint(bits_per_second)
+
+
+class WrappingCodec(PageCodec):
+    """``inner`` with each new encoder wrapped by ``wrap`` (a ``ForwardingEncoder`` subclass,
+    typically); decoders are the inner codec's own.
+
+    Example: ``plan.codec = WrappingCodec(plan.codec, Recorder)`` before a migration.
+    """
+
+    name: ClassVar[str] = "wrapped"
+
+    def __init__(self, inner: PageCodec, wrap: Callable[[PageEncoder], PageEncoder]) -> None:
+        super().__init__(inner.settings)
+        self.inner = inner
+        self.wrap = wrap
+
+    def new_encoder(self, page_size: int = 4096) -> PageEncoder:
+        """The inner codec's encoder, wrapped."""
+        return self.wrap(self.inner.new_encoder(page_size))
+
+    def new_decoder(self, page_size: int = 4096) -> PageDecoder:
+        """The inner codec's decoder."""
+        return self.inner.new_decoder(page_size)
 
 
 class CodecContract:
