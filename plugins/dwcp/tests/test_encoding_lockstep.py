@@ -64,11 +64,15 @@ def test_diverged_cache_content_is_detected() -> None:
     assert decoder.cache is not None
     slot = next(iter(decoder.cache.slot_of.values()))
     decoder.cache.slab[slot, 0] ^= 1
+    second = encoder.encode(batches[1])
     with pytest.raises(DesyncError, match="checksum"):
-        decoder.decode(encoder.encode(batches[1]))
-    # Once out of step, the decoder refuses everything after.
-    with pytest.raises(DesyncError, match="out of step"):
+        decoder.decode(second)
+    # Nothing was stored: the next payload is refused as out of sequence, and the same payload
+    # again fails the same check (the cache still differs), never returning pages.
+    with pytest.raises(DesyncError, match="expected batch 1, got batch 2"):
         decoder.decode(encoder.encode(batches[2]))
+    with pytest.raises(DesyncError, match="checksum"):
+        decoder.decode(second)
 
 
 def test_diverged_cache_membership_is_detected() -> None:
@@ -202,3 +206,40 @@ def test_bad_payload_in_a_long_window_stream_stops_the_decoder() -> None:
         decoder.decode(bytes(payload))
     with pytest.raises(DesyncError, match="out of step"):
         decoder.decode(encoder.encode(batches[0]))
+
+
+@pytest.mark.parametrize("method", ["zstd-1", "zstd-3", "lz4"])
+def test_a_flipped_bit_in_any_section_never_decodes_to_other_pages(method: str) -> None:
+    """zstd frames carry no checksum of their own: the header's batch checksum over every
+    rebuilt page must catch whatever a corrupt control or literal section decodes to. Every
+    byte after the header, flipped in turn: an EncodingError, or exactly the right pages; after
+    an error the same decoder still takes the right payload."""
+    rng = random.Random(21)
+    words = [b"migrate ", b"page ", b"delta ", b"stream ", b"window ", b"%d " % 7]
+    text = b"".join(rng.choice(words) for _ in range(48 * PAGE // 2))[: 48 * PAGE]
+    pages = [bytearray(text[i * PAGE : (i + 1) * PAGE]) for i in range(48)]
+    first = PageBatch(list(range(48)), b"".join(bytes(p) for p in pages))
+    for page in pages[::3]:
+        page[100:140] = (rng.choice(words) * 40)[:40]  # deltas against the held versions
+    second = PageBatch(list(range(48)), b"".join(bytes(p) for p in pages))
+    encoder = DwcpCodec({"method": method, "threads": 1}).new_encoder(PAGE)
+    payload0 = encoder.encode(first)
+    payload1 = encoder.encode(second)
+    header = parse_header(payload1, PAGE)
+    assert header.control_compressed  # both sections are in play
+    assert header.literal_raw
+    start = len(payload1) - header.control_compressed - sum(size for _, size in header.chunks)
+    silent = []
+    for position in range(start, len(payload1)):
+        decoder = DwcpCodec({"method": method}).new_decoder(PAGE)
+        decoder.decode(payload0)
+        mutated = bytearray(payload1)
+        mutated[position] ^= 1 << (position % 8)
+        try:
+            out = decoder.decode(bytes(mutated))
+        except EncodingError:
+            assert decoder.decode(payload1).data == second.data
+            continue
+        if out.data != second.data or list(out.indices) != list(second.indices):
+            silent.append(position)
+    assert silent == []

@@ -111,6 +111,12 @@ CONTROL_METHOD = METHODS[2]
 _LEVEL_1_HASH_LOG = 12
 _LEVEL_1_MIN_MATCH = 6
 _LARGE_PIECE = 256 * 1024
+# zstd's own frame checksum (XXH64 of the frame's content) is not written: the decoder checks
+# every rebuilt page against the batch checksum in the header, which covers all that the
+# literal and control sections carry (and the transport integrity-checks its frames). Without
+# it the chain's CPU time on the corpus (one thread, best of 5) is 1-6 % lower to encode and
+# 0-6 % lower to decode. Decoders still verify one where an older encoder wrote it.
+_FRAME_CHECKSUM = False
 
 
 def _zstd_compressor(level: int, large: bool = False) -> zstandard.ZstdCompressor:
@@ -127,12 +133,12 @@ def _zstd_compressor(level: int, large: bool = False) -> zstandard.ZstdCompresso
                 hash_log=_LEVEL_1_HASH_LOG,
                 min_match=_LEVEL_1_MIN_MATCH,
                 write_content_size=True,
-                write_checksum=True,
+                write_checksum=_FRAME_CHECKSUM,
             )
             compressor = zstandard.ZstdCompressor(compression_params=params)
         else:
             compressor = zstandard.ZstdCompressor(
-                level=level, write_content_size=True, write_checksum=True
+                level=level, write_content_size=True, write_checksum=_FRAME_CHECKSUM
             )
         compressors[key] = compressor
     return compressor

@@ -76,12 +76,22 @@ class DwcpDecoder(PageDecoder):
         try:
             data, table = self._rebuild(plan, literal, cache)
             nonzero = np.flatnonzero(plan.ops != OP_ZERO)
-            if checksum(fingerprint_rows(table, nonzero)) != header.checksum:
-                msg = (
-                    f"batch {header.seq}: pages rebuilt from the cache do not match the encoder's "
-                    "checksum; the decoder's state diverged, restart the stream"
-                )
-                raise DesyncError(msg)
+            matches = checksum(fingerprint_rows(table, nonzero)) == header.checksum
+        except BaseException:
+            self.broken = True
+            raise
+        if not matches:
+            # Nothing was stored: with independent frames the decoder can take the right
+            # payload next (zstd frames carry no checksum of their own: a corrupt chunk that
+            # still decompresses is found here). A long-window stream has consumed it.
+            self.broken = header.method == METHOD_ZSTD_LONG
+            msg = (
+                f"batch {header.seq}: the rebuilt pages do not match the encoder's checksum: "
+                "the payload is corrupt, or this decoder's state diverged from the encoder's "
+                "(restart the stream with a new encoder and decoder)"
+            )
+            raise DesyncError(msg)
+        try:
             cache.update(plan.indices, table, plan.ops, plan.slots, plan.sources)
         except BaseException:
             self.broken = True
