@@ -181,3 +181,39 @@ def test_registered_as_the_preferred_transport() -> None:
     manager = build_plugin_manager()
     assert manager.transports.get("dwcp") is MultiStreamTransport
     assert manager.transports.default_name() == "dwcp"
+
+
+def test_idle_rescue_waits_while_other_streams_still_carry_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame held back by queueing is not copied while the other streams' kernels still
+    have data unsent or in flight (a shared bottleneck): copies would only lengthen the
+    queue. Once they have drained, the idle rescue is allowed again.
+
+    ``tcp_info`` is replaced here: the kernel state of several TCP connections sharing a
+    slow, deeply queued path cannot be produced deterministically on this machine (the WAN
+    emulator run in docs/dwcp-transport.md measures the effect on real connections).
+    """
+    from types import SimpleNamespace
+
+    from novacron_dwcp.transport import striping
+    from novacron_dwcp.transport.congestion import TcpInfo
+    from novacron_dwcp.transport.retransmit import SendWindow
+
+    state: dict[str, TcpInfo] = {}
+
+    def fake_info(sock: str) -> TcpInfo:
+        return state[sock]
+
+    monkeypatch.setattr(striping, "tcp_info", fake_info)
+    held = SimpleNamespace(stream_id=0, usable=True, sock="held")
+    other = SimpleNamespace(stream_id=1, usable=True, sock="other")
+    dead = SimpleNamespace(stream_id=2, usable=False, sock="dead")
+    striper = striping.Striper(SendWindow(1 << 20, 64), lambda: [held, other, dead])
+    busy = TcpInfo(0.05, 10, 0, 1000, 0, unacked_segments=12)
+    queued = TcpInfo(0.05, 10, 0, 1000, 0, notsent_bytes=4096)
+    drained = TcpInfo(0.05, 10, 0, 1000, 0)
+    state.update(held=busy, dead=busy)
+    for info, expected in ((busy, False), (queued, False), (drained, True)):
+        state["other"] = info
+        assert striper._others_drained(held) is expected
