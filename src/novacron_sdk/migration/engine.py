@@ -394,6 +394,9 @@ class MigrationEngine:
                 await channel.send(frame)
                 link_bps = self._link.record(len(frame), time.monotonic() - sending)
                 if link_bps is not None:
+                    log.debug(
+                        "round %d: link-bound window, %.1f Mbit/s", self._round, link_bps / 1e6
+                    )
                     self._link_hint = self._link_hint_round_bps = run.report.link_bps = link_bps
                     self._link_round = self._round
                 self._pages_sent += count

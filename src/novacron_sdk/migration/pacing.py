@@ -36,6 +36,13 @@ class LinkMeter:
     ``bound_share`` of the time is link-bound: the link was busy all along, so the bytes sent
     over the window's length are the rate it drains at. Waiting includes the migration's own
     bandwidth cap (``max_bandwidth_bps``), which is then the link as far as the codec can tell.
+
+    The first link-bound window of a round reads high while the transport's and the kernel's
+    send buffers still fill (over an emulated 10 Mbit/s WAN link: 21 Mbit/s with TCP, 33-57
+    Mbit/s with DWCP's 64 MiB window on short rounds). It is used anyway: skipping it made the
+    hint come a window later, and the round sent more with the codec's defaults (256 MiB sim
+    VM over TCP: 20.2 MB and 17.3 s instead of 15.2 MB and 13.1 s); later link-bound windows
+    correct it.
     """
 
     def __init__(
