@@ -1,13 +1,13 @@
 """Pacing: the token bucket that caps wire bandwidth and the meter of the link's rate.
 
-The meter is fed synthetic send times here (its arithmetic); the engine tests below it run
-real migrations over the real TCP transport on loopback, paced by the real token bucket.
+The meter and the bucket run on a synthetic clock here (their arithmetic); the engine tests
+below them run real migrations over the real TCP transport on loopback, paced by the real
+token bucket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -63,13 +63,20 @@ def test_a_pause_starts_a_new_window() -> None:
 
 
 async def test_token_bucket_paces_to_its_rate() -> None:
-    """The bucket lets 8 Mbit/s through on average (its 50 ms burst aside)."""
-    bucket = TokenBucket(8e6)
-    started = time.monotonic()
+    """The bucket lets 8 Mbit/s through on average, its 64 KiB burst aside: the waits it asks
+    for add up to what the bytes beyond the burst take at 1 MB/s (on a clock it advances)."""
+    clock = [100.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    bucket = TokenBucket(8e6, clock=lambda: clock[0], sleep=sleep)
     for _ in range(40):
-        await bucket.consume(10_000)  # 400 kB: 0.4 s at 1 MB/s, minus the burst
-    elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed <= 1.0
+        await bucket.consume(10_000)  # 400 kB at 1 MB/s
+    assert sum(waits) == pytest.approx((400_000 - 64 * 1024) / 1e6)
+    assert len(waits) == 40 - 6  # the first six sends (60 kB) fit the burst and never wait
 
 
 class _HintRecorder(ForwardingEncoder):

@@ -89,10 +89,9 @@ class MigrationEngine:
             TokenBucket(settings.max_bandwidth_bps) if settings.max_bandwidth_bps else None
         )
         self._link = LinkMeter()
-        # A link rate measured by the sending side, for the encoder before its next batch,
-        # and the round of the last such measurement.
+        # A link rate measured by the sending side, for the encoder before its next batch, and
+        # the round of the last such measurement (its value is the report's ``link_bps``).
         self._link_hint: float | None = None
-        self._link_hint_round_bps: float | None = None
         self._link_round = 0
 
     # -- public ------------------------------------------------------------------------------
@@ -199,7 +198,7 @@ class MigrationEngine:
                 run.report.predicted_bps = estimate.mean_bps
             # The codec wants the link's rate: measured from backpressure when this round's
             # sends waited for the link, else the predictor's estimate of what rounds achieve.
-            hint = self._link_hint_round_bps if self._link_round == self._round else None
+            hint = run.report.link_bps if self._link_round == self._round else None
             if hint is None and estimate is not None:
                 hint = estimate.mean_bps
             if hint is not None:
@@ -397,7 +396,7 @@ class MigrationEngine:
                     log.debug(
                         "round %d: link-bound window, %.1f Mbit/s", self._round, link_bps / 1e6
                     )
-                    self._link_hint = self._link_hint_round_bps = run.report.link_bps = link_bps
+                    self._link_hint = run.report.link_bps = link_bps
                     self._link_round = self._round
                 self._pages_sent += count
                 self._wire_bytes += len(frame)

@@ -7,25 +7,39 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 
 
 class TokenBucket:
-    """Allows ``rate_bps`` bits per second on average, with bursts up to ``burst_s`` worth."""
+    """Allows ``rate_bps`` bits per second on average, with bursts up to ``burst_s`` worth.
 
-    def __init__(self, rate_bps: float, *, burst_s: float = 0.05) -> None:
+    ``clock`` and ``sleep`` are ``time.monotonic`` and ``asyncio.sleep`` unless given (tests
+    run the bucket on a clock of their own).
+    """
+
+    def __init__(
+        self,
+        rate_bps: float,
+        *,
+        burst_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.rate_bytes = rate_bps / 8
         self.capacity = max(self.rate_bytes * burst_s, 64 * 1024)
+        self._clock = clock
+        self._sleep = sleep
         self._tokens = self.capacity
-        self._last = time.monotonic()
+        self._last = clock()
 
     async def consume(self, nbytes: int) -> None:
         """Wait until ``nbytes`` may be sent."""
-        now = time.monotonic()
+        now = self._clock()
         self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate_bytes)
         self._last = now
         self._tokens -= nbytes
         if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self.rate_bytes)
+            await self._sleep(-self._tokens / self.rate_bytes)
 
 
 class LinkMeter:
