@@ -398,6 +398,37 @@ async def test_stream_hello_for_unknown_migration_is_rejected(clients) -> None:
     assert (await cb.incoming_state("probe2"))["state"] == "pending"
 
 
+async def test_hello_of_another_protocol_version_is_refused_clearly(clients) -> None:
+    """An agent of another release (protocol 1 resumed on a separate COMMIT) is told what to
+    fix, and the prepared migration is left untouched."""
+    from novacron_sdk.builtin.tcp_transport import TcpTransport
+    from novacron_sdk.hypervisors.interface import MigrationSourceInfo
+    from novacron_sdk.migration import protocol
+    from novacron_sdk.migration.protocol import Msg
+
+    _, cb = clients
+    prepared = await cb.prepare_incoming(
+        migration_id="old-peer",
+        info=MigrationSourceInfo(spec=VMSpec(name="probe-old", memory_mib=64), page_count=16384),
+        transport="tcp",
+        codec="zlib",
+        verify="pages",
+    )
+    channel = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
+    try:
+        hello = {"protocol": 1, "migration_id": "old-peer", "token": prepared["token"]}
+        await channel.send(protocol.pack_json(Msg.HELLO, hello))
+        expected = (
+            r"protocol version 1 is not supported: this agent speaks version "
+            rf"{protocol.PROTOCOL_VERSION}; run the same novacron-sdk release on both hosts"
+        )
+        with pytest.raises(MigrationError, match=expected):
+            await asyncio.wait_for(protocol.expect(channel, Msg.READY), 10)
+    finally:
+        await channel.close()
+    assert (await cb.incoming_state("old-peer"))["state"] == "pending"
+
+
 def test_agent_refuses_settings_for_an_unknown_transport() -> None:
     bad = LocalAgent("bad-transports", env=CORE_ONLY, settings=['transports.settings={"nope": {}}'])
     expected = r"transports\.settings\.nope: no transport named 'nope'"

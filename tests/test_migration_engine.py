@@ -19,6 +19,7 @@ from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
 from novacron_sdk.migration.planner import builtin_should_switch_over, plan_migration
 from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.prediction.interface import BandwidthEstimate
 from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
@@ -277,6 +278,23 @@ def test_builtin_switchover_rule(remaining, lower_bps, limit_ms, expected) -> No
     assert builtin_should_switch_over(remaining, estimate, settings) is expected
 
 
+@pytest.mark.parametrize(
+    ("rtt_s", "expected"),
+    [
+        (None, True),  # 84 ms + 20 ms
+        (0.1, True),  # + 100 ms: 204 ms
+        (0.2, False),  # + 200 ms: 304 ms
+    ],
+)
+def test_builtin_switchover_rule_counts_the_round_trip(rtt_s, expected) -> None:
+    """The hand-over waits for one round trip (VERIFY out, VERIFIED back): it is downtime."""
+    estimate = BandwidthEstimate(
+        horizon_s=1, mean_bps=120e6, lower_bps=100e6, coverage=0.9, predictor="t", samples=3
+    )
+    settings = MigrationSettings(downtime_limit_ms=300)
+    assert builtin_should_switch_over(1 * MIB, estimate, settings, rtt_s) is expected
+
+
 def test_switchover_hook_overrides_builtin_rule(plugins) -> None:
     class AlwaysWait:
         @staticmethod
@@ -297,7 +315,7 @@ def test_switchover_hook_overrides_builtin_rule(plugins) -> None:
 
 
 async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> None:
-    """Once COMMIT is sent the VM moves even if the caller cancels: it never runs twice."""
+    """Once VERIFY is sent the VM moves even if the caller cancels: it never runs twice."""
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
     open_sink = dst.open_migration_sink
@@ -332,3 +350,87 @@ async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> 
         await task
     assert (await dst.get_vm("vm1")).state is VMState.RUNNING
     assert [v for v in await src.list_vms() if v.name == "vm1"] == []
+
+
+async def test_cancel_while_the_destination_verifies_completes_the_hand_over(
+    plugins, drivers
+) -> None:
+    """The destination resumes the VM as soon as its check passes (protocol 2): a cancel that
+    lands while it checks cannot roll the source back, or the VM would run twice."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    open_sink = dst.open_migration_sink
+    checking = asyncio.Event()
+
+    async def slow_sink(info: Any) -> Any:
+        sink = await open_sink(info)
+        real = sink.page_digests
+
+        async def page_digests(indices: Any) -> Any:
+            checking.set()  # VERIFY has arrived: the source sent it
+            await asyncio.sleep(0.5)
+            return await real(indices)
+
+        sink.page_digests = page_digests  # type: ignore[method-assign]
+        return sink
+
+    dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    task = asyncio.create_task(
+        migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+    )
+    await asyncio.wait_for(checking.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert (await dst.get_vm("vm1")).state is VMState.RUNNING
+    assert [v for v in await src.list_vms() if v.name == "vm1"] == []
+
+
+class _Recorder:
+    """Records what the engine asks the switch-over hook; waits the first ``wait`` times."""
+
+    def __init__(self, wait: int) -> None:
+        self.calls: list[tuple[int, float | None]] = []
+        self.wait = wait
+
+    @hookimpl
+    def novacron_should_switch_over(
+        self, remaining_bytes: int, estimate: object, settings: object, rtt_s: float | None
+    ) -> bool | None:
+        self.calls.append((remaining_bytes, rtt_s))
+        return False if len(self.calls) <= self.wait else None
+
+
+async def test_switchover_rule_gets_full_size_after_round_one_and_the_round_trip(
+    drivers,
+) -> None:
+    """After the first round (every page: its ratio is mostly zero and cold pages) the
+    remaining pages count at full size; after a round of written pages, at that round's
+    ratio. Every call gets the round trip measured at the handshake."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec())
+    recorder = _Recorder(wait=2)  # two more rounds: their page counts are the pending sets
+    plugins = build_plugin_manager(autoload=False, plugins=[("recorder", recorder)])
+    report = await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+    assert len(report.rounds) >= 3
+    assert report.rtt_ms is not None
+    assert 0 < report.rtt_ms < 1000
+    assert {rtt for _, rtt in recorder.calls} == {report.rtt_ms / 1000}
+    second, third = report.rounds[1], report.rounds[2]
+    assert recorder.calls[0][0] == second.pages * report.page_size
+    ratio = second.wire_bytes / (second.pages * report.page_size)
+    assert ratio < 1  # zlib on the guest's written pages
+    assert recorder.calls[1][0] == int(third.pages * report.page_size * max(ratio, 0.01))
+
+
+async def test_report_says_where_the_downtime_went(plugins, drivers) -> None:
+    """The switch-over's timings are in order and end at the downtime; its pages complete the
+    pages sent."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec())
+    report = await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+    done = report.switchover
+    assert done is not None
+    assert 0 < done.sent_ms <= done.verified_ms <= done.activated_ms == report.downtime_ms
+    assert sum(r.pages for r in report.rounds) + done.pages == report.pages_sent
+    assert sum(r.wire_bytes for r in report.rounds) + done.wire_bytes <= report.bytes_on_wire

@@ -340,13 +340,21 @@ def test_decision_hooks_stop_at_first_non_none():
     assert pm.call_decision("novacron_filter_host", request=request, host=_host(4096)) is None
     assert (
         pm.call_decision(
-            "novacron_should_switch_over", remaining_bytes=0, estimate=None, settings=SETTINGS
+            "novacron_should_switch_over",
+            remaining_bytes=0,
+            estimate=None,
+            settings=SETTINGS,
+            rtt_s=None,
         )
         is True
     )
     assert (
         pm.call_decision(
-            "novacron_should_switch_over", remaining_bytes=10, estimate=ESTIMATE, settings=SETTINGS
+            "novacron_should_switch_over",
+            remaining_bytes=10,
+            estimate=ESTIMATE,
+            settings=SETTINGS,
+            rtt_s=0.05,
         )
         is None
     )

@@ -40,7 +40,9 @@ asyncio.run(main())
 def test_migration_over_a_slow_wan_link(tmp_path: Path) -> None:
     """The VM moves with its memory verified; the engine measures the link from backpressure
     (and hands it to the codec); the transport sends little beyond what the codec made (its
-    stalled-stream rescue used to copy frames that were only queued: 1.4-2x the bytes)."""
+    stalled-stream rescue used to copy frames that were only queued: 1.4-2x the bytes). The
+    round trip is measured at the handshake, and the hand-over waits for one, not two (the
+    destination resumes on a matching VERIFY; protocol 1 waited for a COMMIT)."""
     skip_unless_available()
     with contextlib.ExitStack() as stack:
         emu = stack.enter_context(WanEmulator(*symmetric(10e6, rtt_s=0.04), seed=3))
@@ -73,5 +75,11 @@ def test_migration_over_a_slow_wan_link(tmp_path: Path) -> None:
     assert report["transport"] == "dwcp"
     assert report["verification"]["mismatches"] == 0
     assert report["link_bps"] is not None  # sends waited for the 10 Mbit/s link
+    rtt_ms = report["rtt_ms"]
+    assert 40 <= rtt_ms < 80  # the emulated 40 ms, plus the agents' own time
+    done = report["switchover"]
+    # ACTIVATED follows VERIFIED at once: no second round trip inside the downtime.
+    assert done["activated_ms"] - done["verified_ms"] < rtt_ms
+    assert report["downtime_ms"] <= report["downtime_limit_ms"]
     encoded = sum(r["wire_bytes"] for r in report["rounds"])
     assert report["bytes_on_wire"] <= 1.25 * encoded + (1 << 20)

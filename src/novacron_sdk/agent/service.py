@@ -506,7 +506,11 @@ class AgentService:
             )
             incoming = self.incoming.get(str(hello.get("migration_id")))
             if hello.get("protocol") != protocol.PROTOCOL_VERSION:
-                msg = f"protocol version {hello.get('protocol')} is not supported"
+                msg = (
+                    f"migration protocol version {hello.get('protocol')} is not supported: this "
+                    f"agent speaks version {protocol.PROTOCOL_VERSION}; run the same "
+                    "novacron-sdk release on both hosts"
+                )
                 raise MigrationError(msg)
             if hello.get("stream"):
                 await stream.route_channel(self.incoming_streams, channel, hello)

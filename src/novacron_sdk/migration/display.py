@@ -105,6 +105,7 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
         ),
         ("total time", f"{report.total_s:.2f} s"),
         ("downtime", f"{report.downtime_ms:.1f} ms (limit {report.downtime_limit_ms:.0f} ms)"),
+        *_switchover_rows(report),
         ("pre-copy rounds", str(len(report.rounds))),
         (
             "pages sent",
@@ -129,6 +130,23 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
         rows.append(("link (measured from backpressure)", f"{report.link_bps / 1e6:.1f} Mbit/s"))
     if report.error:
         rows.append(("error", report.error))
+    return rows
+
+
+def _switchover_rows(report: MigrationReport) -> list[tuple[str, str]]:
+    """Where the downtime went, and the round trip the switch-over rule counted."""
+    rows = []
+    if report.rtt_ms is not None:
+        rows.append(("round trip (handshake)", f"{report.rtt_ms:.1f} ms"))
+    done = report.switchover
+    if done is not None:
+        rows.append(
+            (
+                "pause: sent / verified / running",
+                f"{done.sent_ms:.0f} / {done.verified_ms:.0f} / {done.activated_ms:.0f} ms"
+                f" ({done.pages} pages, {done.wire_bytes / MIB:.2f} MiB)",
+            )
+        )
     return rows
 
 

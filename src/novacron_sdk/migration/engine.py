@@ -1,4 +1,4 @@
-"""The source side of a live migration: pre-copy rounds, switch-over, verification, commit.
+"""The source side of a live migration: pre-copy rounds, switch-over, verification, hand-over.
 
 The engine is built only on the contracts: a :class:`MigrationSource` (pages and dirty
 tracking), a transport :class:`Channel` to the destination's receiver, a page codec and a
@@ -33,6 +33,7 @@ from novacron_sdk.migration.models import (
     MigrationReport,
     MigrationSettings,
     RoundReport,
+    SwitchoverReport,
 )
 from novacron_sdk.migration.pacing import LinkMeter, TokenBucket
 from novacron_sdk.migration.planner import MigrationPlan, should_switch_over
@@ -50,6 +51,8 @@ DestinationCheck = Callable[[], Awaitable[bool | None]]
 MIN_SAMPLE_BYTES = 256 * 1024
 PIPELINE_DEPTH = 4
 PROGRESS_INTERVAL_S = 0.25
+RTT_PINGS = 2
+"""PING/PONG exchanges at the handshake; the shortest is the round trip (an idle link)."""
 
 
 class MigrationEngine:
@@ -93,6 +96,7 @@ class MigrationEngine:
         # the round of the last such measurement (its value is the report's ``link_bps``).
         self._link_hint: float | None = None
         self._link_round = 0
+        self._rtt_s: float | None = None
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -182,6 +186,17 @@ class MigrationEngine:
         }
         await channel.send(protocol.pack_json(Msg.HELLO, body))
         await protocol.expect_json(channel, Msg.READY)
+        # The hand-over costs a round trip of downtime (VERIFY, then VERIFIED): measured here,
+        # on the idle link, for the switch-over rule.
+        trips = []
+        for number in range(RTT_PINGS):
+            sent = time.monotonic()
+            await channel.send(protocol.pack_json(Msg.PING, {"n": number}))
+            await protocol.expect(channel, Msg.PONG)
+            trips.append(time.monotonic() - sent)
+        self._rtt_s = min(trips)
+        if self.report is not None:
+            self.report.rtt_ms = self._rtt_s * 1000
 
     async def _precopy(self, run: _Run) -> list[int]:
         """Send rounds until the remaining dirty set fits the downtime limit; return it."""
@@ -204,8 +219,15 @@ class MigrationEngine:
             if hint is not None:
                 run.encoder.set_bandwidth_hint(hint)
                 self._link_hint = None
+            # The first round sends every page, most of them never written again (zero pages,
+            # cold data): its ratio says little of the pages the guest writes. Until a round of
+            # re-sent pages has measured theirs, the remainder is counted at full size.
+            if self._round == 1:
+                ratio = 1.0
             remaining = int(len(pending) * run.page_size * max(ratio, 0.01))
-            if should_switch_over(self.plugins, remaining, estimate, self.settings):
+            if should_switch_over(
+                self.plugins, remaining, estimate, self.settings, rtt_s=self._rtt_s
+            ):
                 return pending
             if len(pending) < best * 0.95:
                 best, stalled = len(pending), 0
@@ -284,9 +306,15 @@ class MigrationEngine:
             if over_rounds
             else f"{settings.stall_rounds} rounds without progress"
         )
+        trip = ""
+        if self._rtt_s is not None:
+            trip = (
+                f", round trip {self._rtt_s * 1000:.0f} ms of the "
+                f"{settings.downtime_limit_ms:.0f} ms limit"
+            )
         msg = (
             f"migration did not converge after {why} (dirty set {dirty} pages, "
-            f"throttle {run.throttle:.2f}); raise downtime_limit_ms, allow throttling "
+            f"throttle {run.throttle:.2f}{trip}); raise downtime_limit_ms, allow throttling "
             "(on_stall: throttle) or force the switch-over (on_stall: force)"
         )
         raise MigrationAbortedError(msg)
@@ -294,40 +322,36 @@ class MigrationEngine:
     async def _switch_over(
         self, run: _Run, pending: Sequence[int], check_destination: DestinationCheck | None
     ) -> None:
-        """Pause, send the rest, verify, commit, hand over."""
+        """Pause, send the rest, and hand over: the destination resumes on a matching VERIFY."""
         self._check_cancel(None)
         self._phase = MigrationPhase.SWITCHOVER
         paused_at = time.monotonic()
-        source, channel, table, report = run.source, run.channel, run.table, run.report
+        source, channel, table = run.source, run.channel, run.table
         await source.pause()
         final = sorted(set(pending) | set(await source.collect_dirty()))
         self._emit("switchover", pages_remaining=len(final))
+        wire_before = self._wire_bytes
         await self._send_pages(run, final, timed=False)
         await channel.send(protocol.pack_bytes(Msg.DEVICE, await source.device_state()))
         self._phase = MigrationPhase.VERIFYING
         if self.settings.verify == "full":
             await self._rehash_all(run)
+        timing = SwitchoverReport(
+            pages=len(final),
+            wire_bytes=self._wire_bytes - wire_before,
+            sent_ms=(time.monotonic() - paused_at) * 1000,
+            verified_ms=0.0,
+            activated_ms=0.0,
+        )
+        # From here on the destination may run the VM (it resumes it as soon as its check
+        # passes): never roll back unless it says the check failed, or that it does not run it.
+        self._committed = True
         await channel.send(
             protocol.pack_json(Msg.VERIFY, {"table": table.summary(), "final_pages": len(final)})
         )
-        result = await protocol.expect_json(channel, Msg.VERIFIED)
-        report.verification.update(
-            {k: v for k, v in result.items() if k != "ok"} | {"table_digest": table.summary()}
-        )
-        if not result.get("ok"):
-            _, body = await protocol.expect(channel, Msg.TABLE)
-            bad = table.mismatches(bytes(body))
-            msg = (
-                f"destination memory differs from the source ({result.get('reason', '')}); "
-                f"first mismatching pages: {bad}; the VM keeps running at the source"
-            )
-            raise VerificationError(msg)
-        self._emit("verified", message=f"{table.page_count} page digests match")
-        self._committed = True  # from here on, never roll back: the destination may run the VM
-        await channel.send(protocol.pack_json(Msg.COMMIT, {}))
         # Shielded: a cancel arriving now cannot stop the hand-over half way; it is finished
         # first (so the caller cannot close the channel under it), then the cancel propagates.
-        finish = asyncio.ensure_future(self._finish(run, paused_at, check_destination))
+        finish = asyncio.ensure_future(self._finish(run, paused_at, timing, check_destination))
         try:
             await asyncio.shield(finish)
         except asyncio.CancelledError:
@@ -335,17 +359,39 @@ class MigrationEngine:
             raise
 
     async def _finish(
-        self, run: _Run, paused_at: float, check_destination: DestinationCheck | None
+        self,
+        run: _Run,
+        paused_at: float,
+        timing: SwitchoverReport,
+        check_destination: DestinationCheck | None,
     ) -> None:
-        """Wait for ACTIVATED (or ask the destination), then release the source."""
-        report = run.report
+        """Wait for VERIFIED and ACTIVATED (or ask the destination), then release the source."""
+        report, table = run.report, run.table
         try:
+            result = await protocol.expect_json(run.channel, Msg.VERIFIED)
+            timing.verified_ms = (time.monotonic() - paused_at) * 1000
+            report.verification.update(
+                {k: v for k, v in result.items() if k != "ok"} | {"table_digest": table.summary()}
+            )
+            if not result.get("ok"):
+                self._committed = False  # the destination discards the VM: safe to roll back
+                _, body = await protocol.expect(run.channel, Msg.TABLE)
+                bad = table.mismatches(bytes(body))
+                msg = (
+                    f"destination memory differs from the source ({result.get('reason', '')}); "
+                    f"first mismatching pages: {bad}; the VM keeps running at the source"
+                )
+                raise VerificationError(msg)
+            self._emit("verified", message=f"{table.page_count} page digests match")
             await protocol.expect_json(run.channel, Msg.ACTIVATED)
+        except VerificationError:
+            raise
         except (NovaCronError, OSError) as exc:
             confirmed = await check_destination() if check_destination else None
             if confirmed is not True:
                 raise _AmbiguousCommitError(confirmed, exc) from exc
-        report.downtime_ms = (time.monotonic() - paused_at) * 1000
+        report.downtime_ms = timing.activated_ms = (time.monotonic() - paused_at) * 1000
+        report.switchover = timing
         await run.source.release()
         precopy_s = sum(r.seconds for r in report.rounds)
         if precopy_s > 0:
@@ -525,7 +571,7 @@ class MigrationEngine:
 
 
 class _AmbiguousCommitError(MigrationError):
-    """COMMIT was sent but ACTIVATED never came back."""
+    """VERIFY was sent but VERIFIED and ACTIVATED never both came back."""
 
     def __init__(self, confirmed: bool | None, cause: BaseException) -> None:
         self.confirmed = confirmed

@@ -132,6 +132,23 @@ class RoundReport(BaseModel):
     throttle: float
 
 
+class SwitchoverReport(BaseModel):
+    """Where the downtime went: milliseconds from the pause, on the source's clock."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pages: int = Field(description="Dirty pages sent while the VM was paused.")
+    wire_bytes: int = Field(description="Their encoded bytes.")
+    sent_ms: float = Field(
+        description="Until the last pages and the device state were handed to the transport."
+    )
+    verified_ms: float = Field(
+        description="Until the destination's verification result arrived: the pages' transfer, "
+        "its check and one round trip."
+    )
+    activated_ms: float = Field(description="Until the VM ran at the destination (= downtime).")
+
+
 class MigrationReport(BaseModel):
     """What happened, with the figures a user needs to judge the migration."""
 
@@ -167,4 +184,10 @@ class MigrationReport(BaseModel):
             "None when sends never waited for it (the CPU set the pace)."
         ),
     )
+    rtt_ms: float | None = Field(
+        default=None,
+        description="Round trip to the destination, measured at the handshake; the switch-over "
+        "rule counts one (the hand-over's verification) in the downtime.",
+    )
+    switchover: SwitchoverReport | None = None
     verification: dict[str, Any] = Field(default_factory=dict)

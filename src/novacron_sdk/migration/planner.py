@@ -18,7 +18,7 @@ from novacron_sdk.prediction.interface import BandwidthEstimate, BandwidthPredic
 from novacron_sdk.transport.interface import Endpoint, Transport
 
 SWITCHOVER_OVERHEAD_S = 0.02
-"""Time the pause needs besides the last pages: device state, verification and commit."""
+"""Time the pause needs besides the last pages and the round trip: device state, checks."""
 
 SMALL_REMAINDER_BYTES = 256 * 1024
 """Below this, the remaining dirty set is sent at switch-over even without an estimate."""
@@ -111,9 +111,13 @@ def plan_migration(
 
 
 def builtin_should_switch_over(
-    remaining_bytes: int, estimate: BandwidthEstimate | None, settings: MigrationSettings
+    remaining_bytes: int,
+    estimate: BandwidthEstimate | None,
+    settings: MigrationSettings,
+    rtt_s: float | None = None,
 ) -> bool:
-    """Switch over when the remaining wire bytes fit the downtime limit at the lower bound."""
+    """Switch over when the remaining wire bytes, sent at the estimate's lower bound, plus the
+    hand-over's round trip (``rtt_s``, when measured) fit the downtime limit."""
     if remaining_bytes <= 0:
         return True
     if estimate is None or estimate.lower_bps <= 0:
@@ -121,7 +125,7 @@ def builtin_should_switch_over(
     bps = estimate.lower_bps
     if settings.max_bandwidth_bps is not None:
         bps = min(bps, settings.max_bandwidth_bps)
-    seconds = remaining_bytes * 8 / bps + SWITCHOVER_OVERHEAD_S
+    seconds = remaining_bytes * 8 / bps + SWITCHOVER_OVERHEAD_S + (rtt_s or 0.0)
     return seconds * 1000 <= settings.downtime_limit_ms
 
 
@@ -130,6 +134,8 @@ def should_switch_over(
     remaining_bytes: int,
     estimate: BandwidthEstimate | None,
     settings: MigrationSettings,
+    *,
+    rtt_s: float | None = None,
 ) -> bool:
     """Ask the plugins first (``novacron_should_switch_over``), then the builtin rule."""
     decided = plugins.call_decision(
@@ -137,7 +143,8 @@ def should_switch_over(
         remaining_bytes=remaining_bytes,
         estimate=estimate,
         settings=settings,
+        rtt_s=rtt_s,
     )
     if decided is not None:
         return bool(decided)
-    return builtin_should_switch_over(remaining_bytes, estimate, settings)
+    return builtin_should_switch_over(remaining_bytes, estimate, settings, rtt_s)

@@ -14,7 +14,9 @@ from typing import Any
 from novacron_sdk.errors import MigrationError
 from novacron_sdk.transport.interface import Channel
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+"""2: the destination resumes the VM on a VERIFY whose check passes (version 1 waited for a
+COMMIT, one more round trip of downtime); PING/PONG measure the round trip at the handshake."""
 MAX_CONTROL_BYTES = 16 * 1024 * 1024
 
 
@@ -27,13 +29,15 @@ class Msg(IntEnum):
     ROUND_END = 4  # src -> dst: end of a pre-copy round
     ROUND_ACK = 5  # dst -> src: every page of the round is written
     DEVICE = 6  # src -> dst: device state (raw bytes)
-    VERIFY = 7  # src -> dst: digest of the per-page digest table
+    VERIFY = 7  # src -> dst: digest of the digest table; resume the VM if everything matches
     VERIFIED = 8  # dst -> src: verification result
     TABLE = 9  # dst -> src: the full digest table, sent after a mismatch
-    COMMIT = 10  # src -> dst: resume the VM at the destination
+    # 10 was COMMIT in protocol version 1 (resume after a separate round trip); not reused.
     ACTIVATED = 11  # dst -> src: the VM runs at the destination
     ABORT = 12  # either way: give up; the destination discards everything
     ERROR = 13  # dst -> src: the destination failed (message in JSON)
+    PING = 14  # src -> dst, after READY: measures the round trip (JSON body echoed)
+    PONG = 15  # dst -> src: the PING's body
 
 
 def pack_json(kind: Msg, body: dict[str, Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""The destination side of a live migration: decode, write, verify, and resume only on COMMIT.
+"""The destination side of a live migration: decode, write, verify, resume only on a match.
 
 The receiver never resumes a VM whose per-page digests differ from the source's, and discards
 everything (``sink.abort()``) when the channel fails, a frame is bad, or the source aborts.
@@ -71,9 +71,12 @@ class MigrationReceiver:
                     )
                 elif kind is Msg.DEVICE:
                     await self.sink.set_device_state(bytes(body))
+                elif kind is Msg.PING:
+                    await channel.send(protocol.pack_bytes(Msg.PONG, bytes(body)))
                 elif kind is Msg.VERIFY:
+                    # A mismatch raises (after telling the source); a match resumes the VM at
+                    # once: the source, paused, committed to the hand-over when it sent VERIFY.
                     await self._verify(channel, protocol.parse_json(kind, body))
-                elif kind is Msg.COMMIT:
                     # Split-brain fence: resume only after winning the VM's ownership record.
                     if self.fence is not None and not await self.fence():
                         msg = (
