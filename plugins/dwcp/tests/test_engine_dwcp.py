@@ -62,6 +62,22 @@ async def test_engine_uses_dwcp_by_default_and_memory_matches(dwcp_plugins, veri
         await dst.close()
 
 
+async def test_streams_setting_sets_the_dwcp_channels_stream_count(dwcp_plugins) -> None:
+    """``MigrationSettings(streams=N)`` opens the DWCP channel with N streams."""
+    src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
+    try:
+        spec = VMSpec(name="d3", memory_mib=32, extra={"workload": {"pattern": "idle"}})
+        vm = await src.create_vm(spec)
+        settings = MigrationSettings(streams=3)
+        report = await migrate_between(src, dst, vm.id, plugins=dwcp_plugins, settings=settings)
+        assert report.transport == "dwcp"
+        assert report.streams >= 3
+        assert report.verification["mismatches"] == 0
+    finally:
+        await src.close()
+        await dst.close()
+
+
 async def test_idle_vm_is_bit_identical_after_dwcp_migration(dwcp_plugins) -> None:
     src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
     try:

@@ -148,6 +148,16 @@ def test_mode_detection_and_defaults() -> None:
     assert explicit.resolved("internet").initial_streams == 8
 
 
+def test_the_cores_streams_option_is_the_initial_stream_count() -> None:
+    """A migration's ``streams`` setting reaches the transport as the endpoint option
+    ``streams`` (it used to be refused as an unknown key)."""
+    settings = MultiStreamSettings.from_sources({"max_streams": 8}, {"streams": "3"})
+    assert settings.initial_streams == 3
+    assert settings.resolved("internet").initial_streams == 3
+    with pytest.raises(ConfigError, match="initial_streams"):
+        MultiStreamSettings.from_sources({}, {"streams": "none"})
+
+
 def test_invalid_settings_raise_config_error() -> None:
     with pytest.raises(ConfigError, match="min_streams"):
         MultiStreamTransport({"min_streams": 9, "max_streams": 2})

@@ -85,8 +85,15 @@ class MultiStreamSettings(BaseModel):
     def from_sources(
         cls, settings: Mapping[str, Any], options: Mapping[str, str] | None = None
     ) -> MultiStreamSettings:
-        """Build from transport settings, endpoint options winning; ConfigError when invalid."""
+        """Build from transport settings, endpoint options winning; ConfigError when invalid.
+
+        The core's generic ``streams`` endpoint option (a migration's ``streams`` setting, or
+        the planner's ``novacron_choose_stream_count`` answer: how many streams a channel
+        starts with) is this transport's ``initial_streams``; adaptation still applies.
+        """
         merged = {**settings, **(options or {})}
+        if "streams" in merged:
+            merged["initial_streams"] = merged.pop("streams")
         try:
             return cls.model_validate(merged)
         except ValidationError as exc:
