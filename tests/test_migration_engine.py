@@ -434,3 +434,70 @@ async def test_report_says_where_the_downtime_went(plugins, drivers) -> None:
     assert 0 < done.sent_ms <= done.verified_ms <= done.activated_ms == report.downtime_ms
     assert sum(r.pages for r in report.rounds) + done.pages == report.pages_sent
     assert sum(r.wire_bytes for r in report.rounds) + done.wire_bytes <= report.bytes_on_wire
+
+
+async def test_lost_answer_asks_the_destination_again_until_it_can_tell(
+    plugins, drivers, monkeypatch
+) -> None:
+    """The destination failed to resume (its sink's activate raises: a deliberate fault) after
+    the source sent VERIFY. Its agent first cannot tell (the receiver is still finishing),
+    then says it does not run the VM: the source asks again instead of staying paused for
+    good, and rolls back. The destination check stands in for the agent's HTTP query."""
+    from novacron_sdk.errors import MigrationError, NovaCronError
+    from novacron_sdk.migration import engine as engine_module
+    from novacron_sdk.migration import protocol
+    from novacron_sdk.migration.engine import MigrationEngine
+    from novacron_sdk.migration.protocol import Msg
+    from novacron_sdk.migration.receiver import MigrationReceiver
+
+    monkeypatch.setattr(engine_module, "DESTINATION_CHECK_INTERVAL_S", 0.01)
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    settings = tcp_settings()
+    plan = plan_migration(plugins, settings, Endpoint(host="127.0.0.1"))
+    source = await src.open_migration_source(vm.id)
+    info = source.info()
+    sink = await dst.open_migration_sink(info)
+
+    async def activate() -> Any:
+        msg = "the hypervisor refused to resume the VM"
+        raise NovaCronError(msg)
+
+    sink.activate = activate  # type: ignore[method-assign]
+    receiver = MigrationReceiver(sink, info, plan.codec.new_decoder(info.page_size))
+
+    async def serve(channel: Any) -> None:
+        try:
+            await protocol.expect_json(channel, Msg.HELLO)
+            await receiver.run(channel)
+        finally:
+            await channel.close()
+
+    listener = await plan.transport.listen(Endpoint(host="127.0.0.1"), serve)
+    channel = await plan.transport.connect(listener.endpoint)
+    answers = [None, None, False]
+    asked: list[bool | None] = []
+
+    async def destination_runs() -> bool | None:
+        asked.append(answers[min(len(asked), len(answers) - 1)])
+        return asked[-1]
+
+    engine = MigrationEngine(
+        plugins=plugins,
+        settings=settings,
+        plan=plan,
+        vm=vm.name,
+        source_name="src",
+        destination_name="dst",
+    )
+    try:
+        with pytest.raises(MigrationError, match="reports it does not run the VM; rolled back"):
+            await engine.run(source, channel, check_destination=destination_runs)
+    finally:
+        await channel.close()
+        await listener.close()
+    assert asked == [None, None, False]
+    assert receiver.state == "aborted"
+    assert engine.report is not None
+    assert engine.report.outcome is MigrationPhase.ROLLED_BACK
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING

@@ -53,6 +53,10 @@ PIPELINE_DEPTH = 4
 PROGRESS_INTERVAL_S = 0.25
 RTT_PINGS = 2
 """PING/PONG exchanges at the handshake; the shortest is the round trip (an idle link)."""
+DESTINATION_CHECK_S = 10.0
+"""After a lost answer, how long to keep asking a destination that cannot tell yet (its
+receiver may still be checking the pages) before the source stays paused for good."""
+DESTINATION_CHECK_INTERVAL_S = 0.5
 
 
 class MigrationEngine:
@@ -387,7 +391,7 @@ class MigrationEngine:
         except VerificationError:
             raise
         except (NovaCronError, OSError) as exc:
-            confirmed = await check_destination() if check_destination else None
+            confirmed = await _ask_destination(check_destination)
             if confirmed is not True:
                 raise _AmbiguousCommitError(confirmed, exc) from exc
         report.downtime_ms = timing.activated_ms = (time.monotonic() - paused_at) * 1000
@@ -570,6 +574,18 @@ class MigrationEngine:
                 log.exception("migration event callback failed")
 
 
+async def _ask_destination(check: DestinationCheck | None) -> bool | None:
+    """Whether the destination runs the VM, asking again while it cannot tell yet."""
+    if check is None:
+        return None
+    deadline = time.monotonic() + DESTINATION_CHECK_S
+    while True:
+        confirmed = await check()
+        if confirmed is not None or time.monotonic() >= deadline:
+            return confirmed
+        await asyncio.sleep(DESTINATION_CHECK_INTERVAL_S)
+
+
 class _AmbiguousCommitError(MigrationError):
     """VERIFY was sent but VERIFIED and ACTIVATED never both came back."""
 
@@ -582,9 +598,9 @@ class _AmbiguousCommitError(MigrationError):
             )
         else:
             text = (
-                f"the destination did not confirm the switch-over ({cause}) and could not be "
-                "asked; the source VM is kept PAUSED (not destroyed) to avoid running twice: "
-                "check the destination, then resume or destroy the source"
+                f"the destination did not confirm the switch-over ({cause}) and could not say "
+                "whether it runs the VM; the source VM is kept PAUSED (not destroyed) to avoid "
+                "running twice: check the destination, then resume or destroy the source"
             )
         super().__init__(text)
 
