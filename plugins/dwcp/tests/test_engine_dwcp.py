@@ -129,3 +129,46 @@ async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> 
     finally:
         await src.close()
         await dst.close()
+
+
+async def test_short_sends_are_split_into_a_frame_per_stream(dwcp_plugins) -> None:
+    """The pages sent while paused (fewer than a batch per stream) go in a batch per stream,
+    so the transport can spread them over its streams instead of sending one large frame at
+    one stream's share of the link."""
+    from novacron_dwcp.transport.multistream import MultiStreamTransport
+
+    sizes: list[int] = []
+
+    class Observed(ForwardingEncoder):
+        """The chain's encoder, observed: the size of every batch it gets."""
+
+        def encode(self, batch: PageBatch) -> bytes:
+            sizes.append(len(batch.indices))
+            return self.inner.encode(batch)
+
+    src, dst = SimDriver({"host_name": "a"}), SimDriver({"host_name": "b"})
+    try:
+        work = {"pattern": "hot-set", "rate_mbps": 20, "hot_fraction": 0.05, "seed": 3}
+        vm = await src.create_vm(VMSpec(name="d4", memory_mib=32, extra={"workload": work}))
+        await asyncio.sleep(0.3)
+        settings = MigrationSettings(streams=4)
+        plan = plan_migration(dwcp_plugins, settings, Endpoint())
+        plan.transport = MultiStreamTransport({"adapt": False})  # four streams throughout
+        plan.codec = WrappingCodec(plan.codec, Observed)
+        report = await migrate_between(
+            src, dst, vm.id, plugins=dwcp_plugins, settings=settings, plan=plan
+        )
+        assert report.streams == 4
+        done = report.switchover
+        assert done is not None
+        assert 16 * 4 <= done.pages < 256 * 4  # a short send: split, in batches of 16 or more
+        final: list[int] = []
+        while sum(final) < done.pages:
+            final.insert(0, sizes.pop())
+        assert sum(final) == done.pages
+        each = -(-done.pages // 4)
+        assert final == [each] * (len(final) - 1) + [done.pages - each * (len(final) - 1)]
+        assert len(final) == 4
+    finally:
+        await src.close()
+        await dst.close()
