@@ -37,6 +37,63 @@ def test_link_bound_window_gives_the_link_rate() -> None:
     assert meter.last_bps == pytest.approx(10e6, rel=0.1)
 
 
+def test_a_settled_rate_outlasts_the_high_first_window_of_later_rounds() -> None:
+    """The window that opens a round also fills the send buffers and reads high; once a
+    window that followed a link-bound one (buffers full at its start) measured the link,
+    later rounds' opening windows give that settled rate instead."""
+    meter = LinkMeter(window_s=1.0)
+
+    def window(start: float, nbytes: int) -> float | None:
+        """Ten sends over one second from ``start`` (the first waited 0.1 s, the others 0.06 s:
+        0.64 s in all), ``nbytes`` in all; the last closes the window."""
+        result = None
+        for step in range(1, 11):
+            now = start + step / 10
+            waited = now - start if step == 1 else 0.06
+            result = meter.record(nbytes // 10, waited, now=now)
+            assert step == 10 or result is None
+        return result
+
+    # Round 1: 5 MB in the first second (4 MB went into buffers), then 1.25 MB a second.
+    assert window(10.0, 5_000_000) == pytest.approx(40e6, rel=0.15)  # nothing settled yet
+    assert meter.settled_bps is None
+    assert window(11.0, 1_250_000) == pytest.approx(10e6, rel=0.01)
+    assert meter.settled_bps == pytest.approx(10e6, rel=0.01)
+    meter.pause()
+    # Round 2, short: its only window fills the buffers again.
+    assert window(20.0, 5_000_000) == pytest.approx(10e6, rel=0.01)
+    assert meter.last_bps == pytest.approx(10e6, rel=0.01)
+    # A longer round measures again: the link got faster.
+    assert window(21.0, 2_500_000) == pytest.approx(20e6, rel=0.01)
+    assert meter.settled_bps == pytest.approx(20e6, rel=0.01)
+
+
+def test_a_long_round_without_a_settled_window_is_settled_by_its_goodput() -> None:
+    """A round whose sends waited only now and then (a codec slowed to the link's pace) has
+    no settled window; when it lasted two windows or more, its acknowledged goodput, which
+    includes draining the buffers, settles the rate. A short round leaves the rate alone."""
+    meter = LinkMeter(window_s=1.0)
+    now = 50.0
+    readings = []
+    for second in range(6):  # link-bound only every other second: never settled
+        waited = 0.08 if second % 2 == 0 else 0.0
+        for _ in range(10):
+            now += 0.1
+            readings.append(meter.record(500_000, waited, now=now))
+    assert meter.settled_bps is None
+    assert [r for r in readings if r is not None] != []
+    assert meter.round_done(9.5e6, 7.0) == pytest.approx(9.5e6)
+    assert meter.settled_bps == pytest.approx(9.5e6)
+    assert meter.last_bps == pytest.approx(9.5e6)
+    # A round with no link-bound window says nothing; a short one keeps the settled rate.
+    assert meter.round_done(3e6, 5.0) is None
+    meter.pause()
+    for _ in range(11):
+        now += 0.1
+        meter.record(500_000, 0.08, now=now)
+    assert meter.round_done(2e6, 1.2) == pytest.approx(9.5e6)
+
+
 def test_sends_that_never_wait_say_nothing_about_the_link() -> None:
     """The CPU set the pace (sends returned at once): no estimate, however many bytes."""
     meter = LinkMeter(window_s=1.0)

@@ -259,6 +259,9 @@ class MigrationEngine:
         run.report.streams = max(run.report.streams, run.channel.stats().streams)
         stats = run.encoder.stats()
         wire = stats.bytes_out - bytes_before
+        settled = self._link.round_done(8 * wire / max(seconds, 1e-9), seconds)
+        if settled is not None:
+            run.report.link_bps = settled
         if wire >= MIN_SAMPLE_BYTES:
             sample = BandwidthSample(
                 t=time.monotonic(), bits_per_second=8 * wire / seconds, duration_s=seconds
