@@ -52,9 +52,9 @@ MIN_SAMPLE_BYTES = 256 * 1024
 PIPELINE_DEPTH = 4
 PROGRESS_INTERVAL_S = 0.25
 RTT_PINGS = 2
+"""PING/PONG exchanges at the handshake; the shortest is the round trip (an idle link)."""
 MIN_SPLIT_BATCH_PAGES = 16
 """A short send is split over the streams only down to batches of this many pages."""
-"""PING/PONG exchanges at the handshake; the shortest is the round trip (an idle link)."""
 DESTINATION_CHECK_S = 10.0
 """After a lost answer, how long to keep asking a destination that cannot tell yet (its
 receiver may still be checking the pages) before the source stays paused for good."""
@@ -342,9 +342,6 @@ class MigrationEngine:
         wire_before = self._wire_bytes
         await self._send_pages(run, final, timed=False)
         await channel.send(protocol.pack_bytes(Msg.DEVICE, await source.device_state()))
-        self._phase = MigrationPhase.VERIFYING
-        if self.settings.verify == "full":
-            await self._rehash_all(run)
         timing = SwitchoverReport(
             pages=len(final),
             wire_bytes=self._wire_bytes - wire_before,
@@ -352,6 +349,9 @@ class MigrationEngine:
             verified_ms=0.0,
             activated_ms=0.0,
         )
+        self._phase = MigrationPhase.VERIFYING
+        if self.settings.verify == "full":
+            await self._rehash_all(run)
         # From here on the destination may run the VM (it resumes it as soon as its check
         # passes): never roll back unless it says the check failed, or that it does not run it.
         self._committed = True

@@ -43,7 +43,12 @@ class MigrationSettings(BaseModel):
         "force the switch-over regardless of the downtime limit.",
     )
     batch_pages: int = Field(
-        default=256, ge=1, le=4096, description="Pages per encoded batch (one frame each)."
+        default=256,
+        ge=1,
+        le=4096,
+        description="Pages per encoded batch (one frame each); on a channel of several "
+        "streams a send shorter than a batch per stream is cut into a batch per stream "
+        "(at least 16 pages each).",
     )
     transport: str | None = Field(default=None, description="Transport name; None = default.")
     codec: str | None = Field(default=None, description="Codec name; None = default.")
