@@ -28,10 +28,8 @@ import asyncio
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -245,23 +243,7 @@ def run_wan() -> tuple[list[Figure], list[dict[str, Any]]]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         emu = stack.enter_context(WanEmulator(*symmetric(WAN_RATE_BPS, rtt_s=WAN_RTT_S), seed=5))
-        urls = {}
-        for host, port in (("a", 8470), ("b", 8471)):
-            address = emu.address(host)  # type: ignore[arg-type]
-            log = stack.enter_context((tmp / f"{host}.log").open("wb"))
-            emu.python(
-                host, "-m", "novacron_sdk", "--set", f"agent.migration_host={address}",
-                "agent", "--host", address, "--port", str(port), "--name", f"wan-{host}",
-                "--ready-file", str(tmp / f"ready-{host}.json"),
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            urls[host] = f"http://{address}:{port}"
-        deadline = time.monotonic() + 60
-        while not all((tmp / f"ready-{h}.json").exists() for h in "ab"):
-            if time.monotonic() > deadline:
-                msg = f"WAN case: the agents did not start (logs in {tmp})"
-                raise RuntimeError(msg)
-            time.sleep(0.1)
+        urls = emu.start_agents(tmp)
         client = tmp / "client.py"
         client.write_text(WAN_CLIENT)
 

@@ -4,11 +4,8 @@ processes, real sockets, a real (emulated) bottleneck; nothing mocked."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -44,25 +41,8 @@ def test_migration_over_a_slow_wan_link(tmp_path: Path) -> None:
     round trip is measured at the handshake, and the hand-over waits for one, not two (the
     destination resumes on a matching VERIFY; protocol 1 waited for a COMMIT)."""
     skip_unless_available()
-    with contextlib.ExitStack() as stack:
-        emu = stack.enter_context(WanEmulator(*symmetric(10e6, rtt_s=0.04), seed=3))
-        urls = {}
-        for host, port in (("a", 8470), ("b", 8471)):
-            address = emu.address(host)  # type: ignore[arg-type]
-            log = stack.enter_context((tmp_path / f"{host}.log").open("wb"))
-            emu.python(
-                host, "-m", "novacron_sdk", "--set", f"agent.migration_host={address}",
-                "agent", "--host", address, "--port", str(port), "--name", f"wan-{host}",
-                "--ready-file", str(tmp_path / f"ready-{host}.json"),
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-            urls[host] = f"http://{address}:{port}"
-        deadline = time.monotonic() + 60
-        while not all((tmp_path / f"ready-{h}.json").exists() for h in "ab"):
-            if time.monotonic() > deadline:
-                logs = {h: (tmp_path / f"{h}.log").read_text()[-1500:] for h in "ab"}
-                pytest.fail(f"agents did not start: {logs}")
-            time.sleep(0.1)
+    with WanEmulator(*symmetric(10e6, rtt_s=0.04), seed=3) as emu:
+        urls = emu.start_agents(tmp_path)
         client = tmp_path / "client.py"
         client.write_text(CLIENT)
         done = emu.run(

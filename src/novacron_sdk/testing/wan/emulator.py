@@ -145,6 +145,40 @@ class WanEmulator(NamespacedHosts):
         self._forwarders.clear()
         self._stats_files.clear()
 
+    # -- agents -------------------------------------------------------------------------------
+
+    def start_agents(
+        self,
+        workdir: Path,
+        *,
+        ports: tuple[int, int] = (8470, 8471),
+        timeout_s: float = 60.0,
+    ) -> dict[str, str]:
+        """Start a NovaCron agent on each host (migrations on the host's address); their URLs.
+
+        Each logs to ``workdir/<host>.log``; both are stopped with the emulator. Raises
+        WanEmulatorError with the end of both logs when they are not ready in ``timeout_s``.
+        """
+        urls = {}
+        for host, port in zip(("a", "b"), ports, strict=True):
+            address = ADDRESSES[host]
+            with (workdir / f"{host}.log").open("wb") as log:  # the agent keeps its own copy
+                self.python(
+                    host, "-m", "novacron_sdk", "--set", f"agent.migration_host={address}",
+                    "agent", "--host", address, "--port", str(port), "--name", f"wan-{host}",
+                    "--ready-file", str(workdir / f"ready-{host}.json"),
+                    stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            urls[host] = f"http://{address}:{port}"
+        deadline = time.monotonic() + timeout_s
+        while not all((workdir / f"ready-{h}.json").exists() for h in urls):
+            if time.monotonic() > deadline:
+                logs = {h: (workdir / f"{h}.log").read_text(errors="replace")[-1500:] for h in urls}
+                msg = f"the agents did not start in {timeout_s:g} s: {logs}"
+                raise WanEmulatorError(msg)
+            time.sleep(0.1)
+        return urls
+
     # -- measurements -------------------------------------------------------------------------
 
     def stats(self, src: Host) -> DirectionStats:
