@@ -89,6 +89,24 @@ async def migrate_once(
     return result
 
 
+def time_and_downtime(
+    label: str, pre: MigrationReport, base_label: str, base: MigrationReport
+) -> list[Figure]:
+    """Total time and downtime of ``pre`` beside ``base``; the downtime judged by its limit."""
+    return [
+        Figure(f"{label}: total time", pre.total_s, "s", base_label, base.total_s),
+        Figure(
+            f"{label}: downtime",
+            pre.downtime_ms,
+            "ms",
+            base_label,
+            base.downtime_ms,
+            target=f"<= {pre.downtime_limit_ms:.0f} ms limit",
+            met=pre.downtime_ms <= pre.downtime_limit_ms,
+        ),
+    ]
+
+
 async def run(
     a: str, b: str, sizes: list[int], rates: list[float]
 ) -> tuple[list[Figure], list[dict[str, Any]]]:
@@ -112,16 +130,7 @@ async def run(
                 label = f"{plane} {size} MiB @ {rate:g} MB/s"
                 base_label = f"stop-and-copy raw over {settings['transport']}"
                 figures += [
-                    Figure(f"{label}: total time", pre.total_s, "s", base_label, base.total_s),
-                    Figure(
-                        f"{label}: downtime",
-                        pre.downtime_ms,
-                        "ms",
-                        base_label,
-                        base.downtime_ms,
-                        target=f"<= {pre.downtime_limit_ms:.0f} ms limit",
-                        met=pre.downtime_ms <= pre.downtime_limit_ms,
-                    ),
+                    *time_and_downtime(label, pre, base_label, base),
                     Figure(
                         f"{label}: bytes on wire",
                         pre.bytes_on_wire / MIB,
@@ -267,18 +276,7 @@ def run_wan() -> tuple[list[Figure], list[dict[str, Any]]]:
             base = migrate(f"wan-base{number}", settings | {"precopy": False})
             label = f"{plane} {WAN_MIB} MiB @ 1 MB/s over {link}"
             base_label = f"stop-and-copy over the same link ({settings['codec']})"
-            figures += [
-                Figure(f"{label}: total time", pre.total_s, "s", base_label, base.total_s),
-                Figure(
-                    f"{label}: downtime",
-                    pre.downtime_ms,
-                    "ms",
-                    base_label,
-                    base.downtime_ms,
-                    target=f"<= {pre.downtime_limit_ms:.0f} ms limit",
-                    met=pre.downtime_ms <= pre.downtime_limit_ms,
-                ),
-            ]
+            figures += time_and_downtime(label, pre, base_label, base)
             rows.append(
                 {
                     "case": "wan",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -367,66 +368,54 @@ async def test_sim_agent_refuses_stream_migrations(clients) -> None:
     await ca.destroy_vm(vm.id)
 
 
-async def test_stream_hello_for_unknown_migration_is_rejected(clients) -> None:
-    """A stream connection must name a prepared stream migration and its token."""
+@pytest.mark.parametrize(
+    ("hello", "expected"),
+    [
+        # A stream connection must name a prepared stream migration (this one is page-level).
+        ({"stream": True}, "unknown stream migration"),
+        # An agent of another release (protocol 1 resumed on a separate COMMIT).
+        (
+            {"protocol": 1},
+            "protocol version 1 is not supported: this agent speaks version 2; "
+            "run the same novacron-sdk release on both hosts",
+        ),
+    ],
+    ids=["stream-hello-for-a-page-migration", "other-protocol-version"],
+)
+async def test_refused_hello_is_told_why_and_leaves_the_migration_pending(
+    clients, hello: dict[str, Any], expected: str
+) -> None:
+    """A HELLO the agent cannot accept gets an error saying what is wrong; the prepared
+    migration it named stays pending for the right source."""
     from novacron_sdk.builtin.tcp_transport import TcpTransport
     from novacron_sdk.hypervisors.interface import MigrationSourceInfo
     from novacron_sdk.migration import protocol
     from novacron_sdk.migration.protocol import Msg
 
     _, cb = clients
+    migration_id = f"probe-{len(expected)}"
     prepared = await cb.prepare_incoming(
-        migration_id="probe2",
-        info=MigrationSourceInfo(spec=VMSpec(name="probe-in2", memory_mib=64), page_count=16384),
+        migration_id=migration_id,
+        info=MigrationSourceInfo(
+            spec=VMSpec(name=f"{migration_id}-in", memory_mib=64), page_count=16384
+        ),
         transport="tcp",
         codec="zlib",
         verify="pages",
     )
     channel = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
     try:
-        hello = {
+        body = {
             "protocol": protocol.PROTOCOL_VERSION,
-            "migration_id": "probe2",  # a page-level migration: not routed as a stream
+            "migration_id": migration_id,
             "token": prepared["token"],
-            "stream": True,
         }
-        await channel.send(protocol.pack_json(Msg.HELLO, hello))
-        with pytest.raises(MigrationError, match="unknown stream migration"):
+        await channel.send(protocol.pack_json(Msg.HELLO, body | hello))
+        with pytest.raises(MigrationError, match=re.escape(expected)):
             await asyncio.wait_for(protocol.expect(channel, Msg.READY), 10)
     finally:
         await channel.close()
-    assert (await cb.incoming_state("probe2"))["state"] == "pending"
-
-
-async def test_hello_of_another_protocol_version_is_refused_clearly(clients) -> None:
-    """An agent of another release (protocol 1 resumed on a separate COMMIT) is told what to
-    fix, and the prepared migration is left untouched."""
-    from novacron_sdk.builtin.tcp_transport import TcpTransport
-    from novacron_sdk.hypervisors.interface import MigrationSourceInfo
-    from novacron_sdk.migration import protocol
-    from novacron_sdk.migration.protocol import Msg
-
-    _, cb = clients
-    prepared = await cb.prepare_incoming(
-        migration_id="old-peer",
-        info=MigrationSourceInfo(spec=VMSpec(name="probe-old", memory_mib=64), page_count=16384),
-        transport="tcp",
-        codec="zlib",
-        verify="pages",
-    )
-    channel = await TcpTransport().connect(Endpoint.model_validate(prepared["endpoint"]))
-    try:
-        hello = {"protocol": 1, "migration_id": "old-peer", "token": prepared["token"]}
-        await channel.send(protocol.pack_json(Msg.HELLO, hello))
-        expected = (
-            r"protocol version 1 is not supported: this agent speaks version "
-            rf"{protocol.PROTOCOL_VERSION}; run the same novacron-sdk release on both hosts"
-        )
-        with pytest.raises(MigrationError, match=expected):
-            await asyncio.wait_for(protocol.expect(channel, Msg.READY), 10)
-    finally:
-        await channel.close()
-    assert (await cb.incoming_state("old-peer"))["state"] == "pending"
+    assert (await cb.incoming_state(migration_id))["state"] == "pending"
 
 
 def test_agent_refuses_settings_for_an_unknown_transport() -> None:

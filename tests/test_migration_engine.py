@@ -13,7 +13,12 @@ import pytest
 
 from novacron_sdk.builtin.sim.driver import SimDriver
 from novacron_sdk.encoding.interface import PageBatch
-from novacron_sdk.errors import MigrationAbortedError, VerificationError
+from novacron_sdk.errors import (
+    MigrationAbortedError,
+    MigrationError,
+    NovaCronError,
+    VerificationError,
+)
 from novacron_sdk.hypervisors.interface import MigrationSource
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
@@ -436,68 +441,59 @@ async def test_report_says_where_the_downtime_went(plugins, drivers) -> None:
     assert sum(r.wire_bytes for r in report.rounds) + done.wire_bytes <= report.bytes_on_wire
 
 
+def _refusing_sink(driver: SimDriver) -> None:
+    """Fault injector: the destination's hypervisor refuses to resume the VM."""
+    open_sink = driver.open_migration_sink
+
+    async def refusing(info: Any) -> Any:
+        sink = await open_sink(info)
+
+        async def activate() -> Any:
+            msg = "the hypervisor refused to resume the VM"
+            raise NovaCronError(msg)
+
+        sink.activate = activate  # type: ignore[method-assign]
+        return sink
+
+    driver.open_migration_sink = refusing  # type: ignore[method-assign]
+
+
 async def test_lost_answer_asks_the_destination_again_until_it_can_tell(
     plugins, drivers, monkeypatch
 ) -> None:
-    """The destination failed to resume (its sink's activate raises: a deliberate fault) after
-    the source sent VERIFY. Its agent first cannot tell (the receiver is still finishing),
-    then says it does not run the VM: the source asks again instead of staying paused for
-    good, and rolls back. The destination check stands in for the agent's HTTP query."""
-    from novacron_sdk.errors import MigrationError, NovaCronError
+    """The destination fails to resume (a deliberate fault) after the source sent VERIFY. Its
+    agent first cannot tell (the receiver is still finishing), then says it does not run the
+    VM: the source asks again instead of staying paused for good, and rolls back. The check
+    stands in for the agent's HTTP query."""
     from novacron_sdk.migration import engine as engine_module
-    from novacron_sdk.migration import protocol
-    from novacron_sdk.migration.engine import MigrationEngine
-    from novacron_sdk.migration.protocol import Msg
-    from novacron_sdk.migration.receiver import MigrationReceiver
 
     monkeypatch.setattr(engine_module, "DESTINATION_CHECK_INTERVAL_S", 0.01)
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
-    settings = tcp_settings()
-    plan = plan_migration(plugins, settings, Endpoint(host="127.0.0.1"))
-    source = await src.open_migration_source(vm.id)
-    info = source.info()
-    sink = await dst.open_migration_sink(info)
-
-    async def activate() -> Any:
-        msg = "the hypervisor refused to resume the VM"
-        raise NovaCronError(msg)
-
-    sink.activate = activate  # type: ignore[method-assign]
-    receiver = MigrationReceiver(sink, info, plan.codec.new_decoder(info.page_size))
-
-    async def serve(channel: Any) -> None:
-        try:
-            await protocol.expect_json(channel, Msg.HELLO)
-            await receiver.run(channel)
-        finally:
-            await channel.close()
-
-    listener = await plan.transport.listen(Endpoint(host="127.0.0.1"), serve)
-    channel = await plan.transport.connect(listener.endpoint)
-    answers = [None, None, False]
-    asked: list[bool | None] = []
+    _refusing_sink(dst)
+    answers: list[bool | None] = []
 
     async def destination_runs() -> bool | None:
-        asked.append(answers[min(len(asked), len(answers) - 1)])
-        return asked[-1]
+        answers.append(None if len(answers) < 2 else False)
+        return answers[-1]
 
-    engine = MigrationEngine(
-        plugins=plugins,
-        settings=settings,
-        plan=plan,
-        vm=vm.name,
-        source_name="src",
-        destination_name="dst",
-    )
-    try:
-        with pytest.raises(MigrationError, match="reports it does not run the VM; rolled back"):
-            await engine.run(source, channel, check_destination=destination_runs)
-    finally:
-        await channel.close()
-        await listener.close()
-    assert asked == [None, None, False]
-    assert receiver.state == "aborted"
-    assert engine.report is not None
-    assert engine.report.outcome is MigrationPhase.ROLLED_BACK
+    with pytest.raises(MigrationError, match="reports it does not run the VM; rolled back"):
+        await migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=tcp_settings(),
+            check_destination=destination_runs,
+        )  # fmt: skip
+    assert answers == [None, None, False]
+    assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+    assert await dst.list_vms() == []
+
+
+async def test_in_process_migration_knows_whether_the_destination_runs(plugins, drivers) -> None:
+    """In one process the receiver's state answers a lost hand-over: a destination that
+    failed to resume is known not to run the VM, so the source resumes it (it used to stay
+    paused, as when nobody can be asked)."""
+    src, dst = drivers
+    vm = await src.create_vm(busy_spec(pattern="idle"))
+    _refusing_sink(dst)
+    with pytest.raises(MigrationError, match="rolled back to the source"):
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
     assert (await src.get_vm(vm.id)).state is VMState.RUNNING

@@ -12,7 +12,7 @@ import contextlib
 from novacron_sdk.errors import MigrationError
 from novacron_sdk.hypervisors.interface import HypervisorDriver
 from novacron_sdk.migration import protocol
-from novacron_sdk.migration.engine import EventCallback, MigrationEngine
+from novacron_sdk.migration.engine import DestinationCheck, EventCallback, MigrationEngine
 from novacron_sdk.migration.models import MigrationReport, MigrationSettings
 from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
@@ -31,10 +31,13 @@ async def migrate_between(
     plan: MigrationPlan | None = None,
     on_event: EventCallback | None = None,
     host: str = "127.0.0.1",
+    check_destination: DestinationCheck | None = None,
 ) -> MigrationReport:
     """Live-migrate ``vm_id`` from one driver to the other; returns the report.
 
     Raises MigrationError after rolling back (the VM keeps running at the source).
+    ``check_destination`` answers whether the destination runs the VM when the hand-over's
+    answers are lost; by default the receiver's own state, which this process knows.
     """
     settings = settings or MigrationSettings()
     plan = plan or plan_migration(plugins, settings, Endpoint(host=host))
@@ -86,7 +89,9 @@ async def migrate_between(
             on_event=on_event,
         )
         try:
-            return await engine.run(source, channel)
+            return await engine.run(
+                source, channel, check_destination=check_destination or _runs(receiver)
+            )
         finally:
             await channel.close()
             with contextlib.suppress(TimeoutError):
@@ -95,6 +100,15 @@ async def migrate_between(
                 await sink.abort()
     finally:
         await listener.close()
+
+
+def _runs(receiver: MigrationReceiver) -> DestinationCheck:
+    """Whether the receiver runs the VM: known in this process (None while it is pending)."""
+
+    async def check() -> bool | None:
+        return {"active": True, "aborted": False}.get(receiver.state)
+
+    return check
 
 
 __all__ = ["MigrationError", "migrate_between"]
