@@ -20,6 +20,7 @@ from novacron_sdk.errors import (
     VerificationError,
 )
 from novacron_sdk.hypervisors.interface import MigrationSource
+from novacron_sdk.migration.display import report_rows
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
 from novacron_sdk.migration.planner import builtin_should_switch_over, plan_migration
@@ -439,6 +440,12 @@ async def test_report_says_where_the_downtime_went(plugins, drivers) -> None:
     assert 0 < done.sent_ms <= done.verified_ms <= done.activated_ms == report.downtime_ms
     assert sum(r.pages for r in report.rounds) + done.pages == report.pages_sent
     assert sum(r.wire_bytes for r in report.rounds) + done.wire_bytes <= report.bytes_on_wire
+    rows = dict(report_rows(report))  # what `novacron migrate` and the demo print
+    assert rows["round trip (handshake)"] == f"{report.rtt_ms:.1f} ms"
+    assert rows["pause: sent / verified / running"] == (
+        f"{done.sent_ms:.0f} / {done.verified_ms:.0f} / {done.activated_ms:.0f} ms"
+        f" ({done.pages} pages, {done.wire_bytes / MIB:.2f} MiB)"
+    )
 
 
 def _refusing_sink(driver: SimDriver) -> None:
