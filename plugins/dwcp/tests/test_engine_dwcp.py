@@ -12,6 +12,7 @@ import pytest
 from novacron_dwcp.encoding.wire import METHOD_ZSTD_LONG, parse_header
 from novacron_sdk.builtin.sim.driver import SimDriver
 from novacron_sdk.encoding.interface import PageBatch
+from novacron_sdk.migration.display import report_rows
 from novacron_sdk.migration.inprocess import migrate_between
 from novacron_sdk.migration.models import MigrationPhase, MigrationSettings
 from novacron_sdk.migration.planner import plan_migration
@@ -125,6 +126,11 @@ async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> 
         assert first_round[0] != METHOD_ZSTD_LONG  # no estimate yet: independent frames
         assert METHOD_ZSTD_LONG in first_round  # then the measured link's choice
         assert report.link_bps is not None
+        # The report counts the batches per method, as the CLI shows them.
+        batches = {k: v for k, v in report.codec_stats.items() if k.startswith("batches:")}
+        assert sum(batches.values()) == len(methods)
+        assert any(name.endswith("-long") for name in batches)
+        assert dict(report_rows(report))["codec methods (batches)"].count(" ") >= 1
         assert await dst.ex_memory_digest((await dst.get_vm("d3")).id) == before
     finally:
         await src.close()

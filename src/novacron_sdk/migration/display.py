@@ -128,6 +128,12 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
         )
     if report.link_bps is not None:
         rows.append(("link (measured from backpressure)", f"{report.link_bps / 1e6:.1f} Mbit/s"))
+    methods = sorted(
+        ((k.removeprefix("batches:"), v) for k, v in report.codec_stats.items() if ":" in k),
+        key=lambda item: -item[1],
+    )
+    if methods:
+        rows.append(("codec methods (batches)", ", ".join(f"{m} {n}" for m, n in methods)))
     if report.error:
         rows.append(("error", report.error))
     return rows

@@ -195,4 +195,9 @@ class MigrationReport(BaseModel):
         "rule counts one (the hand-over's verification) in the downtime.",
     )
     switchover: SwitchoverReport | None = None
+    codec_stats: dict[str, int] = Field(
+        default_factory=dict,
+        description="The encoder's counts by kind (its ``CodecStats.by_kind``: pages per "
+        "operation, batches per method for DWCP's chain), at the end of the migration.",
+    )
     verification: dict[str, Any] = Field(default_factory=dict)
