@@ -2,8 +2,10 @@
 
 The engine is built only on the contracts: a :class:`MigrationSource` (pages and dirty
 tracking), a transport :class:`Channel` to the destination's receiver, a page codec and a
-bandwidth predictor chosen by the planner. Until the destination confirms it runs the VM,
-any failure rolls back: the source VM keeps running, untouched.
+bandwidth predictor chosen by the planner. Any failure before the hand-over (VERIFY, on
+which the destination resumes the VM if everything matches) rolls back: the source VM keeps
+running, untouched. After it, the source rolls back only when the destination says it does
+not run the VM; when nobody can tell, the source stays paused rather than run the VM twice.
 """
 
 from __future__ import annotations
