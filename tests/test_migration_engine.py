@@ -504,3 +504,28 @@ async def test_in_process_migration_knows_whether_the_destination_runs(plugins, 
     with pytest.raises(MigrationError, match="rolled back to the source"):
         await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
     assert (await src.get_vm(vm.id)).state is VMState.RUNNING
+
+
+class _EightStreams:
+    """A planner plugin that always asks for eight streams."""
+
+    @hookimpl
+    def novacron_choose_stream_count(
+        self, estimate: object, rtt_s: float | None, settings: object
+    ) -> int:
+        return 8
+
+
+def test_streams_beyond_what_the_transport_carries_are_refused_or_capped() -> None:
+    """A ``streams`` setting the transport cannot honour is an error that says what to do
+    (the single-stream TCP transport used to ignore it); a plugin's larger stream count is
+    capped to what the transport carries."""
+    from novacron_sdk.errors import ConfigError
+
+    plugins = build_plugin_manager(autoload=False)
+    expected = r"streams=2: the 'tcp' transport carries at most 1 stream\(s\) per channel"
+    with pytest.raises(ConfigError, match=expected):
+        plan_migration(plugins, tcp_settings(streams=2), Endpoint())
+    assert plan_migration(plugins, tcp_settings(streams=1), Endpoint()).streams == 1
+    asking = build_plugin_manager(autoload=False, plugins=[("eight", _EightStreams())])
+    assert plan_migration(asking, tcp_settings(), Endpoint()).streams == 1

@@ -76,7 +76,9 @@ class StreamSourceTransport(Transport):
         super().__init__()
         # Named and sized like the transport it wraps: the sink and source choose their
         # stream codec and frame sizes by these.
-        vars(self).update(name=inner.name, max_frame_size=inner.max_frame_size)
+        vars(self).update(
+            name=inner.name, max_frame_size=inner.max_frame_size, max_streams=inner.max_streams
+        )
         self.inner = inner
         self.migration_id = migration_id
         self.token = token
@@ -157,7 +159,9 @@ class StreamSinkTransport(Transport):
 
     def __init__(self, incoming: IncomingStream, endpoint: Endpoint, inner: Transport) -> None:
         super().__init__()
-        vars(self).update(name=inner.name, max_frame_size=inner.max_frame_size)
+        vars(self).update(
+            name=inner.name, max_frame_size=inner.max_frame_size, max_streams=inner.max_streams
+        )
         self.incoming = incoming
         self.endpoint = endpoint
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from novacron_sdk.encoding.interface import PageCodec
+from novacron_sdk.errors import ConfigError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.plugin.manager import NovaCronPluginManager
 from novacron_sdk.prediction.interface import BandwidthEstimate, BandwidthPredictor
@@ -91,20 +92,27 @@ def plan_migration(
     predictor_name = _choose(
         plugins, "predictors", settings.predictor, "novacron_choose_predictor", settings=settings
     )
+    transport_class = plugins.transports.get(transport_name)
     streams = settings.streams
+    if streams is not None and streams > transport_class.max_streams:
+        msg = (
+            f"streams={streams}: the {transport_name!r} transport carries at most "
+            f"{transport_class.max_streams} stream(s) per channel; leave streams unset or "
+            "choose a multi-stream transport (see `novacron plugins list`)"
+        )
+        raise ConfigError(msg)
     if streams is None:
         decided = plugins.call_decision(
             "novacron_choose_stream_count", estimate=estimate, rtt_s=rtt_s, settings=settings
         )
-        streams = int(decided) if decided is not None else None
+        if decided is not None:
+            streams = min(int(decided), transport_class.max_streams)
     return MigrationPlan(
         transport_name=transport_name,
         codec_name=codec_name,
         predictor_name=predictor_name,
         streams=streams,
-        transport=plugins.transports.get(transport_name)(
-            (transport_settings or {}).get(transport_name, {})
-        ),
+        transport=transport_class((transport_settings or {}).get(transport_name, {})),
         codec=plugins.codecs.get(codec_name)((codec_settings or {}).get(codec_name, {})),
         predictor=plugins.predictors.get(predictor_name)(),
     )

@@ -94,6 +94,11 @@ class Transport(ABC):
 
     name: ClassVar[str] = ""
     max_frame_size: ClassVar[int] = DEFAULT_MAX_FRAME
+    max_streams: ClassVar[int] = 1
+    """Most parallel streams one channel can use. A migration's ``streams`` setting above it
+    is refused by the planner (a transport that ignored it would be a silent no-op); a larger
+    count from ``novacron_choose_stream_count`` is capped to it. A transport that uses more
+    takes the count as the endpoint option ``streams``."""
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings: dict[str, Any] = dict(settings or {})

@@ -330,6 +330,7 @@ class MultiStreamTransport(Transport):
 
     name = "dwcp"
     max_frame_size = DEFAULT_MAX_FRAME
+    max_streams = 256  # the stream-count bound of its settings
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
