@@ -82,11 +82,17 @@ async def migrate_once(
         result = await migrate_via_agents(
             vm.id, source=a, destination=b, settings=MigrationSettings.model_validate(settings)
         )
-        if result.verification.get("mismatches") != 0:
-            msg = f"{name}: verification failed: {result.verification}"
-            raise RuntimeError(msg)
+        verified(result, name)
         await cb.destroy_vm(name)
     return result
+
+
+def verified(report: MigrationReport, name: str) -> MigrationReport:
+    """``report``, or RuntimeError when the migration's page digests did not all match."""
+    if report.verification.get("mismatches") != 0:
+        msg = f"{name}: verification failed: {report.verification}"
+        raise RuntimeError(msg)
+    return report
 
 
 def time_and_downtime(
@@ -177,10 +183,7 @@ async def capped_once(method: str | None) -> MigrationReport:
         result = await migrate_between(
             src, dst, vm.id, plugins=plugins, settings=settings, plan=plan
         )
-        if result.verification.get("mismatches") != 0:
-            msg = f"capped migration: verification failed: {result.verification}"
-            raise RuntimeError(msg)
-        return result
+        return verified(result, "capped migration")
     finally:
         await src.close()
         await dst.close()
@@ -265,10 +268,7 @@ def run_wan() -> tuple[list[Figure], list[dict[str, Any]]]:
                 msg = f"WAN migration {name} failed: {done.stderr[-2000:]}"
                 raise RuntimeError(msg)
             result = MigrationReport.model_validate_json(done.stdout.strip().splitlines()[-1])
-            if result.verification.get("mismatches") != 0:
-                msg = f"WAN migration {name}: verification failed: {result.verification}"
-                raise RuntimeError(msg)
-            return result
+            return verified(result, f"WAN migration {name}")
 
         link = f"{WAN_RATE_BPS / 1e6:g} Mbit/s, {WAN_RTT_S * 1000:g} ms"
         for number, (plane, settings) in enumerate(data_planes().items()):

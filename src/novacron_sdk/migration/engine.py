@@ -100,10 +100,8 @@ class MigrationEngine:
             TokenBucket(settings.max_bandwidth_bps) if settings.max_bandwidth_bps else None
         )
         self._link = LinkMeter()
-        # A link rate measured by the sending side, for the encoder before its next batch, and
-        # the round of the last such measurement (its value is the report's ``link_bps``).
+        # A link rate measured by the sending side, for the encoder before its next batch.
         self._link_hint: float | None = None
-        self._link_round = 0
         self._rtt_s: float | None = None
 
     # -- public ------------------------------------------------------------------------------
@@ -214,14 +212,14 @@ class MigrationEngine:
         stalled = 0
         while True:
             self._check_cancel(run.started)
-            ratio = await self._round_trip(run, pending)
+            ratio, link_bps = await self._round_trip(run, pending)
             pending = await run.source.collect_dirty()
             estimate = self.plan.predictor.predict(max(0.1, self.settings.downtime_limit_ms / 1000))
             if estimate is not None:
                 run.report.predicted_bps = estimate.mean_bps
             # The codec wants the link's rate: measured from backpressure when this round's
             # sends waited for the link, else the predictor's estimate of what rounds achieve.
-            hint = run.report.link_bps if self._link_round == self._round else None
+            hint = link_bps
             if hint is None and estimate is not None:
                 hint = estimate.mean_bps
             if hint is not None:
@@ -247,8 +245,9 @@ class MigrationEngine:
                     return pending  # forced switch-over
                 stalled, best = 0, len(pending)
 
-    async def _round_trip(self, run: _Run, pending: Sequence[int]) -> float:
-        """One pre-copy round, acknowledged by the destination; returns its wire ratio."""
+    async def _round_trip(self, run: _Run, pending: Sequence[int]) -> tuple[float, float | None]:
+        """One pre-copy round, acknowledged by the destination; returns its wire ratio and the
+        link's rate when its sends waited for the link (else None)."""
         self._round += 1
         self._emit("round_started", pages_remaining=len(pending))
         t0 = time.monotonic()
@@ -261,12 +260,13 @@ class MigrationEngine:
         run.report.streams = max(run.report.streams, run.channel.stats().streams)
         stats = run.encoder.stats()
         wire = stats.bytes_out - bytes_before
-        settled = self._link.round_done(8 * wire / max(seconds, 1e-9), seconds)
-        if settled is not None:
-            run.report.link_bps = settled
+        goodput_bps = 8 * wire / max(seconds, 1e-9)
+        link_bps = self._link.round_done(goodput_bps, seconds)
+        if link_bps is not None:
+            run.report.link_bps = link_bps
         if wire >= MIN_SAMPLE_BYTES:
             sample = BandwidthSample(
-                t=time.monotonic(), bits_per_second=8 * wire / seconds, duration_s=seconds
+                t=time.monotonic(), bits_per_second=goodput_bps, duration_s=seconds
             )
             self.plan.predictor.observe([sample])
         run.report.rounds.append(
@@ -283,7 +283,7 @@ class MigrationEngine:
             pages_remaining=len(pending),
             data={"seconds": seconds, "wire_bytes": wire},
         )
-        return wire / max(1, stats.bytes_in - in_before)
+        return wire / max(1, stats.bytes_in - in_before), link_bps
 
     async def _on_stall(self, run: _Run, dirty: int, *, over_rounds: bool) -> bool:
         """Rounds stopped shrinking: throttle, force (returns True) or abort (raises)."""
@@ -455,7 +455,6 @@ class MigrationEngine:
                         "round %d: link-bound window, %.1f Mbit/s", self._round, link_bps / 1e6
                     )
                     self._link_hint = run.report.link_bps = link_bps
-                    self._link_round = self._round
                 self._pages_sent += count
                 self._wire_bytes += len(frame)
                 if time.monotonic() - last_progress >= PROGRESS_INTERVAL_S:
