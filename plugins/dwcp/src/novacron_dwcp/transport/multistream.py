@@ -27,7 +27,7 @@ from novacron_dwcp.transport.handshake import (
     read_control_frame,
     send_frame,
 )
-from novacron_dwcp.transport.settings import MODE_DEFAULTS, MultiStreamSettings
+from novacron_dwcp.transport.settings import MODE_DEFAULTS, STREAM_LIMIT, MultiStreamSettings
 from novacron_dwcp.transport.wire import Hello, HelloKind, Kind, encode_frame
 from novacron_sdk.errors import NovaCronError, TransportError
 from novacron_sdk.transport.interface import (
@@ -330,7 +330,7 @@ class MultiStreamTransport(Transport):
 
     name = "dwcp"
     max_frame_size = DEFAULT_MAX_FRAME
-    max_streams = 256  # the stream-count bound of its settings
+    max_streams = STREAM_LIMIT
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)

@@ -18,6 +18,9 @@ from novacron_sdk.transport.interface import DEFAULT_MAX_FRAME
 
 Mode = Literal["datacenter", "internet"]
 
+STREAM_LIMIT = 256
+"""Most streams one channel may be set to use (the transport's ``max_streams``)."""
+
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     # Low RTT: one stream already fills the link and every extra stream costs CPU.
     "datacenter": {"congestion": "cubic", "initial_streams": 1},
@@ -35,8 +38,8 @@ class MultiStreamSettings(BaseModel):
     mode: Literal["auto", "datacenter", "internet"] = Field(
         default="auto", description="auto: detect from measured RTT and loss."
     )
-    min_streams: int = Field(default=1, ge=1, le=256)
-    max_streams: int = Field(default=64, ge=1, le=256)
+    min_streams: int = Field(default=1, ge=1, le=STREAM_LIMIT)
+    max_streams: int = Field(default=64, ge=1, le=STREAM_LIMIT)
     initial_streams: int | None = Field(default=None, ge=1, description="None: mode default.")
     adapt: bool = Field(default=True, description="Grow/shrink the stream count by goodput.")
     adapt_interval_s: float | None = Field(
