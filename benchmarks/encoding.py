@@ -28,7 +28,10 @@ Every codec's payloads are decoded and checked against the input. Times are the 
 ``--repeat`` runs (the machine may be shared); the ratio to the baseline in every run is
 printed after the table and written to the JSON ("ratio_per_run"), and "encode per
 CPU-second" (input bytes per CPU-second of all threads, against single-threaded zstd-1) shows
-the work done whatever the threads got from a busy machine. Targets (issue 9): chain bytes
+the work done whatever the threads got from a busy machine. "dwcp 1 thread time in ..." splits
+the one-thread chain's encode time (its fastest repetition) by stage, each next to zstd-1's
+whole encode time: literal compression, classification, page store and the rest (where the
+throughput target is lost). Targets (issue 9): chain bytes
 <= 0.35x zstd-1 on changes and <= 0.85x on first images (judged for "dwcp", "dwcp 100Mbit/s",
 "dwcp 10Mbit/s" and "dwcp + boot files"); chain encode throughput >= zstd-1's with the same
 threads ("dwcp" and "dwcp 1 thread"). When QEMU is missing the corpus cannot be built: the
@@ -108,6 +111,8 @@ class Result:
     decode_s: list[float] = field(default_factory=list)
     encode_cpu: list[float] = field(default_factory=list)  # CPU seconds of all threads
     bytes_runs: list[int] = field(default_factory=list)  # bytes out of every repetition
+    # The chain's encode seconds by stage (its CodecStats.seconds), one dict per repetition.
+    stages: list[dict[str, float]] = field(default_factory=list)
 
     def add(
         self, size_in: int, size_out: int, encoded: float, decoded: float, encode_cpu: float
@@ -120,6 +125,14 @@ class Result:
         self.encode_s[0] += encoded
         self.decode_s[0] += decoded
         self.encode_cpu[0] += encode_cpu
+
+    def add_stages(self, before: dict[str, float], after: dict[str, float]) -> None:
+        """Account the chain's stage seconds of one round of this repetition."""
+        if not self.stages:
+            self.stages = [{}]
+        for stage, seconds in after.items():
+            spent = seconds - before.get(stage, 0.0)
+            self.stages[0][stage] = self.stages[0].get(stage, 0.0) + spent
 
     def mbps(self, times: list[float]) -> float:
         """Input megabytes per second at the best time."""
@@ -289,10 +302,12 @@ def run_chain(
     if hint is not None:
         encoder.set_bandwidth_hint(hint)
     for label, batches in zip(("first",) + ("changes",) * (len(rounds) - 1), rounds, strict=True):
+        stages = dict(encoder.stats().seconds)
         started, cpu = time.perf_counter(), time.process_time()
         payloads = [encoder.encode(batch) for batch in batches]
         encoded = time.perf_counter() - started
         encode_cpu = time.process_time() - cpu
+        results[label].add_stages(stages, encoder.stats().seconds)
         started = time.perf_counter()
         outputs = [decoder.decode(payload) for payload in payloads]
         decoded = time.perf_counter() - started
@@ -365,6 +380,30 @@ def _speed(label: str, name: str, what: str, mine: Result, base: Result, target:
     return figure
 
 
+def _stages(label: str, mine: Result, base: Result) -> list[Figure]:
+    """Where the one-thread chain's encode time went, each stage against zstd-1's whole time.
+
+    From the chain's fastest repetition: compressing its literals (whole pages after zero,
+    duplicate and copy elimination, and delta bytes), classifying the pages, updating the
+    page store, and the rest (control section, checksums, header). The encode target cannot
+    be met where the literals alone take about as long as zstd-1 does on everything.
+    """
+    fastest = min(range(len(mine.encode_s)), key=mine.encode_s.__getitem__)
+    spent = mine.stages[fastest]
+    parts = {
+        "literal compression": spent.get("compress", 0.0),
+        "classification": spent.get("classify", 0.0),
+        "page store": spent.get("store", 0.0),
+    }
+    parts["rest"] = max(0.0, mine.encode_s[fastest] - sum(parts.values()))
+    baseline = min(base.encode_s)
+    name = f"{label}: dwcp 1 thread time in"
+    return [
+        Figure(f"{name} {stage}", seconds, "s", "zstd-1 encode time", baseline)
+        for stage, seconds in parts.items()
+    ]
+
+
 # Per figure, the ratio to its baseline in each repetition (both measured back to back).
 SPREAD: dict[str, list[float]] = {}
 
@@ -401,6 +440,8 @@ def figures_for(workload: str, results: dict[str, dict[str, Result]]) -> list[Fi
             for what in ("encode", "decode"):
                 target = speed and what == "encode"
                 figures.append(_speed(f"{workload} {label}", name, what, mine, speed_base, target))
+            if name == "dwcp 1 thread":
+                figures.extend(_stages(f"{workload} {label}", mine, results["zstd-1"][label]))
             if name == "dwcp":
                 # CPU work against zstd-1's, whatever the threads got from a busy machine.
                 cpu = _speed(f"{workload} {label}", name, "encode per CPU-second", mine,
@@ -480,6 +521,7 @@ def _best(history: list[dict[str, Result]]) -> dict[str, Result]:
         merged.encode_s = [t for r in runs for t in r.encode_s]
         merged.decode_s = [t for r in runs for t in r.decode_s]
         merged.encode_cpu = [t for r in runs for t in r.encode_cpu]
+        merged.stages = [t for r in runs for t in r.stages]
         best[label] = merged
     return best
 

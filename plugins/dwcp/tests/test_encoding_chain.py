@@ -177,6 +177,23 @@ def test_every_operation_is_used_and_counted() -> None:
     assert kinds["batches:zstd-1"] == 2
 
 
+def test_encode_time_is_accounted_by_stage() -> None:
+    """stats().seconds: classification, store and compression (one thread: all on the
+    calling thread) fit inside the wall-clock time of encode, and grow with every batch."""
+    encoder, decoder = _pair({"threads": 1})
+    memory = Memory(256, seed=5)
+    batch = memory.batch(list(range(256)))
+    decoder.decode(encoder.encode(batch))
+    first = dict(encoder.stats().seconds)
+    assert set(first) == {"classify", "store", "compress", "encode"}
+    assert all(seconds > 0 for seconds in first.values())
+    assert first["classify"] + first["store"] + first["compress"] <= first["encode"]
+    memory.dirty(7, 1)  # rewritten: a whole page to compress
+    decoder.decode(encoder.encode(memory.batch(list(range(256)))))
+    second = encoder.stats().seconds
+    assert all(second[stage] > first[stage] for stage in first)
+
+
 def test_unchanged_batch_is_small() -> None:
     """Sending pages the receiver already has costs a few bytes per page, not the pages."""
     encoder, decoder = _pair()

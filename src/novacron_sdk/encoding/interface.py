@@ -43,12 +43,18 @@ class PageBatch:
 
 @dataclass
 class CodecStats:
-    """What an encoder did so far."""
+    """What an encoder did so far.
+
+    ``seconds`` is where its time went, by stage, for codecs that measure it (keys are the
+    codec's own; empty when it does not): e.g. the DWCP chain's ``classify``, ``store``,
+    ``compress`` (summed over its threads) and ``encode`` (wall-clock time of ``encode``).
+    """
 
     pages_in: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     by_kind: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:

@@ -208,3 +208,4 @@ class CodecContract:
         assert stats.bytes_out == sum(len(p) for p in payloads)
         assert stats.ratio == pytest.approx(stats.bytes_out / stats.bytes_in)
         assert all(count >= 0 for count in stats.by_kind.values())
+        assert all(seconds >= 0 for seconds in stats.seconds.values())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -100,7 +101,11 @@ class DwcpEncoder(PageEncoder):
         self.selector.bandwidth = bits_per_second if bits_per_second > 0 else None
 
     def stats(self) -> CodecStats:
-        """Pages and bytes so far; ``by_kind`` counts pages per operation and batches per method."""
+        """Pages and bytes so far; ``by_kind`` counts pages per operation and batches per
+        method; ``seconds``: ``classify`` (the batch's pages sorted and their literals
+        gathered), ``store`` (the page store updated), ``compress`` (the literal sections
+        compressed, summed over the threads that did it) and ``encode`` (the whole of
+        ``encode``, wall-clock, with the control section and the selector's probes)."""
         return self._stats
 
     def encode(self, batch: PageBatch) -> bytes:
@@ -109,12 +114,15 @@ class DwcpEncoder(PageEncoder):
             msg = "this DWCP encoder failed on an earlier batch; start a new encoder and decoder"
             raise EncodingError(msg)
         self._check(batch)
+        started = time.perf_counter()
         try:
-            return self._encode(batch)
+            payload = self._encode(batch)
         except BaseException:
             # The store may be half updated: the decoder can no longer follow this encoder.
             self.broken = True
             raise
+        self._time("encode", time.perf_counter() - started)
+        return payload
 
     def _check(self, batch: PageBatch) -> None:
         if batch.page_size != self.page_size:
@@ -140,8 +148,10 @@ class DwcpEncoder(PageEncoder):
         # One pass classifies the whole batch and gathers its literals; their compression
         # then runs on the pool (the whole pages cut into a chunk per thread) while this
         # thread updates the store, which the compression does not read.
+        started = time.perf_counter()
         found, pieces = self._classify(table, slots)
         control = found.control(indices)
+        self._time("classify", time.perf_counter() - started)
         mine: list[memoryview] = []
         later: list[Future[_Compressed]] = []
         if streams is not None:
@@ -151,10 +161,12 @@ class DwcpEncoder(PageEncoder):
             mine, others = self._split(pieces)
             pool = compress.shared_pool() if others else None
             later = [pool.submit(_compress_pieces, method, [p]) for p in others] if pool else []
+        started = time.perf_counter()
         written, slots = self.cache.update(
             indices, table, found.ops, found.slots, found.sources
         )  # fmt: skip
         self.cache.index(slots, found.fingerprints[written])
+        self._time("store", time.perf_counter() - started)
         if streams is not None:
             chunks, seconds = streams.finish()
             control_method = compress.CONTROL_METHOD
@@ -164,6 +176,7 @@ class DwcpEncoder(PageEncoder):
             chunks = [chunk for out in packed for chunk in out.chunks if chunk[0]]
             seconds = sum(out.seconds for out in packed)
             control_method = method
+        self._time("compress", seconds)
         literal_size = sum(raw for raw, _ in chunks)
         # The first batch of new streams also paid for their setup: its time is not their speed.
         timing = None if flags & FLAG_NEW_STREAMS else seconds
@@ -223,6 +236,10 @@ class DwcpEncoder(PageEncoder):
         self.streams = stream.StreamEncoder(method.level, parallel=self.threads > 1)
         self.selector.streams_started(method.level)
         return self.streams, FLAG_NEW_STREAMS
+
+    def _time(self, stage: str, seconds: float) -> None:
+        spent = self._stats.seconds
+        spent[stage] = spent.get(stage, 0.0) + seconds
 
     def _count(self, found: Classified, bytes_in: int, bytes_out: int, method: str) -> None:
         stats = self._stats
