@@ -131,6 +131,11 @@ async def test_first_round_on_a_slow_link_uses_the_long_window(dwcp_plugins) -> 
         assert sum(batches.values()) == len(methods)
         assert any(name.endswith("-long") for name in batches)
         assert dict(report_rows(report))["codec methods (batches)"].count(" ") >= 1
+        # And where the encoder's time went, inside the migration's own time.
+        spent = report.codec_seconds
+        assert set(spent) == {"classify", "store", "compress", "encode"}
+        assert 0 < spent["classify"] + spent["store"] < spent["encode"] < report.total_s
+        assert dict(report_rows(report))["encoder time"].startswith(f"{spent['encode']:.2f} s (")
         assert await dst.ex_memory_digest((await dst.get_vm("d3")).id) == before
     finally:
         await src.close()

@@ -134,6 +134,11 @@ def report_rows(report: MigrationReport) -> list[tuple[str, str]]:
     )
     if methods:
         rows.append(("codec methods (batches)", ", ".join(f"{m} {n}" for m, n in methods)))
+    spent = dict(report.codec_seconds)
+    if "encode" in spent:
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in sorted(spent.items()) if k != "encode")
+        detail = f" ({stages})" if stages else ""
+        rows.append(("encoder time", f"{spent['encode']:.2f} s{detail}"))
     if report.error:
         rows.append(("error", report.error))
     return rows

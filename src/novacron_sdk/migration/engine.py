@@ -403,7 +403,8 @@ class MigrationEngine:
                 raise _AmbiguousCommitError(confirmed, exc) from exc
         report.downtime_ms = timing.activated_ms = (time.monotonic() - paused_at) * 1000
         report.switchover = timing
-        report.codec_stats = dict(run.encoder.stats().by_kind)
+        stats = run.encoder.stats()
+        report.codec_stats, report.codec_seconds = dict(stats.by_kind), dict(stats.seconds)
         await run.source.release()
         precopy_s = sum(r.seconds for r in report.rounds)
         if precopy_s > 0:

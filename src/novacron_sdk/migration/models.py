@@ -200,4 +200,9 @@ class MigrationReport(BaseModel):
         description="The encoder's counts by kind (its ``CodecStats.by_kind``: pages per "
         "operation, batches per method for DWCP's chain), at the end of the migration.",
     )
+    codec_seconds: dict[str, float] = Field(
+        default_factory=dict,
+        description="Where the encoder's time went, by stage (its ``CodecStats.seconds``; "
+        "empty for codecs that do not measure it), at the end of the migration.",
+    )
     verification: dict[str, Any] = Field(default_factory=dict)
