@@ -232,6 +232,7 @@ class AgentService:
                     codec=plan.codec_name,
                     verify=settings.verify,
                 )
+            endpoint, token = _prepared_answer(prepared, dest_url)
         except BaseException:
             await source.rollback()
             raise
@@ -252,7 +253,6 @@ class AgentService:
         )
         mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=engine)
         self.outgoing[migration_id] = mig
-        endpoint = Endpoint.model_validate(prepared["endpoint"])
         if plan.streams:
             endpoint = endpoint.model_copy(
                 update={"options": endpoint.options | {"streams": str(plan.streams)}}
@@ -264,7 +264,7 @@ class AgentService:
                 source,
                 plan,
                 endpoint=endpoint,
-                token=str(prepared["token"]),
+                token=token,
                 expect_peer=getattr(auth, "peer_fingerprint", None),
             )
         )
@@ -389,8 +389,8 @@ class AgentService:
         try:
             async with AgentClient(dest_url, timeout=5, auth=self._auth()) as dest:
                 state = await dest.incoming_state(migration_id)
-        except (NovaCronError, OSError):
-            return None
+        except (NovaCronError, OSError, ValueError, TypeError):
+            return None  # unreachable, or an answer that is not JSON: nobody can tell
         if state.get("state") == "active":
             return True
         if state.get("state") == "aborted":
@@ -550,6 +550,23 @@ class AgentService:
                     with contextlib.suppress(NovaCronError):
                         await inc.receiver.sink.abort()
             await stream.reap(self.incoming_streams, limit)
+
+
+def _prepared_answer(prepared: Any, dest_url: str) -> tuple[Endpoint, str]:
+    """Where to connect and the routing token, from a destination's prepare answer."""
+    try:
+        endpoint = Endpoint.model_validate(prepared["endpoint"])
+        token = prepared["token"]
+        if not isinstance(token, str) or not token:
+            raise TypeError(f"token {token!r} is not a non-empty string")
+    except (KeyError, TypeError, ValueError) as exc:
+        detail = f"missing {exc}" if isinstance(exc, KeyError) else str(exc).splitlines()[0]
+        msg = (
+            f"destination {dest_url} gave an unusable answer to prepare ({detail}); is it "
+            "running the same novacron-sdk release? The VM keeps running here"
+        )
+        raise MigrationError(msg) from exc
+    return endpoint, token
 
 
 def _check_url(url: str) -> str:

@@ -61,6 +61,9 @@ DESTINATION_CHECK_S = 10.0
 """After a lost answer, how long to keep asking a destination that cannot tell yet (its
 receiver may still be checking the pages) before the source stays paused for good."""
 DESTINATION_CHECK_INTERVAL_S = 0.5
+HANDOVER_ANSWER_S = 60.0
+"""After VERIFY, how long to wait for each answer (VERIFIED, ACTIVATED) before treating it as
+lost and asking the destination's agent (the receiver's own idle timeout is as long)."""
 
 
 class MigrationEngine:
@@ -89,7 +92,14 @@ class MigrationEngine:
         self.migration_id = migration_id or uuid.uuid4().hex[:12]
         self._on_event = on_event
         self._cancelled = False
+        self._timed_out = False
         self._committed = False
+        # The task running ``run`` while a cancel may still interrupt it (before the commit),
+        # and how many times this engine interrupted it.
+        self._task: asyncio.Task[Any] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupts = 0
+        self._handed_over = False
         self.report: MigrationReport | None = None
         self._phase = MigrationPhase.PLANNING
         self._round = 0
@@ -106,8 +116,31 @@ class MigrationEngine:
 
     # -- public ------------------------------------------------------------------------------
     def cancel(self) -> None:
-        """Ask the migration to stop at the next batch; it rolls back if not yet committed."""
+        """Stop the migration: before the commit (VERIFY) it rolls back at once, even while it
+        waits on a silent destination; after it, the hand-over finishes. Thread-safe."""
         self._cancelled = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Wake a run that waits (on the destination, the link, the hypervisor) so that it
+        rolls back; never once the switch-over is committed or a rollback has started."""
+        loop, task = self._loop, self._task
+        if loop is None or task is None or self._committed:
+            return
+        try:
+            here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            here = False
+        if not here:
+            loop.call_soon_threadsafe(self._interrupt)
+            return
+        if not task.done():
+            self._interrupts += 1
+            task.cancel()
+
+    def _on_timeout(self) -> None:
+        self._timed_out = True
+        self._interrupt()
 
     @property
     def phase(self) -> MigrationPhase:
@@ -145,6 +178,9 @@ class MigrationEngine:
         )
         self.report = report
         started = time.monotonic()
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        watchdog = self._loop.call_later(self.settings.timeout_s, self._on_timeout)
         try:
             await self._handshake(channel, info.model_dump(mode="json"), hello or {})
             self._emit("planned", message=f"{info.page_count} pages via {report.transport}")
@@ -165,9 +201,14 @@ class MigrationEngine:
                 pending = await source.collect_dirty()  # every page: stop-and-copy
             await self._switch_over(run, pending, check_destination)
         except BaseException as exc:
+            self._task = None  # no more interrupts: the rollback must not be cut short
+            watchdog.cancel()
+            exc = self._own_interrupt(exc)
             await self._fail(source, channel, report, exc)
             raise self._as_migration_error(exc) from exc
         finally:
+            self._task = None
+            watchdog.cancel()
             report.total_s = time.monotonic() - started
             report.pages_sent = self._pages_sent
             report.bytes_on_wire = channel.stats().wire_bytes_sent
@@ -354,32 +395,48 @@ class MigrationEngine:
         self._phase = MigrationPhase.VERIFYING
         if self.settings.verify == "full":
             await self._rehash_all(run)
+        self._check_cancel(None)  # the last moment a cancel rolls back
+        verify = protocol.pack_json(
+            Msg.VERIFY, {"table": table.summary(), "final_pages": len(final)}
+        )
         # From here on the destination may run the VM (it resumes it as soon as its check
         # passes): never roll back unless it says the check failed, or that it does not run it.
+        # The hand-over, VERIFY's send included, runs shielded: cancels (any number of them)
+        # wait for it, so it never stops half way, and the caller cannot close the channel
+        # under it; its own outcome decides, then a cancel propagates.
         self._committed = True
-        await channel.send(
-            protocol.pack_json(Msg.VERIFY, {"table": table.summary(), "final_pages": len(final)})
+        finish = asyncio.ensure_future(
+            self._finish(run, verify, paused_at, timing, check_destination)
         )
-        # Shielded: a cancel arriving now cannot stop the hand-over half way; it is finished
-        # first (so the caller cannot close the channel under it), then the cancel propagates.
-        finish = asyncio.ensure_future(self._finish(run, paused_at, timing, check_destination))
-        try:
-            await asyncio.shield(finish)
-        except asyncio.CancelledError:
-            await finish
-            raise
+        interrupted = False
+        while not finish.done():
+            try:
+                await asyncio.shield(finish)
+            except asyncio.CancelledError:
+                interrupted = True
+        if finish.cancelled():
+            raise asyncio.CancelledError
+        if (error := finish.exception()) is not None:
+            raise error
+        if interrupted:
+            raise asyncio.CancelledError
 
     async def _finish(
         self,
         run: _Run,
+        verify: bytes,
         paused_at: float,
         timing: SwitchoverReport,
         check_destination: DestinationCheck | None,
     ) -> None:
-        """Wait for VERIFIED and ACTIVATED (or ask the destination), then release the source."""
+        """Send VERIFY, wait for VERIFIED and ACTIVATED (or ask the destination), then release
+        the source."""
         report, table = run.report, run.table
         try:
-            result = await protocol.expect_json(run.channel, Msg.VERIFIED)
+            await run.channel.send(verify)
+            result = await asyncio.wait_for(
+                protocol.expect_json(run.channel, Msg.VERIFIED), HANDOVER_ANSWER_S
+            )
             timing.verified_ms = (time.monotonic() - paused_at) * 1000
             report.verification.update(
                 {k: v for k, v in result.items() if k != "ok"} | {"table_digest": table.summary()}
@@ -394,10 +451,12 @@ class MigrationEngine:
                 )
                 raise VerificationError(msg)
             self._emit("verified", message=f"{table.page_count} page digests match")
-            await protocol.expect_json(run.channel, Msg.ACTIVATED)
+            await asyncio.wait_for(
+                protocol.expect_json(run.channel, Msg.ACTIVATED), HANDOVER_ANSWER_S
+            )
         except VerificationError:
             raise
-        except (NovaCronError, OSError) as exc:
+        except (NovaCronError, OSError, TimeoutError) as exc:
             confirmed = await _ask_destination(check_destination)
             if confirmed is not True:
                 raise _AmbiguousCommitError(confirmed, exc) from exc
@@ -405,6 +464,7 @@ class MigrationEngine:
         report.switchover = timing
         stats = run.encoder.stats()
         report.codec_stats, report.codec_seconds = dict(stats.by_kind), dict(stats.seconds)
+        self._handed_over = True  # the destination runs the VM, whatever happens next
         await run.source.release()
         precopy_s = sum(r.seconds for r in report.rounds)
         if precopy_s > 0:
@@ -423,8 +483,8 @@ class MigrationEngine:
         async def produce() -> None:
             try:
                 for off in range(0, len(pages), batch):
-                    if timed:
-                        self._check_cancel(run.started)
+                    # The paused send (the switch-over's) is not timed, but may be cancelled.
+                    self._check_cancel(run.started if timed else None)
                     await slots.acquire()
                     indices = pages[off : off + batch]
                     data = await source.read_pages(indices)
@@ -466,7 +526,8 @@ class MigrationEngine:
             self._link.pause()  # the time until the next round's sends is not the link's
             if not producer.done():
                 producer.cancel()
-                await asyncio.gather(producer, return_exceptions=True)
+            # Its outcome is retrieved even when the consumer failed first.
+            await asyncio.gather(producer, return_exceptions=True)
 
     async def _rehash_all(self, run: _Run) -> None:
         """verify=full: digest all memory again while paused, replacing the sent digests."""
@@ -487,15 +548,31 @@ class MigrationEngine:
         exc: BaseException,
     ) -> None:
         report.error = str(exc) or type(exc).__name__
-        if self._committed and isinstance(exc, asyncio.CancelledError):
-            report.error = "cancelled after the switch-over was committed: the VM moves anyway"
-            self._emit("failed", message=report.error)
-            return  # the shielded hand-over finishes on its own
-        if isinstance(exc, _AmbiguousCommitError) and exc.confirmed is None:
+        if self._handed_over:
+            # The destination runs the VM (a cancel that waited for the hand-over, or a
+            # failure releasing the source): never resume it here.
+            report.outcome = self._phase = MigrationPhase.COMPLETED
+            report.error = (
+                "cancelled after the switch-over was committed: the VM moved"
+                if isinstance(exc, asyncio.CancelledError)
+                else f"the VM moved, but the source copy was not released: {report.error}"
+            )
+            self._emit("completed", message=report.error)
+            return
+        denied = isinstance(exc, _AmbiguousCommitError) and exc.confirmed is False
+        if self._committed and not denied:
+            # After VERIFY only a destination that says it does not run the VM (or whose
+            # check failed, which uncommits) lets the source resume: anything else may leave
+            # the VM running there, so the source stays paused rather than run it twice.
+            if not isinstance(exc, _AmbiguousCommitError):
+                report.error = (
+                    f"{report.error}; the destination may run the VM, so it stays paused "
+                    "here: check the destination (novacron migrations) before resuming it"
+                )
             report.outcome = MigrationPhase.FAILED
             self._phase = MigrationPhase.FAILED
             self._emit("failed", message=report.error)
-            return  # the source stays paused: the destination may own the VM
+            return
         try:
             await asyncio.wait_for(
                 channel.send(protocol.pack_json(Msg.ABORT, {"reason": report.error})), 2
@@ -536,17 +613,43 @@ class MigrationEngine:
         )
 
     def _as_migration_error(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, asyncio.CancelledError):
+            return exc
+        if self._handed_over or (self._committed and self.report is not None):
+            # Not rolled back: _fail said what happened (the VM moved, or stays paused).
+            error = self.report.error if self.report is not None else str(exc)
+            return MigrationError(f"migration of {self.vm}: {error}")
         if isinstance(exc, _AmbiguousCommitError):
             return MigrationError(str(exc))
-        if isinstance(exc, (MigrationError, asyncio.CancelledError)):
+        if isinstance(exc, MigrationError):
             return exc
         return MigrationError(f"migration of {self.vm} failed and was rolled back: {exc}")
+
+    def _own_interrupt(self, exc: BaseException) -> BaseException:
+        """A cancellation this engine caused (cancel(), timeout_s) as the error it stands for;
+        anything else, a caller's own cancellation included, as it is."""
+        if not self._interrupts:
+            return exc
+        task = asyncio.current_task()
+        remaining = 0
+        for _ in range(self._interrupts):
+            remaining = task.uncancel() if task is not None else 0
+        self._interrupts = 0
+        if not isinstance(exc, asyncio.CancelledError) or remaining:
+            return exc  # another error won, or the caller cancelled too
+        try:
+            self._check_cancel(0.0 if self._timed_out else None)
+        except MigrationAbortedError as abort:
+            return abort
+        return exc
 
     def _check_cancel(self, started: float | None) -> None:
         if self._cancelled:
             msg = f"migration {self.migration_id} was cancelled; the VM keeps running at the source"
             raise MigrationAbortedError(msg)
-        if started is not None and time.monotonic() - started > self.settings.timeout_s:
+        if self._timed_out or (
+            started is not None and time.monotonic() - started > self.settings.timeout_s
+        ):
             msg = (
                 f"migration {self.migration_id} exceeded timeout_s={self.settings.timeout_s:.0f}"
                 "; the VM keeps running at the source"
@@ -601,7 +704,12 @@ async def _ask_destination(check: DestinationCheck | None) -> bool | None:
         return None
     deadline = time.monotonic() + DESTINATION_CHECK_S
     while True:
-        confirmed = await check()
+        try:
+            confirmed = await check()
+        except Exception:
+            # A check that breaks tells nothing: unknown, never "not running".
+            log.exception("asking the destination whether it runs the VM failed")
+            confirmed = None
         if confirmed is not None or time.monotonic() >= deadline:
             return confirmed
         await asyncio.sleep(DESTINATION_CHECK_INTERVAL_S)

@@ -94,12 +94,20 @@ async def migrate_between(
             )
         finally:
             await channel.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(served), 10)
-            if receiver.state == "pending":
-                await sink.abort()
+            await _wind_up(receiver, served)
     finally:
         await listener.close()
+
+
+async def _wind_up(receiver: MigrationReceiver, served: asyncio.Future[None]) -> None:
+    """Give the receiver up to 10 s to finish; discard what it holds if it has not resumed."""
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(served), 10)
+    finally:  # also when the caller cancels the wait
+        if receiver.state == "pending":
+            receiver.state = "aborted"  # its own abort, if it wakes, has nothing to do
+            await receiver.sink.abort()
 
 
 def _runs(receiver: MigrationReceiver) -> DestinationCheck:

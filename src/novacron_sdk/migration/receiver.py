@@ -86,9 +86,7 @@ class MigrationReceiver:
                         raise MigrationError(msg)
                     self.vm = await self.sink.activate()
                     self.state = "active"
-                    await channel.send(
-                        protocol.pack_json(Msg.ACTIVATED, {"vm": self.vm.model_dump(mode="json")})
-                    )
+                    await self._tell_activated(channel, self.vm)
                     return self.vm
                 elif kind is Msg.ABORT:
                     reason = protocol.parse_json(kind, body).get("reason", "no reason given")
@@ -102,6 +100,18 @@ class MigrationReceiver:
             if isinstance(exc, (NovaCronError, OSError, TimeoutError)):
                 return None
             raise
+
+    async def _tell_activated(self, channel: Channel, vm: VM) -> None:
+        """ACTIVATED to the source. The VM runs here whatever becomes of this answer: a source
+        that misses it asks this agent (which reports "active"), never aborts a running VM."""
+        try:
+            await channel.send(
+                protocol.pack_json(Msg.ACTIVATED, {"vm": vm.model_dump(mode="json")})
+            )
+        except (NovaCronError, OSError, TimeoutError) as exc:
+            log.warning(
+                "VM %s runs here; the source did not get ACTIVATED (%s): it will ask", vm.name, exc
+            )
 
     async def _pages(self, body: memoryview) -> None:
         batch, digests = await asyncio.to_thread(
@@ -157,6 +167,13 @@ class MigrationReceiver:
             raise MigrationError(msg)
 
     async def _abort(self, channel: Channel, exc: BaseException) -> None:
+        if self.state == "active":
+            # Resumed here (a cancel that hit the ACTIVATED send): the VM is this host's now;
+            # discarding it would leave it running nowhere, or twice once the source resumes.
+            log.warning("after the VM resumed here: %s", str(exc) or type(exc).__name__)
+            return
+        if self.state == "aborted":
+            return  # discarded already (by whoever gave up on this receiver)
         self.state = "aborted"
         self.error = str(exc) or type(exc).__name__
         log.warning("incoming migration aborted: %s", self.error)

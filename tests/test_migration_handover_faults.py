@@ -1,0 +1,389 @@
+"""Faults around the hand-over: whatever happens, the VM runs on exactly one host.
+
+Two real sim drivers and the real TCP transport on loopback. The faults are injected by a
+channel wrapper that sits on one end of the real channel (it drops, delays or breaks frames
+there: a deliberate fault injector), and, for the agent test, by a stand-in destination agent
+that answers ``prepare`` without an endpoint. Each test failed before its fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from novacron_sdk.builtin.sim.driver import SimDriver
+from novacron_sdk.errors import MigrationAbortedError, MigrationError, TransportError
+from novacron_sdk.migration import engine as engine_module
+from novacron_sdk.migration.engine import MigrationEngine
+from novacron_sdk.migration.inprocess import migrate_between
+from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
+from novacron_sdk.migration.planner import MigrationPlan, plan_migration
+from novacron_sdk.migration.protocol import Msg
+from novacron_sdk.models import VMSpec
+from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
+from novacron_sdk.transport.interface import Channel, ChannelStats, Endpoint
+
+Hook = Callable[["_Faulty", bytes], Awaitable[bool]]
+"""Called with every frame sent; True when it handled the frame itself (or dropped it)."""
+
+
+class _Faulty(Channel):
+    """One end of a real channel with a fault injector on its sends and receives."""
+
+    def __init__(self, inner: Channel, on_send: Hook | None, on_recv: Hook | None) -> None:
+        self.inner, self.on_send, self.on_recv = inner, on_send, on_recv
+
+    async def send(self, frame: bytes) -> None:
+        if self.on_send is None or not await self.on_send(self, frame):
+            await self.inner.send(frame)
+
+    async def recv(self) -> bytes:
+        frame = await self.inner.recv()
+        if self.on_recv is not None:
+            await self.on_recv(self, frame)
+        return frame
+
+    async def drain(self) -> None:
+        await self.inner.drain()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def stats(self) -> ChannelStats:
+        return self.inner.stats()
+
+
+def _plan(
+    *,
+    destination_send: Hook | None = None,
+    destination_recv: Hook | None = None,
+    source_send: Hook | None = None,
+    **settings: Any,
+) -> tuple[NovaCronPluginManager, MigrationSettings, MigrationPlan]:
+    """Plugins, TCP + zlib settings and a plan whose channels carry the fault injectors."""
+    chosen = MigrationSettings(transport="tcp", codec="zlib", predictor="ewma", **settings)
+    plugins = build_plugin_manager(autoload=False)
+    plan = plan_migration(plugins, chosen, Endpoint())
+    listen, connect = plan.transport.listen, plan.transport.connect
+
+    async def faulty_listen(endpoint: Endpoint, handler: Any) -> Any:
+        async def wrapped(channel: Channel) -> None:
+            await handler(_Faulty(channel, destination_send, destination_recv))
+
+        return await listen(endpoint, wrapped)
+
+    async def faulty_connect(endpoint: Endpoint, *, timeout: float = 10.0) -> Channel:
+        return _Faulty(await connect(endpoint, timeout=timeout), source_send, None)
+
+    plan.transport.listen = faulty_listen  # type: ignore[method-assign]
+    plan.transport.connect = faulty_connect  # type: ignore[method-assign]
+    return plugins, chosen, plan
+
+
+def _is(frame: bytes, kind: Msg) -> bool:
+    return frame[:1] == bytes([kind])
+
+
+async def _where(src: SimDriver, dst: SimDriver) -> tuple[str, str]:
+    """The VM's state on each host ("absent" where it is not)."""
+
+    async def state(driver: SimDriver) -> str:
+        found = [vm.state.value for vm in await driver.list_vms() if vm.name == "vm1"]
+        return found[0] if found else "absent"
+
+    return await state(src), await state(dst)
+
+
+def _spec() -> VMSpec:
+    work = {"pattern": "hot-set", "rate_mbps": 20, "hot_fraction": 0.05, "seed": 7}
+    return VMSpec(name="vm1", memory_mib=16, extra={"fill": "mixed", "workload": work})
+
+
+def _slow_check(driver: SimDriver, started: asyncio.Event, *, corrupt: bool = False) -> None:
+    """The destination's check of the pages takes 0.5 s (VERIFY has arrived when ``started``
+    is set); with ``corrupt`` the sink reports a page stored wrongly (a deliberate fault)."""
+    open_sink = driver.open_migration_sink
+
+    async def slow_sink(info: Any) -> Any:
+        sink = await open_sink(info)
+        real = sink.page_digests
+
+        async def page_digests(indices: Any) -> Any:
+            started.set()
+            await asyncio.sleep(0.5)
+            digests = await real(indices)
+            if corrupt:
+                digests[0] = bytes(16)
+            return digests
+
+        sink.page_digests = page_digests  # type: ignore[method-assign]
+        return sink
+
+    driver.open_migration_sink = slow_sink  # type: ignore[method-assign]
+
+
+async def test_lost_activated_after_the_resume_never_runs_the_vm_twice(drivers) -> None:
+    """The destination resumed the VM and the connection broke as it sent ACTIVATED: it used
+    to report itself aborted, so the source rolled back and the VM ran on both hosts."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+
+    async def break_on_activated(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ACTIVATED):
+            await channel.inner.close()
+            msg = "connection reset while sending ACTIVATED"
+            raise TransportError(msg)
+        return False
+
+    plugins, settings, plan = _plan(destination_send=break_on_activated)
+    report = await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    assert report.outcome is MigrationPhase.COMPLETED
+    assert await _where(src, dst) == ("absent", "running")
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_a_second_cancel_waits_for_the_hand_over_too(drivers, corrupt: bool) -> None:
+    """Two cancels while the destination checks the pages: the hand-over still ends as it
+    must (moved; or, when the check fails, rolled back). The second cancel used to abandon it
+    half way: the source stayed paused and the destination discarded the VM."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    checking = asyncio.Event()
+    _slow_check(dst, checking, corrupt=corrupt)
+    plugins, settings, plan = _plan()
+    task = asyncio.create_task(
+        migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    )
+    await asyncio.wait_for(checking.wait(), 30)
+    task.cancel()
+    await asyncio.sleep(0.05)
+    task.cancel()
+    if corrupt:
+        with pytest.raises(MigrationError, match="differs from the source"):
+            await task
+        assert await _where(src, dst) == ("running", "absent")
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _where(src, dst) == ("absent", "running")
+
+
+@pytest.mark.parametrize("queued", [True, False])
+async def test_a_cancel_while_verify_is_sent_finishes_the_hand_over(drivers, queued: bool) -> None:
+    """A cancel while VERIFY's send waits (written and draining, as TCP does; or waiting for
+    window room first, as DWCP may): the VM moves, and the report says so. It used to leave
+    the source paused with nobody reading the answers, and the VM ran nowhere."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    sending = asyncio.Event()
+
+    async def slow_verify(channel: _Faulty, frame: bytes) -> bool:
+        if not _is(frame, Msg.VERIFY):
+            return False
+        if queued:
+            await channel.inner.send(frame)
+        sending.set()
+        await asyncio.sleep(0.5)
+        if not queued:
+            await channel.inner.send(frame)
+        return True
+
+    events: list[MigrationEvent] = []
+    plugins, settings, plan = _plan(source_send=slow_verify)
+    task = asyncio.create_task(
+        migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
+            on_event=events.append,
+        )
+    )  # fmt: skip
+    await asyncio.wait_for(sending.wait(), 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _where(src, dst) == ("absent", "running")
+    assert events[-1].kind == "completed"
+    assert "the VM moved" in events[-1].message
+
+
+async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers) -> None:
+    """A cancel while the paused guest's last pages are sent rolls back (nothing is committed
+    before VERIFY); it used to be ignored and the VM moved."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    engines: list[MigrationEngine] = []
+    paused = asyncio.Event()
+
+    def on_event(event: MigrationEvent) -> None:
+        if event.kind == "switchover":
+            paused.set()
+
+    async def slow_device_state(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.DEVICE):
+            await asyncio.sleep(0.5)  # a slow link: the cancel lands meanwhile
+        return False
+
+    plugins, settings, plan = _plan(source_send=slow_device_state)
+    real_init = MigrationEngine.__init__
+
+    def capture(self: MigrationEngine, **kwargs: Any) -> None:
+        real_init(self, **kwargs)
+        engines.append(self)
+
+    MigrationEngine.__init__ = capture  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(
+            migrate_between(
+                src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
+                on_event=on_event,
+            )
+        )  # fmt: skip
+        await asyncio.wait_for(paused.wait(), 30)
+    finally:
+        MigrationEngine.__init__ = real_init  # type: ignore[method-assign]
+    engines[0].cancel()
+    with pytest.raises(MigrationAbortedError, match="cancelled"):
+        await task
+    assert await _where(src, dst) == ("running", "absent")
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout_s"])
+async def test_a_silent_destination_does_not_hold_the_source(drivers, how: str) -> None:
+    """The destination stops answering but keeps the connection open (a hung hypervisor, a
+    partition without a reset). cancel() and timeout_s used to be checked only between
+    batches, so the source stayed migrating for as long as the silence lasted."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    silent = asyncio.Event()
+
+    async def stall(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ROUND_END):
+            silent.set()
+            await asyncio.Event().wait()  # never answers
+        return False
+
+    engines: list[MigrationEngine] = []
+    plugins, settings, plan = _plan(
+        destination_recv=stall, timeout_s=2 if how == "timeout_s" else 600
+    )
+    real_init = MigrationEngine.__init__
+
+    def capture(self: MigrationEngine, **kwargs: Any) -> None:
+        real_init(self, **kwargs)
+        engines.append(self)
+
+    MigrationEngine.__init__ = capture  # type: ignore[method-assign]
+    try:
+        task = asyncio.create_task(
+            migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+        )
+        await asyncio.wait_for(silent.wait(), 30)
+    finally:
+        MigrationEngine.__init__ = real_init  # type: ignore[method-assign]
+    engine = engines[0]
+    if how == "cancel":
+        engine.cancel()
+    for _ in range(100):  # 5 s: well within the 600 s timeout of the cancel case
+        if engine.phase in (MigrationPhase.CANCELLED, MigrationPhase.ROLLED_BACK):
+            break
+        await asyncio.sleep(0.05)
+    assert engine.phase is (
+        MigrationPhase.CANCELLED if how == "cancel" else MigrationPhase.ROLLED_BACK
+    )
+    assert (await _where(src, dst))[0] == "running"
+    task.cancel()  # the in-process helper also waits for its stalled receiver: no need
+    with pytest.raises((asyncio.CancelledError, MigrationAbortedError)):
+        await task
+    assert await _where(src, dst) == ("running", "absent")
+    assert engine.report is not None
+    assert "cancelled" in (engine.report.error or "") or "timeout_s" in (engine.report.error or "")
+
+
+async def test_a_broken_destination_check_means_unknown_not_no(drivers, monkeypatch) -> None:
+    """ACTIVATED is lost after the resume and asking the destination fails with an error of
+    an unexpected kind (a non-JSON answer): the source stays paused. It used to roll back
+    while the destination ran the VM."""
+    monkeypatch.setattr(engine_module, "DESTINATION_CHECK_S", 0.2)
+    monkeypatch.setattr(engine_module, "DESTINATION_CHECK_INTERVAL_S", 0.05)
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+
+    async def drop_activated(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ACTIVATED):
+            await channel.inner.close()
+            return True
+        return False
+
+    async def broken_check() -> bool | None:
+        msg = "Expecting value: line 1 column 1 (char 0)"
+        raise ValueError(msg)
+
+    plugins, settings, plan = _plan(destination_send=drop_activated)
+    with pytest.raises(MigrationError, match="kept PAUSED"):
+        await migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
+            check_destination=broken_check,
+        )  # fmt: skip
+    assert await _where(src, dst) == ("migrating", "running")
+
+
+async def test_a_failure_after_the_hand_over_does_not_resume_the_source(drivers) -> None:
+    """The destination runs the VM, then releasing the source copy fails: the migration
+    reports the move (and the leftover copy), never resumes the source."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    open_source = src.open_migration_source
+
+    async def failing_release(vm_id: str) -> Any:
+        source = await open_source(vm_id)
+
+        async def release() -> None:
+            msg = "the hypervisor could not free the source copy"
+            raise TransportError(msg)
+
+        source.release = release  # type: ignore[method-assign]
+        return source
+
+    src.open_migration_source = failing_release  # type: ignore[method-assign]
+    plugins, settings, plan = _plan()
+    with pytest.raises(MigrationError, match="the VM moved, but the source copy was not released"):
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    source_state, destination_state = await _where(src, dst)
+    assert destination_state == "running"
+    assert source_state != "running"
+
+
+async def test_an_unusable_prepare_answer_leaves_the_vm_running(monkeypatch) -> None:
+    """The destination agent (a stand-in: another release, or a proxy) answers prepare
+    without an endpoint. The source used to stay migrating for good, with a dead entry that
+    refused every later migration of the VM."""
+    from novacron_sdk.agent import service as service_module
+    from novacron_sdk.agent.service import AgentService
+
+    class _NoEndpoint:
+        def __init__(self, url: str, **_: Any) -> None:
+            self.url = url
+
+        async def __aenter__(self) -> _NoEndpoint:
+            return self
+
+        async def __aexit__(self, *_: object) -> None:
+            return None
+
+        async def prepare_incoming(self, **_: Any) -> dict[str, Any]:
+            return {"token": "abc", "host": "host-b"}
+
+    monkeypatch.setattr(service_module, "AgentClient", _NoEndpoint)
+    driver = SimDriver({"host_name": "a"})
+    agent = AgentService(plugins=build_plugin_manager(autoload=False), driver=driver, name="a")
+    try:
+        vm = await driver.create_vm(_spec())
+        for _ in range(2):  # and again: nothing is left behind that refuses it
+            with pytest.raises(MigrationError, match=r"unusable answer to prepare.*'endpoint'"):
+                await agent.start_migration(vm.id, "http://127.0.0.1:9", {"transport": "tcp"})
+            assert (await driver.get_vm(vm.id)).state.value == "running"
+        assert agent.outgoing == {}
+    finally:
+        await driver.close()
