@@ -387,3 +387,21 @@ async def test_an_unusable_prepare_answer_leaves_the_vm_running(monkeypatch) -> 
         assert agent.outgoing == {}
     finally:
         await driver.close()
+
+
+async def test_a_mismatch_in_a_vm_too_large_for_its_table_still_rolls_back(
+    drivers, monkeypatch
+) -> None:
+    """After a mismatch the destination sends its digest table; one too large for a frame
+    (VMs of 8 GiB and more; here the limit is lowered) used to fail the send, and the source
+    learnt only that the hand-over broke. Now the table goes empty and the error says why."""
+    from novacron_sdk.migration import receiver as receiver_module
+
+    monkeypatch.setattr(receiver_module, "MAX_TABLE_BYTES", 1024)
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    _slow_check(dst, asyncio.Event(), corrupt=True)
+    plugins, settings, plan = _plan()
+    with pytest.raises(MigrationError, match=r"differs from the source .*table too large to send"):
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    assert await _where(src, dst) == ("running", "absent")

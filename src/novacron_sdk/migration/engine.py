@@ -444,7 +444,7 @@ class MigrationEngine:
             if not result.get("ok"):
                 self._committed = False  # the destination discards the VM: safe to roll back
                 _, body = await protocol.expect(run.channel, Msg.TABLE)
-                bad = table.mismatches(bytes(body))
+                bad = table.mismatches(bytes(body)) if len(body) else "(table too large to send)"
                 msg = (
                     f"destination memory differs from the source ({result.get('reason', '')}); "
                     f"first mismatching pages: {bad}; the VM keeps running at the source"

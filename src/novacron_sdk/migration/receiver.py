@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 SPOT_CHECK_PAGES = 256
 """Pages, besides the final round's, whose stored content is re-read from the sink."""
+MAX_TABLE_BYTES = 32 * 1024 * 1024
+"""The largest digest table sent back after a mismatch (well within any frame limit)."""
 
 
 class MigrationReceiver:
@@ -162,7 +164,11 @@ class MigrationReceiver:
             )
         )
         if not ok:
-            await channel.send(protocol.pack_bytes(Msg.TABLE, self.table.raw()))
+            # The source names the first mismatching pages from it; a table too large for one
+            # frame (VMs of 8 GiB and more: 16 bytes a page) goes empty rather than not at all.
+            raw = self.table.raw()
+            table = raw if len(raw) <= MAX_TABLE_BYTES else b""
+            await channel.send(protocol.pack_bytes(Msg.TABLE, table))
             msg = f"verification failed: {reason.strip('; ')}"
             raise MigrationError(msg)
 
