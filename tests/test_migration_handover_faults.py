@@ -405,3 +405,56 @@ async def test_a_mismatch_in_a_vm_too_large_for_its_table_still_rolls_back(
     with pytest.raises(MigrationError, match=r"differs from the source .*table too large to send"):
         await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
     assert await _where(src, dst) == ("running", "absent")
+
+
+async def test_prepared_migrations_whose_source_never_connects_are_discarded(drivers) -> None:
+    """The destination agent discards a prepared migration whose source never connected, and
+    goes on doing so when discarding one fails (the first sink's abort raises here: a
+    deliberate fault); the reaper used to die silently on such an error."""
+    from novacron_sdk.agent.service import AgentService
+
+    src, dst = drivers
+    infos = []
+    for name in ("vm1", "vm2"):
+        vm = await src.create_vm(_spec().model_copy(update={"name": name}))
+        infos.append((await src.open_migration_source(vm.id)).info())
+    open_sink = dst.open_migration_sink
+    opened: list[Any] = []
+
+    async def sink_that_fails_once(source_info: Any) -> Any:
+        sink = await open_sink(source_info)
+        if not opened:
+
+            async def abort() -> None:
+                msg = "the hypervisor's cleanup crashed"
+                raise RuntimeError(msg)
+
+            sink.abort = abort  # type: ignore[method-assign]
+        opened.append(sink)
+        return sink
+
+    dst.open_migration_sink = sink_that_fails_once  # type: ignore[method-assign]
+    agent = AgentService(
+        plugins=build_plugin_manager(autoload=False), driver=dst, name="b", incoming_timeout_s=0.2
+    )
+    await agent.start()
+    try:
+        for number, info in enumerate(infos):
+            await agent.prepare_incoming(
+                migration_id=f"m{number}", info=info, transport="tcp", codec="zlib", verify="pages"
+            )
+        for _ in range(40):
+            if all(inc.receiver.state == "aborted" for inc in agent.incoming.values()):
+                break
+            await asyncio.sleep(0.05)
+        assert [inc.receiver.state for inc in agent.incoming.values()] == ["aborted"] * 2
+        assert agent._reaper is not None
+        assert not agent._reaper.done()
+        await asyncio.sleep(0.2)  # another pass after the failed abort: still alive
+        assert not agent._reaper.done()
+        assert [vm.name for vm in await dst.list_vms()] == ["vm1"]  # vm2 discarded
+    finally:
+        if agent._reaper is not None:
+            agent._reaper.cancel()
+        for listener in agent._listeners.values():
+            await listener.close()

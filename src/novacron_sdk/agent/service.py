@@ -547,9 +547,14 @@ class AgentService:
                     log.warning("incoming migration %s: source never connected", inc.id)
                     inc.receiver.state = "aborted"
                     inc.receiver.error = "source never connected"
-                    with contextlib.suppress(NovaCronError):
+                    try:
                         await inc.receiver.sink.abort()
-            await stream.reap(self.incoming_streams, limit)
+                    except Exception:  # one broken sink must not stop the reaping of others
+                        log.exception("incoming migration %s: discarding it failed", inc.id)
+            try:
+                await stream.reap(self.incoming_streams, limit)
+            except Exception:
+                log.exception("reaping incoming stream migrations failed; trying again later")
 
 
 def _prepared_answer(prepared: Any, dest_url: str) -> tuple[Endpoint, str]:
