@@ -17,6 +17,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from novacron_sdk.__about__ import __version__
 from novacron_sdk.agent.service import AgentService
@@ -31,6 +32,7 @@ from novacron_sdk.errors import (
     NovaCronError,
     PluginError,
     QuotaExceededError,
+    TransportError,
     UnknownNameError,
 )
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
@@ -50,6 +52,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (PluginError, 400),
     (MigrationError, 409),
     (DriverError, 502),
+    # Another host (a migration's destination) could not be reached or failed to answer.
+    (TransportError, 502),
     (NovaCronError, 500),
 ]
 # A DriverError with one of these codes is a request the driver refused before asking its
@@ -107,6 +111,65 @@ class StreamFinish(BaseModel):
     error: str | None = None
 
 
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""The largest request body the control API reads (its largest, a stream migration's domain
+XML, is far smaller); a larger one is answered 413 before it is held in memory."""
+
+
+class RequestSizeLimit:
+    """ASGI middleware: bodies over ``max_bytes`` get 413, by Content-Length or as they come.
+
+    Outermost around the control API (security included), so that nothing reads an unbounded
+    body. A body within the limit is read here and handed on unchanged.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """Check the declared size, then read at most ``max_bytes`` before passing on."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope.get("headers", []) if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away: the app sees that as it would have
+            chunk = bytes(message.get("body", b""))
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+        async def again() -> Any:
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, again, send)
+
+    async def _too_large(self, send: Any) -> None:
+        body = (
+            f'{{"error": "request body over {self.max_bytes} bytes: send less", '
+            '"kind": "ValidationError"}'
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _error(exc: Exception, status: int) -> JSONResponse:
     return JSONResponse({"error": str(exc), "kind": type(exc).__name__}, status_code=status)
 
@@ -137,9 +200,24 @@ def create_app(service: AgentService, status_provider: StatusProvider | None = N
         description="Control API of one NovaCron host: VMs, live migrations, status, metrics.",
     )
 
+    app.add_middleware(RequestSizeLimit)
+
     @app.exception_handler(NovaCronError)
     async def _novacron_error(request: Request, exc: NovaCronError) -> JSONResponse:
         return _error(exc, _status_of(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Unknown routes and methods answer in the same shape as every other error.
+        if exc.status_code == 404:
+            text = f"no route {request.method} {request.url.path}; the API is listed at /docs"
+        elif exc.status_code == 405:
+            text = f"{request.method} is not allowed on {request.url.path}"
+        else:
+            text = str(exc.detail)
+        return JSONResponse(
+            {"error": text, "kind": "HTTPError"}, status_code=exc.status_code, headers=exc.headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

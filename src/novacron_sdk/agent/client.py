@@ -4,32 +4,31 @@ from __future__ import annotations
 
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from novacron_sdk import errors
 from novacron_sdk.compute.interface import StreamMigrationOffer
-from novacron_sdk.errors import (
-    DriverError,
-    FeatureNotSupportedError,
-    InvalidStateError,
-    MigrationError,
-    NotFoundError,
-    NovaCronError,
-    QuotaExceededError,
-    SecurityError,
-)
+from novacron_sdk.errors import NovaCronError, TransportError
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import VM, Host, VMSpec
 
+# Every SDK error by name: the agent's answers carry the kind of the error it raised.
 _BY_KIND: dict[str, type[NovaCronError]] = {
-    "NotFoundError": NotFoundError,
-    "InvalidStateError": InvalidStateError,
-    "QuotaExceededError": QuotaExceededError,
-    "FeatureNotSupportedError": FeatureNotSupportedError,
-    "MigrationError": MigrationError,
-    "DriverError": DriverError,
-    "SecurityError": SecurityError,
+    kind.__name__: kind
+    for kind in vars(errors).values()
+    if isinstance(kind, type) and issubclass(kind, NovaCronError)
 }
+
+
+def _segment(value: str) -> str:
+    """One path segment: an id quoted whole, so "?", "#" or "/" in it cannot change the
+    resource addressed (``destroy_vm("web?force")`` must not destroy ``web``)."""
+    if not value:
+        msg = "an empty id names no VM or migration; give its id or name"
+        raise NovaCronError(msg)
+    return quote(str(value), safe="")
 
 
 class AgentClient:
@@ -61,8 +60,8 @@ class AgentClient:
             response = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             msg = f"agent {self.url} is unreachable ({type(exc).__name__}: {exc}); is it running?"
-            raise NovaCronError(msg) from exc
-        if response.status_code >= 400:
+            raise TransportError(msg) from exc
+        if response.status_code >= 300:  # redirects are not followed: none is expected
             raise self._error(response)
         if response.status_code == 204 or not response.content:
             return None
@@ -103,7 +102,7 @@ class AgentClient:
 
     async def get_vm(self, vm_id: str) -> VM:
         """One VM."""
-        return VM.model_validate(await self._call("GET", f"/v1/vms/{vm_id}"))
+        return VM.model_validate(await self._call("GET", f"/v1/vms/{_segment(vm_id)}"))
 
     async def create_vm(self, spec: VMSpec) -> VM:
         """Create a VM on the host."""
@@ -113,15 +112,15 @@ class AgentClient:
 
     async def vm_action(self, vm_id: str, action: str) -> VM:
         """start, stop, reboot, pause or resume."""
-        return VM.model_validate(await self._call("POST", f"/v1/vms/{vm_id}/{action}"))
+        return VM.model_validate(await self._call("POST", f"/v1/vms/{_segment(vm_id)}/{action}"))
 
     async def destroy_vm(self, vm_id: str) -> None:
         """Destroy a VM."""
-        await self._call("DELETE", f"/v1/vms/{vm_id}")
+        await self._call("DELETE", f"/v1/vms/{_segment(vm_id)}")
 
     async def vm_digest(self, vm_id: str) -> str:
         """Digest of the VM's whole memory."""
-        return str((await self._call("GET", f"/v1/vms/{vm_id}/digest"))["digest"])
+        return str((await self._call("GET", f"/v1/vms/{_segment(vm_id)}/digest"))["digest"])
 
     async def start_migration(
         self, vm: str, destination: str, settings: dict[str, Any] | None = None
@@ -132,7 +131,7 @@ class AgentClient:
 
     async def migration(self, migration_id: str) -> dict[str, Any]:
         """A migration's state and, when done, its report."""
-        return dict(await self._call("GET", f"/v1/migrations/{migration_id}"))
+        return dict(await self._call("GET", f"/v1/migrations/{_segment(migration_id)}"))
 
     async def migration_events(
         self, migration_id: str, *, after: int = 0, wait_s: float = 5.0
@@ -141,7 +140,7 @@ class AgentClient:
         return dict(
             await self._call(
                 "GET",
-                f"/v1/migrations/{migration_id}/events",
+                f"/v1/migrations/{_segment(migration_id)}/events",
                 params={"after": after, "wait": wait_s},
                 timeout=wait_s + 30,
             )
@@ -149,7 +148,7 @@ class AgentClient:
 
     async def cancel_migration(self, migration_id: str) -> dict[str, Any]:
         """Cancel a running migration (it rolls back)."""
-        return dict(await self._call("DELETE", f"/v1/migrations/{migration_id}"))
+        return dict(await self._call("DELETE", f"/v1/migrations/{_segment(migration_id)}"))
 
     async def prepare_incoming(
         self,
@@ -172,7 +171,7 @@ class AgentClient:
 
     async def incoming_state(self, migration_id: str) -> dict[str, Any]:
         """State of an incoming migration: pending, active or aborted."""
-        return dict(await self._call("GET", f"/v1/incoming/{migration_id}"))
+        return dict(await self._call("GET", f"/v1/incoming/{_segment(migration_id)}"))
 
     async def prepare_incoming_stream(
         self, *, migration_id: str, offer: StreamMigrationOffer, transport: str
@@ -190,9 +189,9 @@ class AgentClient:
     ) -> dict[str, Any]:
         """Tell this agent how the stream migration ended (it cleans up unless it succeeded)."""
         body = {"succeeded": succeeded, "error": error}
-        path = f"/v1/incoming-streams/{migration_id}/finish"
+        path = f"/v1/incoming-streams/{_segment(migration_id)}/finish"
         return dict(await self._call("POST", path, json=body))
 
     async def incoming_stream_state(self, migration_id: str) -> dict[str, Any]:
         """State of an incoming stream migration: pending, active, completed or aborted."""
-        return dict(await self._call("GET", f"/v1/incoming-streams/{migration_id}"))
+        return dict(await self._call("GET", f"/v1/incoming-streams/{_segment(migration_id)}"))

@@ -109,7 +109,7 @@ class ControlApiComponent(Component):
         """Bind and serve in the background."""
         import uvicorn
 
-        from novacron_sdk.agent.app import create_app
+        from novacron_sdk.agent.app import RequestSizeLimit, create_app
 
         agent = self.context.config.get("agent", AgentSettings)
         service: AgentService = self.context.values["service"]
@@ -119,6 +119,7 @@ class ControlApiComponent(Component):
         # With security enabled only enrolled, authenticated peers get past this wrapper;
         # GET /health stays open and reveals nothing.
         asgi: Any = security.wrap_asgi(app) if security is not None else app
+        asgi = RequestSizeLimit(asgi)  # outermost: nothing reads an unbounded body
         config = uvicorn.Config(
             asgi,
             host=agent.host,
@@ -146,7 +147,9 @@ class ControlApiComponent(Component):
         log.debug("control API of agent %s listening at %s", service.name, service.url)
 
     async def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving: long-polls answer at once, then the server waits for requests."""
+        service: AgentService = self.context.values["service"]
+        await service.stopping()
         self.server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(self.task, 10)

@@ -63,6 +63,7 @@ class OutgoingMigration:
     destination: str
     engine: MigrationEngine | StreamMigrationRun
     events: list[MigrationEvent] = field(default_factory=list)
+    dropped: int = 0  # events numbered before ``events[0]`` and no longer kept
     report: MigrationReport | None = None
     error: str | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -151,10 +152,20 @@ class AgentService:
         self._listeners: dict[str, Listener] = {}
         self._listener_lock = asyncio.Lock()
         self._reaper: asyncio.Task[None] | None = None
+        self._preparing: set[str] = set()  # incoming migration ids between check and entry
+        self._stopping = False  # the agent shuts down: long-polls answer at once
 
     async def start(self) -> None:
         """Start background housekeeping (abandoned incoming migrations)."""
         self._reaper = asyncio.create_task(self._reap_incoming())
+
+    async def stopping(self) -> None:
+        """The agent is shutting down: event long-polls answer now with what they have, so
+        the HTTP server can stop without waiting for them."""
+        self._stopping = True
+        for mig in self.outgoing.values():
+            async with mig.changed:
+                mig.changed.notify_all()
 
     async def close(self) -> None:
         """Cancel migrations, close listeners and the driver."""
@@ -233,8 +244,11 @@ class AgentService:
                     verify=settings.verify,
                 )
             endpoint, token = _prepared_answer(prepared, dest_url)
-        except BaseException:
+        except BaseException as exc:
             await source.rollback()
+            if type(exc) is NovaCronError:  # an error of no particular kind from the destination
+                msg = f"destination {dest_url} could not prepare the migration: {exc}"
+                raise MigrationError(msg) from exc
             raise
         engine = MigrationEngine(
             plugins=self.plugins,
@@ -351,7 +365,9 @@ class AgentService:
             return
         mig.events.append(event)
         if len(mig.events) > MAX_EVENTS_KEPT:
-            del mig.events[: len(mig.events) - MAX_EVENTS_KEPT]
+            extra = len(mig.events) - MAX_EVENTS_KEPT
+            del mig.events[:extra]
+            mig.dropped += extra  # numbers stay absolute: followers neither skip nor stall
 
         async def notify() -> None:
             async with mig.changed:
@@ -363,17 +379,22 @@ class AgentService:
     async def events(
         self, migration_id: str, after: int, wait_s: float
     ) -> tuple[list[MigrationEvent], int]:
-        """Events numbered > ``after`` (long-poll up to ``wait_s``); and the newest number."""
+        """Events numbered > ``after`` (long-poll up to ``wait_s``); and the newest number.
+
+        Numbers count every event of the migration; only the newest MAX_EVENTS_KEPT are kept,
+        so a follower that fell further behind gets the oldest kept ones next.
+        """
         mig = self.get_outgoing(migration_id)
 
         def ready() -> bool:
-            return len(mig.events) > after or mig.done.is_set()
+            newer = mig.dropped + len(mig.events) > after
+            return newer or mig.done.is_set() or self._stopping
 
         if not ready() and wait_s > 0:
             async with mig.changed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(mig.changed.wait_for(ready), wait_s)
-        return mig.events[after:], len(mig.events)
+        return mig.events[max(0, after - mig.dropped) :], mig.dropped + len(mig.events)
 
     def get_outgoing(self, migration_id: str) -> OutgoingMigration:
         """An outgoing migration by id."""
@@ -409,23 +430,29 @@ class AgentService:
     ) -> dict[str, Any]:
         """Open a sink and make sure a listener for ``transport`` runs; return where to connect."""
         self.driver.require(DriverFeature.LIVE_MIGRATION_SINK)
-        if migration_id in self.incoming:
+        if migration_id in self.incoming or migration_id in self._preparing:
             msg = f"migration {migration_id} is already being received here"
             raise InvalidStateError(msg)
-        # Before the sink opens: a codec may read files to start (DWCP reference files).
-        decoder = await asyncio.to_thread(self.new_codec(codec).new_decoder, info.page_size)
-        listener = await self._listener(transport)
-        fence = (
-            await destination_fence(self.state_store, info.spec.name, self.name)
-            if self.state_store is not None
-            else None
-        )
-        sink = await self.driver.open_migration_sink(info)
-        receiver = MigrationReceiver(sink, info, decoder, verify=verify, fence=fence)
-        token = secrets.token_hex(16)
-        self.incoming[migration_id] = IncomingMigration(
-            id=migration_id, token=token, info=info, transport=transport, receiver=receiver
-        )
+        # Reserved before the first await: a second prepare of the same id is refused, not
+        # let through to open a sink that the first one's entry would then hide for good.
+        self._preparing.add(migration_id)
+        try:
+            # Before the sink opens: a codec may read files to start (DWCP reference files).
+            decoder = await asyncio.to_thread(self.new_codec(codec).new_decoder, info.page_size)
+            listener = await self._listener(transport)
+            fence = (
+                await destination_fence(self.state_store, info.spec.name, self.name)
+                if self.state_store is not None
+                else None
+            )
+            sink = await self.driver.open_migration_sink(info)
+            receiver = MigrationReceiver(sink, info, decoder, verify=verify, fence=fence)
+            token = secrets.token_hex(16)
+            self.incoming[migration_id] = IncomingMigration(
+                id=migration_id, token=token, info=info, transport=transport, receiver=receiver
+            )
+        finally:
+            self._preparing.discard(migration_id)
         self.metrics.incoming.inc()
         return {
             "endpoint": self.advertised(listener.endpoint).model_dump(mode="json"),

@@ -219,10 +219,10 @@ class SimDriver(HypervisorDriver):
     async def _list_vms_page(self, token: str | None, page_size: int) -> Page[VM]:
         if page_size < 1:
             msg = f"page_size must be at least 1, got {page_size}"
-            raise DriverError(msg)
+            raise DriverError(msg, code="InvalidParameter")
         if token is not None and not token.isdigit():
             msg = f"invalid page token {token!r}: use the next_token of the previous page"
-            raise DriverError(msg)
+            raise DriverError(msg, code="InvalidParameter")
         offset = int(token or 0)
         with self._inventory.transaction(write=False):
             records = self._inventory.ordered()
@@ -402,14 +402,14 @@ class SimDriver(HypervisorDriver):
         self.require(DriverFeature.LIVE_MIGRATION_SINK)
         if info.kind != "pages":
             msg = "the sim driver receives page-level migrations only (info.kind must be 'pages')"
-            raise DriverError(msg)
+            raise DriverError(msg, code="InvalidParameter")
         spec = info.spec.model_copy(update={"location": None}, deep=True)
         if info.page_count < 1 or info.page_count * info.page_size != spec.memory_mib * MIB:
             msg = (
                 f"migration info is inconsistent: {info.page_count} pages of {info.page_size} "
                 f"bytes do not make the spec's {spec.memory_mib} MiB"
             )
-            raise DriverError(msg)
+            raise DriverError(msg, code="InvalidParameter")
         parse_extra(spec.extra)
         record = SimVMRecord(
             id=f"sim-{secrets.token_hex(4)}",

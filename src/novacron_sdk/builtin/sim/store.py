@@ -50,7 +50,7 @@ def parse_extra(extra: dict[str, Any]) -> SimExtra:
             for error in exc.errors()
         )
         msg = f"invalid sim VM settings: {problems}. See docs/sim.md for the allowed values."
-        raise DriverError(msg) from exc
+        raise DriverError(msg, code="InvalidParameter") from exc
 
 
 @dataclass(eq=False)
