@@ -83,6 +83,19 @@ def _plan(
     return plugins, chosen, plan
 
 
+def _engines(monkeypatch: pytest.MonkeyPatch) -> list[MigrationEngine]:
+    """Every engine made from now on in this test (to call its cancel())."""
+    made: list[MigrationEngine] = []
+    real_init = MigrationEngine.__init__
+
+    def init(self: MigrationEngine, **kwargs: Any) -> None:
+        real_init(self, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(MigrationEngine, "__init__", init)
+    return made
+
+
 def _is(frame: bytes, kind: Msg) -> bool:
     return frame[:1] == bytes([kind])
 
@@ -208,12 +221,11 @@ async def test_a_cancel_while_verify_is_sent_finishes_the_hand_over(drivers, que
     assert "the VM moved" in events[-1].message
 
 
-async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers) -> None:
+async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers, monkeypatch) -> None:
     """A cancel while the paused guest's last pages are sent rolls back (nothing is committed
     before VERIFY); it used to be ignored and the VM moved."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    engines: list[MigrationEngine] = []
     paused = asyncio.Event()
 
     def on_event(event: MigrationEvent) -> None:
@@ -226,23 +238,13 @@ async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers) -> N
         return False
 
     plugins, settings, plan = _plan(source_send=slow_device_state)
-    real_init = MigrationEngine.__init__
-
-    def capture(self: MigrationEngine, **kwargs: Any) -> None:
-        real_init(self, **kwargs)
-        engines.append(self)
-
-    MigrationEngine.__init__ = capture  # type: ignore[method-assign]
-    try:
-        task = asyncio.create_task(
-            migrate_between(
-                src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
-                on_event=on_event,
-            )
-        )  # fmt: skip
-        await asyncio.wait_for(paused.wait(), 30)
-    finally:
-        MigrationEngine.__init__ = real_init  # type: ignore[method-assign]
+    engines = _engines(monkeypatch)
+    task = asyncio.create_task(
+        migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=on_event
+        )
+    )
+    await asyncio.wait_for(paused.wait(), 30)
     engines[0].cancel()
     with pytest.raises(MigrationAbortedError, match="cancelled"):
         await task
@@ -250,7 +252,9 @@ async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers) -> N
 
 
 @pytest.mark.parametrize("how", ["cancel", "timeout_s"])
-async def test_a_silent_destination_does_not_hold_the_source(drivers, how: str) -> None:
+async def test_a_silent_destination_does_not_hold_the_source(
+    drivers, monkeypatch, how: str
+) -> None:
     """The destination stops answering but keeps the connection open (a hung hypervisor, a
     partition without a reset). cancel() and timeout_s used to be checked only between
     batches, so the source stayed migrating for as long as the silence lasted."""
@@ -264,24 +268,14 @@ async def test_a_silent_destination_does_not_hold_the_source(drivers, how: str) 
             await asyncio.Event().wait()  # never answers
         return False
 
-    engines: list[MigrationEngine] = []
     plugins, settings, plan = _plan(
         destination_recv=stall, timeout_s=2 if how == "timeout_s" else 600
     )
-    real_init = MigrationEngine.__init__
-
-    def capture(self: MigrationEngine, **kwargs: Any) -> None:
-        real_init(self, **kwargs)
-        engines.append(self)
-
-    MigrationEngine.__init__ = capture  # type: ignore[method-assign]
-    try:
-        task = asyncio.create_task(
-            migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
-        )
-        await asyncio.wait_for(silent.wait(), 30)
-    finally:
-        MigrationEngine.__init__ = real_init  # type: ignore[method-assign]
+    engines = _engines(monkeypatch)
+    task = asyncio.create_task(
+        migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    )
+    await asyncio.wait_for(silent.wait(), 30)
     engine = engines[0]
     if how == "cancel":
         engine.cancel()
