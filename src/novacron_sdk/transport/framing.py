@@ -12,7 +12,9 @@ Wire layout (network byte order, 20 bytes, then the payload)::
 
 :class:`FrameProtocol` is an asyncio protocol that speaks this format over any stream
 transport. The receiver validates the header (magic, version, length against its own
-limit) before it reads or allocates the payload, then the CRC, then the sequence number.
+limit) before it reads the payload, then the CRC, then the sequence number. It never sizes
+memory from a header alone: a large frame's buffer grows as its bytes arrive, so a peer that
+announces a big frame (before any authentication, say) makes it hold only what it sent.
 Every failure raises :class:`~novacron_sdk.errors.FrameError` saying what was wrong.
 """
 
@@ -44,6 +46,9 @@ _SCRATCH_BYTES = 256 * 1024
 # fresh one per frame costs more in page faults than the one copy out of it. A buffer grown
 # past this size for an unusually large frame is given back after that frame.
 _KEEP_BIG_BUFFER = 8 * 1024 * 1024
+# A large frame's buffer starts at this size (or the frame's, if smaller) and doubles each
+# time it fills, up to the frame's length: memory follows the bytes received, not the header.
+_FIRST_BIG_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,11 +135,12 @@ class FrameProtocol(asyncio.BufferedProtocol):
     """Receives frames from a stream transport, checking each; handles write flow control.
 
     Small frames are parsed out of a scratch buffer; the payload of a larger frame is written
-    by the kernel straight into a buffer kept for large frames, allocated only after the
-    header passed its checks, and copied once into the bytes handed out. Received frames wait
-    in a queue bounded by ``recv_queue_bytes``: above it the protocol stops reading, which
-    pushes back on the sender. Any bad frame stores a FrameError and closes the connection; frames
-    that arrived before it are still delivered first.
+    by the kernel straight into a buffer kept for large frames, and copied once into the bytes
+    handed out. That buffer is reused from frame to frame; when it is too small for a frame,
+    it grows as the frame's bytes arrive (doubling), never to the header's length at once.
+    Received frames wait in a queue bounded by ``recv_queue_bytes``: above it the protocol
+    stops reading, which pushes back on the sender. Any bad frame stores a FrameError and
+    closes the connection; frames that arrived before it are still delivered first.
     """
 
     def __init__(
@@ -181,6 +187,8 @@ class FrameProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """Where the next bytes go: the big frame's buffer, or the scratch buffer."""
         if self._big is not None:
+            if self._big_pos == len(self._big):
+                self._grow_big()
             return self._big[self._big_pos :]
         return self._view[self._end :]
 
@@ -191,10 +199,11 @@ class FrameProtocol(asyncio.BufferedProtocol):
         try:
             if self._big is not None:
                 self._big_pos += nbytes
-                if self._big_pos == len(self._big):
-                    big, parsed = self._big, self._big_parsed
+                parsed = self._big_parsed
+                assert parsed is not None  # set together with _big
+                if self._big_pos == parsed.length:
+                    big = self._big
                     self._big, self._big_parsed = None, None
-                    assert parsed is not None  # set together with _big
                     self._deliver(self._big_header, parsed, big, bytes(big))
                     big.release()
                     if len(self._big_buffer) > _KEEP_BIG_BUFFER:
@@ -219,12 +228,15 @@ class FrameProtocol(asyncio.BufferedProtocol):
                 self._start = start + total
                 continue
             if total > len(self._scratch):
-                # Only now, with the length checked, may the buffer grow to the frame's size.
-                if len(self._big_buffer) < parsed.length:
-                    self._big_buffer = bytearray(parsed.length)
+                got = have - HEADER_SIZE
+                # Not sized from the header alone: what arrived and room for more; the
+                # buffer grows (get_buffer) as the rest of the frame arrives.
+                first = min(parsed.length, max(_FIRST_BIG_BYTES, 2 * got))
+                if len(self._big_buffer) < first:
+                    self._big_buffer = bytearray(first)
                 big = memoryview(self._big_buffer)[: parsed.length]
-                big[: have - HEADER_SIZE] = view[start + HEADER_SIZE : self._end]
-                self._big, self._big_pos = big, have - HEADER_SIZE
+                big[:got] = view[start + HEADER_SIZE : self._end]
+                self._big, self._big_pos = big, got
                 self._big_header, self._big_parsed = bytes(header), parsed
                 self._start = self._end = 0
                 return
@@ -233,6 +245,17 @@ class FrameProtocol(asyncio.BufferedProtocol):
             rest = bytes(view[self._start : self._end])
             self._scratch[: len(rest)] = rest
             self._start, self._end = 0, len(rest)
+
+    def _grow_big(self) -> None:
+        """Double the full buffer of the large frame being received (up to its length)."""
+        assert self._big is not None
+        assert self._big_parsed is not None  # set together with _big
+        size = min(self._big_parsed.length, 2 * len(self._big))
+        grown = bytearray(size)
+        grown[: self._big_pos] = self._big[: self._big_pos]
+        self._big.release()
+        self._big_buffer = grown
+        self._big = memoryview(grown)
 
     def _check_frame(
         self,

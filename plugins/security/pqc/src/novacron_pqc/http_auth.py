@@ -7,6 +7,12 @@ over method, path, query, sequence number and body hash; each response carries a
 request's MAC, status and body, which the client checks. Sequence numbers are single-use, so
 a captured request cannot be replayed. Bodies are authenticated, not encrypted.
 :class:`AuthMiddleware` is the ASGI side; only ``GET /health`` passes unauthenticated.
+
+Before authentication the middleware holds little for anyone: a handshake body is read up to
+the handshake frame limit; any other request's body is read (up to ``max_body_bytes``) only
+once its Authorization header names a known, unexpired session of a still-enrolled peer; an
+unfinished handshake is dropped after ``pending_seconds``, and one client address holds at
+most :data:`MAX_PENDING_PER_CLIENT` of them.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
 
-from novacron_pqc.wire import HandshakeMsg, pack
+from novacron_pqc.wire import MAX_HANDSHAKE_FRAME, HandshakeMsg, pack
 from novacron_sdk.errors import SecurityError, TransportError
 from novacron_sdk.security.interface import SecureSession, SecurityProvider
 from novacron_sdk.transport.interface import Channel, ChannelStats
@@ -42,8 +48,17 @@ PUBLIC_PATHS = frozenset({("GET", "/health")})
 SCHEME = "NovaCron-PQC"
 HANDSHAKE_HEADER = "x-novacron-handshake"
 RESPONSE_MAC_HEADER = "x-novacron-response-mac"
+SESSION_SECONDS_HEADER = "x-novacron-session-seconds"
+"""On the answer to /v1/auth/finish: the API session's lifetime, so the client renews it in time."""
 REPLAY_WINDOW = 4096
 MAX_PENDING_HANDSHAKES = 64
+"""Unfinished handshakes held at once, from all clients together."""
+MAX_PENDING_PER_CLIENT = 8
+"""Unfinished handshakes held at once for one client address (``scope["client"]``)."""
+PENDING_HANDSHAKE_SECONDS = 3.0
+"""An unfinished handshake is dropped this long after its HELLO (a client answers at once)."""
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Default limit of an authenticated request's body (the agent's own request limit)."""
 MAX_SESSIONS = 4096
 
 
@@ -108,9 +123,25 @@ def session_keys(session: SecureSession) -> tuple[bytes, bytes]:
     return exporter.export("http request"), exporter.export("http response")
 
 
+class _RefusedError(SecurityError):
+    """A refusal with its own HTTP status (413 too large, 429 too many handshakes)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+@dataclass
+class _Pending:
+    channel: FrameQueueChannel
+    task: asyncio.Task[SecureSession]
+    client: str
+
+
 @dataclass
 class _ApiSession:
     peer_id: str
+    peer_fingerprint: str | None
     request_key: bytes
     response_key: bytes
     expires: float
@@ -137,13 +168,34 @@ class AuthMiddleware:
     """ASGI middleware: only enrolled, mutually authenticated peers reach the wrapped app."""
 
     def __init__(
-        self, app: AsgiApp, provider: SecurityProvider, *, session_seconds: float = 600.0
+        self,
+        app: AsgiApp,
+        provider: SecurityProvider,
+        *,
+        session_seconds: float = 600.0,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        pending_seconds: float = PENDING_HANDSHAKE_SECONDS,
     ) -> None:
         self.app = app
         self.provider = provider
         self.session_seconds = session_seconds
-        self._pending: dict[str, tuple[FrameQueueChannel, asyncio.Task[SecureSession]]] = {}
+        self.max_body_bytes = max_body_bytes
+        self.pending_seconds = pending_seconds
+        self._pending: dict[str, _Pending] = {}
         self._sessions: dict[str, _ApiSession] = {}
+
+    @property
+    def pending_handshakes(self) -> int:
+        """Handshakes started (HELLO answered) and not finished yet."""
+        return len(self._pending)
+
+    async def aclose(self) -> None:
+        """Drop every unfinished handshake (for a server that stops)."""
+        tasks = [pending.task for pending in self._pending.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Route handshakes, check request MACs, sign responses."""
@@ -154,33 +206,51 @@ class AuthMiddleware:
         if (method, path) in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        body = await _read_body(receive)
         try:
-            if method == "POST" and path == HELLO_PATH:
-                await self._hello(body, send)
+            if method == "POST" and path in (HELLO_PATH, FINISH_PATH):
+                # Nobody is authenticated yet: read no more than one handshake message.
+                body = await _read_body(scope, receive, MAX_HANDSHAKE_FRAME, "a handshake message")
+                if path == HELLO_PATH:
+                    await self._hello(scope, body, send)
+                else:
+                    await self._finish(scope, body, send)
                 return
-            if method == "POST" and path == FINISH_PATH:
-                await self._finish(scope, body, send)
-                return
-            session, req_mac = self._check(scope, body)
+            # The session is checked before a byte of the body is read, the MAC after.
+            session, seq, mac = self._session(scope)
+            body = await _read_body(scope, receive, self.max_body_bytes, "an API request")
+            req_mac = self._check_mac(scope, session, seq, mac, body)
         except SecurityError as exc:
             log.warning("rejected %s %s: %s", method, path, exc)
-            await _json(send, 401, {"error": str(exc), "kind": "SecurityError"})
+            status = exc.status if isinstance(exc, _RefusedError) else 401
+            await _json(send, status, {"error": str(exc), "kind": "SecurityError"})
             return
         await self._forward(scope, body, send, session, req_mac)
 
-    async def _hello(self, body: bytes, send: Send) -> None:
+    async def _hello(self, scope: Scope, body: bytes, send: Send) -> None:
+        client = _client(scope)
+        if sum(1 for p in self._pending.values() if p.client == client) >= MAX_PENDING_PER_CLIENT:
+            msg = (
+                f"too many unfinished handshakes from {client} (at most "
+                f"{MAX_PENDING_PER_CLIENT}); finish them, or retry in {self.pending_seconds:g} s"
+            )
+            raise _RefusedError(429, msg)
         if len(self._pending) >= MAX_PENDING_HANDSHAKES:
             msg = "too many handshakes in progress; retry in a few seconds"
-            raise SecurityError(msg)
+            raise _RefusedError(429, msg)
         mine, theirs = FrameQueueChannel.pair()
         task = asyncio.create_task(self.provider.handshake(mine, role="responder"))
         handshake_id = secrets.token_hex(16)
-        self._pending[handshake_id] = (theirs, task)
+        self._pending[handshake_id] = _Pending(theirs, task, client)
+        # A genuine client sends FINISH as soon as it has the reply: a handshake left
+        # unfinished only holds a slot, so it is dropped early.
+        expiry = asyncio.get_running_loop().call_later(self.pending_seconds, task.cancel)
 
         def forget(done: asyncio.Task[SecureSession]) -> None:
+            expiry.cancel()
             self._pending.pop(handshake_id, None)
-            if not done.cancelled() and done.exception() is not None:
+            if done.cancelled():
+                log.info("unfinished API handshake from %s dropped", client)
+            elif done.exception() is not None:
                 log.warning("API handshake refused: %s", done.exception())
 
         task.add_done_callback(forget)
@@ -194,24 +264,30 @@ class AuthMiddleware:
         if handshake_id is None or pending is None:
             msg = "unknown or expired handshake; start again with /v1/auth/hello"
             raise SecurityError(msg)
-        theirs, task = pending
+        theirs, task = pending.channel, pending.task
         await theirs.send(body)
         reply = await next_frame(theirs, task, refuse=True)
-        try:
-            session = await task
-        except SecurityError:
+        await asyncio.wait({task})  # not `await task`: its cancellation is not ours
+        if task.cancelled() or task.exception() is not None:
             await _raw(send, 401, reply, [])
             return
+        session = task.result()
         request_key, response_key = session_keys(session)
         if len(self._sessions) >= MAX_SESSIONS:
             now = time.monotonic()
             self._sessions = {k: s for k, s in self._sessions.items() if s.expires > now}
         self._sessions[handshake_id] = _ApiSession(
-            session.peer_id, request_key, response_key, time.monotonic() + self.session_seconds
+            session.peer_id,
+            getattr(session, "peer_fingerprint", None),
+            request_key,
+            response_key,
+            time.monotonic() + self.session_seconds,
         )
-        await _raw(send, 200, reply, [])
+        lifetime = (SESSION_SECONDS_HEADER.encode(), repr(float(self.session_seconds)).encode())
+        await _raw(send, 200, reply, [lifetime])
 
-    def _check(self, scope: Scope, body: bytes) -> tuple[_ApiSession, bytes]:
+    def _session(self, scope: Scope) -> tuple[_ApiSession, int, bytes]:
+        """The live session the Authorization header names, its sequence number and MAC."""
         header = _header(scope, "authorization")
         if not header or not header.startswith(SCHEME + " "):
             msg = (
@@ -232,12 +308,33 @@ class AuthMiddleware:
             self._sessions.pop(sid, None)
             msg = "unknown or expired API session; handshake again"
             raise SecurityError(msg)
+        if not self._still_trusted(session):
+            self._sessions.pop(sid, None)
+            msg = (
+                f"peer {session.peer_id!r} is no longer enrolled on this agent (its key was "
+                "removed or replaced): its API session ended; to trust it again, run on the "
+                f"agent's host: novacron keys enroll {session.peer_id}.pub"
+            )
+            raise SecurityError(msg)
+        return session, seq, mac
+
+    def _still_trusted(self, session: _ApiSession) -> bool:
+        """Whether the provider still trusts the session's peer (when it can tell)."""
+        still_trusts = getattr(self.provider, "still_trusts", None)
+        if session.peer_fingerprint is None or not callable(still_trusts):
+            return True
+        return still_trusts(session.peer_fingerprint) is True
+
+    def _check_mac(
+        self, scope: Scope, session: _ApiSession, seq: int, mac: bytes, body: bytes
+    ) -> bytes:
+        """The request's MAC once it verifies and its sequence number was not used before."""
         expected = request_mac(session.request_key, scope["method"], _target(scope), seq, body)
         if not hmac.compare_digest(mac, expected):
             msg = f"request MAC from {session.peer_id} does not verify: the request was altered"
             raise SecurityError(msg)
         session.accept(seq)
-        return session, mac
+        return mac
 
     async def _forward(
         self, scope: Scope, body: bytes, send: Send, session: _ApiSession, req_mac: bytes
@@ -314,14 +411,32 @@ def _header(scope: Scope, name: str) -> str | None:
     return None
 
 
-async def _read_body(receive: Receive) -> bytes:
+def _client(scope: Scope) -> str:
+    """The client's address (without port), as the server saw it."""
+    client = scope.get("client")
+    return str(client[0]) if client else "an unknown address"
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int, what: str) -> bytes:
+    """The request body; a 413 refusal, before reading on, once it exceeds ``limit`` bytes."""
+    too_large = _RefusedError(
+        413, f"request body exceeds {limit} bytes, the limit for {what}; send a smaller one"
+    )
+    declared = _header(scope, "content-length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise too_large
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             msg = "client disconnected"
             raise TransportError(msg)
-        chunks.append(bytes(message.get("body", b"")))
+        chunk = bytes(message.get("body", b""))
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 

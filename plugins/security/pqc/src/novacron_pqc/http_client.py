@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hmac
 import json
+import math
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -17,6 +19,7 @@ from novacron_pqc.http_auth import (
     HELLO_PATH,
     RESPONSE_MAC_HEADER,
     SCHEME,
+    SESSION_SECONDS_HEADER,
     FrameQueueChannel,
     next_frame,
     request_mac,
@@ -29,6 +32,12 @@ from novacron_sdk.security.interface import SecurityProvider
 
 NO_ENDPOINT = frozenset({404, 405})
 """Answers to the first handshake POST from an API without the handshake: security is off."""
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+"""Methods resent once, after a new handshake, when the agent says it lost the API session."""
+FALLBACK_SESSION_SECONDS = 60.0
+"""Session lifetime assumed when the agent does not say (an agent of an older version)."""
+MAX_SESSION_MARGIN = 30.0
+"""A session is renewed this long (at most; 10 % of a short lifetime) before it expires."""
 
 
 class PqcHttpAuth(httpx.Auth):
@@ -43,6 +52,7 @@ class PqcHttpAuth(httpx.Auth):
         self._sid: str | None = None
         self._keys: tuple[bytes, bytes] | None = None
         self._seq = 0
+        self._renew_at = 0.0
         self._lock = asyncio.Lock()
 
     def sync_auth_flow(self, request: httpx.Request) -> Any:
@@ -53,13 +63,20 @@ class PqcHttpAuth(httpx.Auth):
     async def async_auth_flow(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        """Handshake when needed, then send ``request`` with its MAC and check the answer."""
+        """Handshake when needed, then send ``request`` with its MAC and check the answer.
+
+        The session is renewed before the lifetime the agent announced runs out, so the
+        agent never has to refuse a request for an expired session. An answer without a
+        response MAC may come from anyone on the path, so a request is never resent because
+        of it, except an idempotent one (GET, HEAD, OPTIONS), once, when the agent says it
+        lost the session (it restarted, say): resending a POST could run it twice.
+        """
         # Overriding async_auth_flow skips httpx's own reading of bodies: do it here.
         await request.aread()
         for attempt in range(2):
-            if self._sid is None:
+            if self._session_needed():
                 async with self._lock:
-                    if self._sid is None:
+                    if self._session_needed():
                         flow = self._handshake(request)
                         response: httpx.Response | None = None
                         while True:
@@ -72,15 +89,23 @@ class PqcHttpAuth(httpx.Auth):
             signed, req_mac = self._sign(request)
             response = yield signed
             await response.aread()
-            if response.status_code == 401 and attempt == 0 and "API session" in response.text:
-                self._sid = None  # expired on the server: one new handshake, one retry
-                continue
+            if response.status_code == 401 and RESPONSE_MAC_HEADER not in response.headers:
+                self._sid = None  # whoever sent it, the next request gets a new session
+                if attempt == 0 and request.method in IDEMPOTENT and "API session" in response.text:
+                    continue
+                raise _unauthenticated_refusal(request, response)
             self._verify(response, req_mac)
             return
+
+    def _session_needed(self) -> bool:
+        """Whether a (new) handshake must come first: no session, or one about to expire."""
+        return self._sid is None or time.monotonic() >= self._renew_at
 
     async def _handshake(
         self, request: httpx.Request
     ) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        started = time.monotonic()  # before the agent starts its clock: errs on the safe side
+        lifetime = FALLBACK_SESSION_SECONDS
         mine, theirs = FrameQueueChannel.pair()
         task = asyncio.create_task(self.provider.handshake(mine, role="initiator"))
         handshake_id = ""
@@ -108,6 +133,7 @@ class PqcHttpAuth(httpx.Auth):
                     msg = f"agent {agent} refused the handshake: {_error_text(response)}"
                     raise SecurityError(msg)
                 handshake_id = response.headers.get(HANDSHAKE_HEADER, handshake_id)
+                lifetime = _session_seconds(response, lifetime)
                 await theirs.send(response.content)
             session = await task
         except HandshakeRefusedError as exc:
@@ -120,6 +146,7 @@ class PqcHttpAuth(httpx.Auth):
         self._keys = session_keys(session)
         self._sid = handshake_id
         self._seq = 0
+        self._renew_at = started + lifetime - min(MAX_SESSION_MARGIN, lifetime / 10)
         self.peer_id = session.peer_id
         self.peer_fingerprint = getattr(session, "peer_fingerprint", None)
 
@@ -147,6 +174,26 @@ class PqcHttpAuth(httpx.Auth):
         if not hmac.compare_digest(base64.b64decode(header), expected):
             msg = "response MAC does not verify: the agent's answer was altered in transit"
             raise SecurityError(msg)
+
+
+def _session_seconds(response: httpx.Response, default: float) -> float:
+    """The API session lifetime the agent announced in ``response``, else ``default``."""
+    try:
+        seconds = float(response.headers.get(SESSION_SECONDS_HEADER, ""))
+    except ValueError:
+        return default
+    return seconds if math.isfinite(seconds) and seconds > 0 else default
+
+
+def _unauthenticated_refusal(request: httpx.Request, response: httpx.Response) -> SecurityError:
+    """The error for a 401 without a response MAC: the request is not resent automatically."""
+    agent = f"{request.url.scheme}://{request.url.netloc.decode('ascii')}"
+    return SecurityError(
+        f"agent {agent} answered {request.method} {request.url.path} with an unauthenticated "
+        f"HTTP 401 ({_error_text(response)}); the request was not resent, because it may have "
+        "run already (anyone on the network path can forge such an answer): check whether it "
+        "took effect before you retry it; the next request starts a new API session"
+    )
 
 
 def _error_text(response: httpx.Response) -> str:

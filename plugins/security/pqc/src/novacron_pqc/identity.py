@@ -145,7 +145,11 @@ class PublicIdentity:
     @classmethod
     def load(cls, path: str | Path) -> PublicIdentity:
         """Read a public key file."""
-        path = Path(path)
+        return cls._read(Path(path))[1]
+
+    @classmethod
+    def _read(cls, path: Path) -> tuple[bytes, PublicIdentity]:
+        """A public key file's bytes and the identity they hold."""
         try:
             raw = path.read_bytes()
         except OSError as exc:
@@ -156,7 +160,7 @@ class PublicIdentity:
         except ValueError as exc:
             msg = f"{path} is not a NovaCron public key file ({PUBLIC_FORMAT}): it is not JSON"
             raise SecurityError(msg) from exc
-        return cls.from_json(data, source=str(path))
+        return raw, cls.from_json(data, source=str(path))
 
 
 class UntrustedPeerError(SecurityError):
@@ -276,24 +280,33 @@ class NodeIdentity:
 
 
 class EnrolledKeys:
-    """The peers this node trusts: one ``<name>.pub`` file per enrolled node in a directory."""
+    """The peers this node trusts: one ``<name>.pub`` file per enrolled node in a directory.
+
+    The directory is the truth, also for a running node: :meth:`check` confirms that the
+    pin it found in memory is still on disk, so ``novacron keys remove`` and
+    ``novacron keys enroll --replace`` (made by another process) take effect at the next
+    handshake, and new enrolments without a restart.
+    """
 
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self._by_fingerprint: dict[str, PublicIdentity] = {}
         self._by_name: dict[str, PublicIdentity] = {}
+        self._sources: dict[str, tuple[Path, bytes]] = {}
         self.reload()
 
     def reload(self) -> None:
         """Read the directory again (enrolments made while running take effect)."""
         by_fp: dict[str, PublicIdentity] = {}
         by_name: dict[str, PublicIdentity] = {}
+        sources: dict[str, tuple[Path, bytes]] = {}
         if self.directory.is_dir():
             for path in sorted(self.directory.glob("*.pub")):
-                identity = PublicIdentity.load(path)
+                raw, identity = PublicIdentity._read(path)
                 by_fp[identity.fingerprint] = identity
                 by_name[identity.name] = identity
-        self._by_fingerprint, self._by_name = by_fp, by_name
+                sources[identity.fingerprint] = (path, raw)
+        self._by_fingerprint, self._by_name, self._sources = by_fp, by_name, sources
 
     def __iter__(self) -> Any:
         return iter(sorted(self._by_name.values(), key=lambda i: i.name))
@@ -301,12 +314,31 @@ class EnrolledKeys:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    def _on_disk(self, fingerprint: str) -> bool:
+        """Whether the file ``fingerprint`` was read from still holds exactly what was read."""
+        source = self._sources.get(fingerprint)
+        if source is None:
+            return False
+        path, raw = source
+        try:
+            return path.read_bytes() == raw
+        except OSError:
+            return False  # removed (or unreadable): read the directory again
+
+    def is_pinned(self, fingerprint: str) -> bool:
+        """Whether ``fingerprint`` is enrolled, as the directory says now."""
+        if fingerprint in self._by_fingerprint and self._on_disk(fingerprint):
+            return True
+        self.reload()
+        return fingerprint in self._by_fingerprint
+
     def check(self, peer: PublicIdentity) -> PublicIdentity:
         """The pinned identity matching ``peer``; SecurityError when not enrolled or mismatched."""
+        # One small file read per handshake: a pin removed or replaced on disk stops working
+        # at once, and a peer enrolled after start-up is accepted without a restart.
+        if not self._on_disk(peer.fingerprint):
+            self.reload()
         pinned = self._by_fingerprint.get(peer.fingerprint)
-        if pinned is None:
-            self.reload()  # a peer enrolled after start-up is accepted without a restart
-            pinned = self._by_fingerprint.get(peer.fingerprint)
         if pinned is not None:
             return pinned
         raise UntrustedPeerError(peer, self._by_name.get(peer.name))

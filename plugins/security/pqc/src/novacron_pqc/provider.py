@@ -47,6 +47,10 @@ from novacron_sdk.transport.interface import Channel
 log = logging.getLogger(__name__)
 
 TRANSCRIPT_LABEL = b"novacron-pqc/v1 handshake"
+MAX_SETTINGS_BYTES = 4096
+"""Largest settings field accepted in HELLO or REPLY (they carry a few short keys)."""
+# What parsing a peer's fields may raise; each becomes a SecurityError and a refusal.
+_MALFORMED = (SecurityError, ValueError, TypeError, RecursionError)
 Role = Literal["initiator", "responder"]
 
 
@@ -102,6 +106,14 @@ class PqcSecurityProvider(SecurityProvider):
             if isinstance(enrolled, EnrolledKeys)
             else EnrolledKeys(self.config.enrolled_path())
         )
+
+    def still_trusts(self, fingerprint: str) -> bool:
+        """Whether the peer with ``fingerprint`` is still enrolled (the directory says now).
+
+        The control-API middleware asks this on every request, so an API session ends
+        when its peer is un-enrolled or its key replaced.
+        """
+        return self.enrolled.is_pinned(fingerprint)
 
     def _offer(self, channel: Channel) -> dict[str, Any]:
         return {
@@ -159,9 +171,9 @@ class PqcSecurityProvider(SecurityProvider):
         settings_raw, name, keys, kem_reply, _random, signature = fields
         try:
             peer = self.enrolled.check(PublicIdentity.decode_keys(name.decode(), keys))
-            theirs = json.loads(settings_raw)
+            theirs = _parse_settings(settings_raw)
             agreed = self._agree(theirs, responder=False)
-        except (SecurityError, ValueError) as exc:
+        except _MALFORMED as exc:
             raise await self._refuse(channel, _as_security_error(exc)) from exc
         transcript.add(reply[: len(reply) - len(signature) - 4])
         th2 = transcript.digest()
@@ -194,10 +206,10 @@ class PqcSecurityProvider(SecurityProvider):
         try:
             settings_raw, name, keys, offer_raw, _random = unpack(hello, HandshakeMsg.HELLO, 5)
             peer = self.enrolled.check(PublicIdentity.decode_keys(name.decode(), keys))
-            theirs = json.loads(settings_raw)
+            theirs = _parse_settings(settings_raw)
             agreed = self._agree(theirs, responder=True)
             kem_reply, shared = self._kex_respond(offer_raw)
-        except (SecurityError, ValueError) as exc:
+        except _MALFORMED as exc:
             raise await self._refuse(channel, _as_security_error(exc)) from exc
         transcript.add(hello)
         reply_body = pack(
@@ -321,6 +333,22 @@ def _accept_unchecked(channel: Channel) -> bool:
     """
     accept = getattr(channel, "ex_accept_unchecked", None)
     return callable(accept) and accept() is True
+
+
+def _parse_settings(raw: bytes) -> dict[str, Any]:
+    """The peer's handshake settings: a small JSON object, else SecurityError."""
+    if len(raw) > MAX_SETTINGS_BYTES:
+        msg = f"handshake settings of {len(raw)} bytes exceed the limit of {MAX_SETTINGS_BYTES}"
+        raise SecurityError(msg)
+    try:
+        settings = json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        msg = f"handshake settings are not valid JSON ({type(exc).__name__})"
+        raise SecurityError(msg) from exc
+    if not isinstance(settings, dict):
+        msg = "handshake settings are not a JSON object"
+        raise SecurityError(msg)
+    return settings
 
 
 def _as_security_error(exc: Exception) -> SecurityError:
