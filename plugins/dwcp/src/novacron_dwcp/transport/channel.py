@@ -106,7 +106,13 @@ class MultiStreamChannel(Channel):
     # -- streams -----------------------------------------------------------------------------
 
     def attach(self, sock: socket.socket, stream_id: int, congestion: str) -> StreamConnection:
-        """Add a connected, handshaken socket as a stream of this channel."""
+        """Add a connected, handshaken socket as a stream of this channel.
+
+        TransportError when ``stream_id`` is taken (the caller still owns ``sock`` then).
+        """
+        if stream_id in self.streams:
+            msg = f"stream id {stream_id} is already attached to this channel; not added"
+            raise TransportError(msg)
         stream = StreamConnection(sock, stream_id, self, self.settings.max_frame_bytes, congestion)
         self.streams[stream_id] = stream
         self._striper.dispatch()
@@ -200,6 +206,8 @@ class MultiStreamChannel(Channel):
             if self._peer_closed_at is not None and rx.next_expected >= self._peer_closed_at:
                 msg = "peer closed the channel: every frame it sent was received"
                 raise TransportError(msg)
+            if self._peer_closed_at is not None and not self.streams:
+                raise self._undelivered(self._peer_closed_at)
             if self._closed or self._closing:
                 msg = "channel is closed"
                 raise TransportError(msg)
@@ -228,23 +236,57 @@ class MultiStreamChannel(Channel):
             raise self._error
 
     async def close(self) -> None:
-        """Flush, tell the peer how many frames were sent, and close every stream."""
+        """Flush, tell the peer how many frames were sent, and close every stream.
+
+        Waits up to ``close_linger_s`` (0: not at all) for the peer to receive every frame,
+        then as long again for the streams to end. When the peer was still connected but had
+        not received every frame when the linger ran out, it logs a warning (the peer's
+        ``recv()`` fails with a TransportError saying so); close() itself does not raise, so
+        that it never replaces the error a caller closes the channel for. Every stream is
+        closed even when this is cancelled.
+        """
         if self._closed or self._closing:
             return
         self._closing = True
         try:
-            if self._error is None:
+            timed_out = await self._close_streams()
+        finally:
+            self._finish(TransportError("channel is closed"))
+        missing = self._window.next_seq - self._window.peer_received
+        if timed_out and missing > 0:
+            log.warning(
+                "dwcp channel closed with %d of %d frames not delivered: close_linger_s (%s s) "
+                "ran out before the peer had received them, so they are lost (the peer's recv() "
+                "fails). Raise close_linger_s, or let the peer read everything before closing",
+                missing, self._window.next_seq, self.settings.close_linger_s,
+            )  # fmt: skip
+
+    async def _close_streams(self) -> bool:
+        """Linger, send CLOSE, wait for the streams to end; True when the linger ran out.
+
+        The linger runs out when the peer, still connected, had not received every frame
+        within ``close_linger_s`` (at once when that is 0).
+        """
+        linger = self.settings.close_linger_s
+        timed_out = False
+        if self._error is None:
+            try:
                 # Until the peer holds every frame: a stream may still die and need resends.
-                async with asyncio.timeout(self.settings.close_linger_s or None):
+                async with asyncio.timeout(linger):
                     await self.drain()
                     while self._window.peer_received < self._window.next_seq and self.streams:
                         waiter = asyncio.get_running_loop().create_future()
                         self._drain_waiters.append(waiter)
                         await waiter
-        except (TimeoutError, NovaCronError) as exc:
-            log.debug("dwcp channel closing before the peer had everything: %s", exc)
+            except TimeoutError:
+                timed_out = True
+                log.debug("dwcp channel closing before the peer had everything")
+            except NovaCronError as exc:
+                log.debug("dwcp channel closing before the peer had everything: %s", exc)
         closing = encode_frame(Kind.CLOSE, self._window.next_seq)
         delivered = self._window.peer_received >= self._window.next_seq
+        # Our last word on what arrived here, ahead of CLOSE: afterwards no stream takes it.
+        self._acks.send()
         streams = list(self.streams.values())
         for stream in streams:
             if stream.closed:
@@ -255,7 +297,7 @@ class MultiStreamChannel(Channel):
             stream.draining = True
             stream.send_frame(closing)
             stream.shutdown_when_flushed()
-        deadline = time.monotonic() + self.settings.close_linger_s
+        deadline = time.monotonic() + linger
         while self.streams and time.monotonic() < deadline:
             waiter = asyncio.get_running_loop().create_future()
             self._drain_waiters.append(waiter)
@@ -264,7 +306,7 @@ class MultiStreamChannel(Channel):
                     await waiter
             except TimeoutError:
                 break
-        self._finish(TransportError("channel is closed"))
+        return timed_out
 
     def stats(self) -> ChannelStats:
         """Counters so far; rtt_s is the smallest smoothed RTT the kernel reports."""
@@ -401,14 +443,28 @@ class MultiStreamChannel(Channel):
             if not self.streams:
                 self._wake_receiver()
             return
-        orderly = error is None and (stream.draining or self._peer_closed_at is not None)
+        clean = error is None and (stream.draining or self._peer_closed_at is not None)
+        # A retired stream the peer ended before it was flushed still held frames: resend
+        # them (not after the peer's CLOSE, though: it takes no more frames then).
+        orderly = clean and (not stream.unsent_at_end or self._peer_closed_at is not None)
         if not orderly:
-            self.streams_lost += 1
-            log.info("dwcp stream %d lost (%s); resending its frames", stream.stream_id, error)
+            if clean:
+                log.debug(
+                    "dwcp stream %d ended with %d bytes unsent; resending its frames",
+                    stream.stream_id,
+                    stream.unsent_at_end,
+                )
+            else:
+                self.streams_lost += 1
+                log.info("dwcp stream %d lost (%s); resending its frames", stream.stream_id, error)
             self._striper.resend(self._window.on_stream(stream.stream_id))
             self._acks.send(force=True)
         if not self.live_streams():
-            if self._peer_closed_at is not None:
+            closed_at = self._peer_closed_at
+            if closed_at is not None and not self.streams and self.next_expected < closed_at:
+                self._finish(self._undelivered(closed_at))
+                return
+            if closed_at is not None:
                 self._wake_receiver()
             elif not orderly or not self.streams:
                 self._connection_lost()
@@ -438,6 +494,16 @@ class MultiStreamChannel(Channel):
         """The first sequence number this side has not received (sent in resume handshakes)."""
         return self._rx.next_expected
 
+    def _undelivered(self, closed_at: int) -> TransportError:
+        """The error once the peer closed and its streams ended before all its frames came."""
+        missing = closed_at - self._rx.next_expected
+        msg = (
+            f"peer closed the channel with {missing} of its {closed_at} frames undelivered: "
+            "its streams ended before they arrived (its close_linger_s ran out or streams "
+            "failed); the data is incomplete, transfer it again"
+        )
+        return TransportError(msg)
+
     def _check_sendable(self) -> None:
         if self._error is not None:
             raise self._error
@@ -456,6 +522,17 @@ class MultiStreamChannel(Channel):
             self.on_connection_lost()
         else:
             self._finish(TransportError("connection lost: every stream of the channel died"))
+
+    def abandon(self, error: NovaCronError) -> None:
+        """End a channel no frame was sent on yet: CLOSE to the peer, then ``fail(error)``.
+
+        For a connect that is given up half-way; the peer's ``recv()`` ends at once instead
+        of waiting for a resume.
+        """
+        closing = encode_frame(Kind.CLOSE, self._window.next_seq)
+        for stream in list(self.streams.values()):
+            stream.send_frame(closing)  # a fresh socket takes it at once; best effort
+        self.fail(error)
 
     def fail(self, error: NovaCronError) -> None:
         """Stop the channel with ``error`` (raised by later calls)."""

@@ -288,16 +288,37 @@ class MultiStreamListener(Listener):
             await self._reject(conn, "unknown or expired session: open a new channel")
             return
         channel = channel_or_none
+        if hello.kind == HelloKind.JOIN and (refusal := self._join_refusal(channel, hello)):
+            await self._reject(conn, refusal)
+            return
         if hello.kind == HelloKind.RESUME:
             timer = self._resume_timers.pop(channel.session_id, None)
             if timer is not None:
                 timer.cancel()
             channel.drop_streams()
         await self._welcome(conn, channel)
+        if hello.kind == HelloKind.JOIN and (refusal := self._join_refusal(channel, hello)):
+            # Another JOIN got in while this one was welcomed: _admit closes the socket.
+            raise TransportError(refusal)
         congestion = set_congestion(conn, channel.resolved.congestion)
         channel.attach(conn, hello.stream_id, congestion)
         if hello.kind == HelloKind.RESUME:
             channel.resume_from(hello.next_expected)
+
+    def _join_refusal(self, channel: MultiStreamChannel, hello: Hello) -> str | None:
+        """Why a JOIN may not add a stream to ``channel`` (None: it may)."""
+        limit = self._settings.max_streams
+        if hello.stream_id in channel.streams:
+            return (
+                f"stream id {hello.stream_id} is already attached to this session: "
+                "every stream of a channel needs its own id"
+            )
+        if len(channel.streams) >= limit:
+            return (
+                f"the channel already has {len(channel.streams)} streams, the most this "
+                f"listener allows (max_streams={limit}): open no more"
+            )
+        return None
 
     async def _serve(self, channel: MultiStreamChannel) -> None:
         try:
@@ -377,27 +398,37 @@ class MultiStreamTransport(Transport):
             buffer_bytes=settings.socket_buffer_bytes,
             notsent_lowat=settings.notsent_lowat_bytes,
         )
-        # The kernel's RTT from the TCP handshake, not the HELLO round trip, which also
-        # counts how quickly the peer's event loop got to us.
-        info = tcp_info(opened.sock)
-        rtt = info.rtt_s if info and info.rtt_s > 0 else opened.rtt_s
-        resolved = settings.resolved(settings.detect_mode(rtt, None))
-        welcome = opened.welcome
-        channel = MultiStreamChannel(
-            role="client",
-            session_id=session,
-            settings=settings,
-            resolved=resolved,
-            peer_window=welcome.recv_window,
-            peer_window_frames=welcome.window_frames,
-            peer_max_frame=welcome.max_frame,
-        )
-        congestion = opened.congestion
-        if congestion != resolved.congestion:
-            congestion = set_congestion(opened.sock, resolved.congestion)
-        channel.attach(opened.sock, 0, congestion)
+        try:
+            # The kernel's RTT from the TCP handshake, not the HELLO round trip, which also
+            # counts how quickly the peer's event loop got to us.
+            info = tcp_info(opened.sock)
+            rtt = info.rtt_s if info and info.rtt_s > 0 else opened.rtt_s
+            resolved = settings.resolved(settings.detect_mode(rtt, None))
+            welcome = opened.welcome
+            channel = MultiStreamChannel(
+                role="client",
+                session_id=session,
+                settings=settings,
+                resolved=resolved,
+                peer_window=welcome.recv_window,
+                peer_window_frames=welcome.window_frames,
+                peer_max_frame=welcome.max_frame,
+            )
+            congestion = opened.congestion
+            if congestion != resolved.congestion:
+                congestion = set_congestion(opened.sock, resolved.congestion)
+            channel.attach(opened.sock, 0, congestion)
+        except BaseException:
+            opened.sock.close()
+            raise
         client = _ClientSide(channel, endpoint.host, endpoint.port, settings)
-        await client.open_streams(resolved.initial_streams - 1)
+        try:
+            await client.open_streams(resolved.initial_streams - 1)
+        except BaseException:
+            # Cancelled (a caller's timeout): nobody will hold this channel, so end it here
+            # and tell the listener, which would otherwise keep it waiting for a resume.
+            channel.abandon(TransportError("connect cancelled while opening extra streams"))
+            raise
         if settings.adapt or settings.mode == "auto":
             client.spawn(client.adapt(rtt))
         return channel

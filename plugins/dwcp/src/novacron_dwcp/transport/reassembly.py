@@ -28,8 +28,16 @@ class Reassembler:
         self.reserved_bytes = 0
         self._ready: deque[bytes] = deque()
         self._out_of_order: dict[int, bytes] = {}
-        self._resent: set[int] = set()
-        """Frames first received as resends: their late originals are not replays."""
+        self._resent: dict[int, None] = {}
+        """Frames first received as resends, oldest first: their late originals are no replays.
+
+        An original can come arbitrarily late (a stalled stream catching up), so a seq is
+        forgotten only when its original came or when more than ``2 * window_frames`` newer
+        resends arrived since (the original of a frame resent because its stream died never
+        comes). Pruning by ``consumed`` instead had turned legitimate late originals into
+        "replayed frame" errors.
+        """
+        self._resent_limit = 2 * window_frames
 
     @property
     def limit_bytes(self) -> int:
@@ -43,7 +51,7 @@ class Reassembler:
                 return False
             if seq in self._resent:
                 # The original of a frame whose resend came first (a stalled stream caught up).
-                self._resent.discard(seq)
+                del self._resent[seq]
                 return False
             msg = (
                 f"replayed frame: seq {seq} was already received (next expected "
@@ -66,9 +74,10 @@ class Reassembler:
             raise FrameError(msg)
         self.reserved_bytes += length
         if retransmit:
-            self._resent.add(seq)
-            if len(self._resent) > self.window_frames:
-                self._resent = {s for s in self._resent if s >= self.consumed}
+            resent = self._resent
+            resent[seq] = None
+            if len(resent) > self._resent_limit:
+                del resent[next(iter(resent))]  # the oldest: its original is least likely due
         return True
 
     def cancel(self, length: int) -> None:

@@ -74,6 +74,8 @@ class StreamConnection:
         """(delivery rate B/s, kernel unsent bytes, when read): the scheduler's cache."""
         self.acked_mark = (0, 0.0)
         """(tcpi_bytes_acked, when it last changed): the stall detector's memory."""
+        self.unsent_at_end = 0
+        """Bytes still queued here (never handed to the kernel) when the stream ended."""
         self._owner = owner
         self._max_frame = max_frame
         self._loop = asyncio.get_running_loop()
@@ -308,6 +310,9 @@ class StreamConnection:
         if self.closed:
             return
         self.closed = True
+        # The peer may end a stream it retired while frames still wait here; the owner
+        # must then resend them (an EOF is not a clean end for them).
+        self.unsent_at_end = self.out_bytes
         self._teardown()
         self._owner.on_stream_lost(self, error)
 

@@ -46,6 +46,8 @@ class Striper:
         self.resends = 0
         self.rescues = 0
         self.wire_bytes = 0
+        self._dispatching = False
+        self._again = False
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -57,7 +59,26 @@ class Striper:
         self.dispatch()
 
     def dispatch(self) -> None:
-        """Hand queued frames to the streams that will finish them first."""
+        """Hand queued frames to the streams that will finish them first.
+
+        Not re-entrant: handing a frame to a stream whose socket takes it at once reports the
+        stream drained, which asks for a dispatch again. A nested call only notes that and
+        this one loops, so a long backlog of small frames does not recurse once per frame
+        (which ended in a RecursionError inside the writer callback and lost frames).
+        """
+        if self._dispatching:
+            self._again = True
+            return
+        self._dispatching = True
+        try:
+            self._again = True
+            while self._again:
+                self._again = False
+                self._dispatch_once()
+        finally:
+            self._dispatching = False
+
+    def _dispatch_once(self) -> None:
         queue = self._queue
         if not queue:
             return
