@@ -17,14 +17,24 @@ Invalid settings, and a file that cannot be created, opened or written, raise
 
 Every write runs in ``BEGIN IMMEDIATE`` so compares and operations are atomic across
 processes. SQLite calls run in a worker thread (one connection per store, behind a lock) so
-the event loop never blocks on the file lock. Lease expiry uses wall-clock time
-(``time.time()``), shared by every process and valid across restarts.
+the event loop never blocks on the file lock.
+
+Lease expiry is kept on the machine's boot clock (``CLOCK_BOOTTIME`` on Linux, else
+``time.monotonic``; :func:`lease_clock`): it is shared by every process on the machine and
+never jumps when the wall clock is stepped (NTP, a resumed VM), so a step neither ends every
+lease at once nor keeps a dead holder's lease alive. That clock restarts at zero on a reboot:
+the store records the boot id (``/proc/sys/kernel/random/boot_id``) in its ``meta`` table, and
+a store opened after a reboot (another boot id) re-bases every lease to now + its ttl. A file
+written by an earlier version (lease expiry on the wall clock, no boot id) is migrated the
+same way on open, with a log message; do not run earlier versions on the file afterwards
+(they would read every lease as expired).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -45,6 +55,27 @@ from novacron_sdk.consensus.interface import (
 from novacron_sdk.errors import ConfigError, StateStoreError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+def lease_clock() -> float:
+    """Seconds on the clock that lease expiry uses: monotonic, shared by every process on the
+    machine, counting time suspended (``CLOCK_BOOTTIME``; ``time.monotonic`` where that clock
+    does not exist)."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is not None:
+        return time.clock_gettime(boottime)
+    return time.monotonic()
+
+
+def boot_id() -> str:
+    """This boot's id (Linux), or one derived from when the machine booted (elsewhere)."""
+    try:
+        return _BOOT_ID_PATH.read_text(encoding="ascii").strip()
+    except OSError:
+        # The wall-clock time of the boot, to the minute: stable unless the clock is stepped.
+        return f"booted-at-{int((time.time() - lease_clock()) // 60)}"
 
 
 class StoreConfigError(ConfigError, StateStoreError):
@@ -69,6 +100,7 @@ _KV_COLUMNS = "key, value, create_revision, mod_revision, version, lease"
 _PREFIX_WHERE = "key >= ? AND substr(key, 1, ?) = ?"
 _PRUNE_EVERY = 1024
 _WATCH_BATCH = 512
+_ALL_SEQ = 1 << 62  # a cursor's seq once every change of its revision was delivered
 
 
 def default_path() -> Path:
@@ -330,7 +362,13 @@ class SqliteStore(StateStore):
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 # In one write transaction so that processes opening a new file together agree.
-                db.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+                db.executescript("BEGIN IMMEDIATE;" + _SCHEMA)
+                try:
+                    self._rebase_leases(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
             except sqlite3.Error as exc:
                 db.close()
                 if _is_busy(exc):
@@ -341,6 +379,37 @@ class SqliteStore(StateStore):
                 raise
             self._db = db
         return self._db
+
+    def _rebase_leases(self, db: sqlite3.Connection) -> None:
+        """After a reboot (or on a file of an earlier version), every lease to now + its ttl.
+
+        The lease clock restarts on a reboot, so expiry times of an earlier boot mean nothing;
+        files of earlier versions hold wall-clock expiry times. Runs in the open transaction.
+        """
+        current = boot_id()
+        row = db.execute("SELECT value FROM meta WHERE name = 'boot_id'").fetchone()
+        recorded = None if row is None else str(row[0])
+        if recorded == current:
+            return
+        moved = db.execute("UPDATE leases SET expires_at = ? + ttl", (lease_clock(),)).rowcount
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('boot_id', ?)", (current,))
+        if recorded is None and moved:
+            log.warning(
+                "sqlite store %s: migrated %d lease(s) from wall-clock expiry (earlier "
+                "versions) to the boot clock; each now expires one ttl from now. Do not open "
+                "this file with an earlier version of novacron any more",
+                self.path,
+                moved,
+            )
+        elif moved:
+            log.info(
+                "sqlite store %s: the machine rebooted since the last use (boot id %s, was %s);"
+                " %d lease(s) now expire one ttl from now",
+                self.path,
+                current,
+                recorded,
+                moved,
+            )
 
     def _locked(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the connection, retrying while another process holds a lock.
@@ -377,7 +446,7 @@ class SqliteStore(StateStore):
             db.execute("BEGIN IMMEDIATE")
             try:
                 writer = _Writer(db)
-                writer.sweep(time.time())
+                writer.sweep(lease_clock())
                 result = fn(writer)
                 if writer.revision is not None and writer.revision % _PRUNE_EVERY == 0:
                     self._prune(db, writer.revision)
@@ -404,7 +473,7 @@ class SqliteStore(StateStore):
     @staticmethod
     def _has_expired(db: sqlite3.Connection) -> bool:
         sql = "SELECT 1 FROM leases WHERE expires_at <= ? LIMIT 1"
-        return db.execute(sql, (time.time(),)).fetchone() is not None
+        return db.execute(sql, (lease_clock(),)).fetchone() is not None
 
     def _prune(self, db: sqlite3.Connection, revision: int) -> None:
         floor = revision - self.history
@@ -490,7 +559,8 @@ class SqliteStore(StateStore):
 
         def run(w: _Writer) -> int:
             cur = w.db.execute(
-                "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)", (ttl_s, time.time() + ttl_s)
+                "INSERT INTO leases (ttl, expires_at) VALUES (?, ?)",
+                (ttl_s, lease_clock() + ttl_s),
             )
             return int(cur.lastrowid or 0)
 
@@ -501,7 +571,7 @@ class SqliteStore(StateStore):
 
         def run(w: _Writer) -> None:
             cur = w.db.execute(
-                "UPDATE leases SET expires_at = ? + ttl WHERE id = ?", (time.time(), lease)
+                "UPDATE leases SET expires_at = ? + ttl WHERE id = ?", (lease_clock(), lease)
             )
             if cur.rowcount == 0:
                 msg = f"lease {lease} has expired or was revoked; its keys are gone"
@@ -526,42 +596,62 @@ class SqliteStore(StateStore):
 
         With None the watch starts at the revision after the current one when iteration
         starts (the first ``__anext__``); pass a revision to be sure not to miss a change.
-        Events come in revision order; iteration ends when the store is closed.
+        Events come in revision order; iteration ends when the store is closed. When history
+        the watch has not delivered yet is pruned (``history_revisions``), at the start or
+        while it runs (a slow consumer), it raises StateStoreError saying so, as etcd does:
+        re-read the keys and watch again from a newer revision.
         """
         first = start_revision if start_revision is not None else await self.revision() + 1
-        cursor = (first - 1, 1 << 62)
-        compacted = await self._read(
-            lambda db: int(
-                db.execute("SELECT value FROM meta WHERE name='compacted'").fetchone()[0]
-            )
-        )
-        if first <= compacted:
-            msg = f"revision {first} was compacted (history starts at {compacted + 1}); re-read"
-            raise StateStoreError(msg)
+        cursor = (first - 1, _ALL_SEQ)
         while not self._closed:
             try:
-                rows = await self._read(partial(self._changes, prefix=prefix, cursor=cursor))
+                rows, revision, compacted = await self._read(
+                    partial(self._changes, prefix=prefix, cursor=cursor)
+                )
             except StateStoreError:
                 if self.closed:
                     return
                 raise
-            for revision, seq, kind, key, value in rows:
-                cursor = (revision, seq)
-                yield WatchEvent(kind=kind, key=key, value=bytes(value), revision=revision)
+            done_rev, done_seq = cursor
+            if done_rev < compacted or (done_rev == compacted and done_seq != _ALL_SEQ):
+                if done_rev == first - 1:
+                    msg = (
+                        f"revision {first} was compacted (history starts at {compacted + 1}); "
+                        "re-read the keys and watch from a newer revision"
+                    )
+                else:
+                    msg = (
+                        f"watch on {prefix!r}: revisions up to {compacted} were compacted "
+                        f"before it delivered them (it had delivered up to revision {done_rev}; "
+                        "the consumer is slower than history_revisions allows); re-read the "
+                        "keys and watch again from a newer revision"
+                    )
+                raise StateStoreError(msg)
+            for event_revision, seq, kind, key, value in rows:
+                cursor = (event_revision, seq)
+                yield WatchEvent(kind=kind, key=key, value=bytes(value), revision=event_revision)
             if len(rows) < _WATCH_BATCH:
+                # Everything up to the revision of that read was delivered: history pruned
+                # later below it (other keys' changes) loses nothing of this watch.
+                cursor = max(cursor, (revision, _ALL_SEQ))
                 await asyncio.sleep(self.poll_interval)
 
     @staticmethod
     def _changes(
         db: sqlite3.Connection, prefix: str, cursor: tuple[int, int]
-    ) -> list[tuple[int, int, str, str, bytes]]:
+    ) -> tuple[list[tuple[int, int, str, str, bytes]], int, int]:
+        """Changes after ``cursor``, with the store and compacted revisions of the same read."""
         sql = (
             "SELECT revision, seq, kind, key, value FROM changelog "  # noqa: S608 - constant
             f"WHERE (revision > ? OR (revision = ? AND seq > ?)) AND {_PREFIX_WHERE} "
             "ORDER BY revision, seq LIMIT ?"
         )
         rev, seq = cursor
-        return db.execute(sql, (rev, rev, seq, *_prefix_args(prefix), _WATCH_BATCH)).fetchall()
+        rows = db.execute(sql, (rev, rev, seq, *_prefix_args(prefix), _WATCH_BATCH)).fetchall()
+        meta = dict(
+            db.execute("SELECT name, value FROM meta WHERE name IN ('revision', 'compacted')")
+        )
+        return rows, int(meta["revision"]), int(meta["compacted"])
 
     async def close(self) -> None:
         """Stop the sweeper and close the connection; idempotent."""

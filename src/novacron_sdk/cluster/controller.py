@@ -2,7 +2,9 @@
 
 Every agent runs a :class:`ClusterController`; it campaigns, and while it leads it runs
 ``on_elected`` (cancelled when leadership is lost). After losing, or after a store error,
-it campaigns again. Whoever leads is readable by anyone with :func:`current_controller`.
+it campaigns again. When ``on_elected`` raises, the error is logged and the role given up
+(a leader that does no work would keep the others from doing it); the candidate campaigns
+again after a second. Whoever leads is readable by anyone with :func:`current_controller`.
 """
 
 from __future__ import annotations
@@ -68,23 +70,58 @@ class ClusterController:
                 continue
             self.terms += 1
             self._leading.set()
-            await self._lead()
-            self._leading.clear()
+            try:
+                work_failed = await self._lead()
+            finally:
+                self._leading.clear()
+            if work_failed:
+                # Give the other candidates a chance to take the role before trying again.
+                await asyncio.sleep(_RETRY_S)
 
-    async def _lead(self) -> None:
-        work = (
-            asyncio.get_running_loop().create_task(self.on_elected())
-            if self.on_elected is not None
-            else None
-        )
+    async def _lead(self) -> bool:
+        """Lead until leadership is lost or ``on_elected`` raises; True when it raised.
+
+        When the work raises, the role is given up (resign): holding it while doing nothing
+        would keep every other candidate from doing the work.
+        """
+        loop = asyncio.get_running_loop()
+        lost = loop.create_task(self.election.wait_lost())
+        work = loop.create_task(self.on_elected()) if self.on_elected is not None else None
+        failed = False
         try:
-            await self.election.wait_lost()
-        finally:
+            pending: set[asyncio.Future[None]] = {lost}
             if work is not None:
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await work
+                pending.add(work)
+            while not lost.done():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if work is not None and work in done and not work.cancelled():
+                    error = work.exception()
+                    if error is not None:
+                        failed = True
+                        log.error(
+                            "the cluster controller work of %s failed; giving up the role: %r",
+                            self.candidate_id,
+                            error,
+                            exc_info=error,
+                        )
+                        await self.election.resign()
+                        break
+        finally:
+            for task in (lost, work):
+                if task is not None and not task.done():
+                    task.cancel()
+            tasks = [t for t in (lost, work) if t is not None]
+            # Wait without raising what the tasks raise: a failure of the work must not end
+            # the campaign; a cancellation of this task still propagates.
+            await asyncio.wait(tasks)
+            if not failed and work is not None and not work.cancelled() and work.exception():
+                log.error(
+                    "the cluster controller work of %s raised when stopped: %r",
+                    self.candidate_id,
+                    work.exception(),
+                )
         log.warning("%s is no longer the cluster controller", self.candidate_id)
+        return failed
 
     async def stop(self) -> None:
         """Stop campaigning and give up the role if held."""

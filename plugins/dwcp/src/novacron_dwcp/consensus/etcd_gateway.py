@@ -2,7 +2,9 @@
 
 Keys and values travel base64-encoded and 64-bit integers as strings, as grpc-gateway maps
 etcd's protobuf messages. The client sticks to the first endpoint that answers and moves to
-the next one when a connection fails.
+the next one when a connection fails, when a member does not answer in time (a hung member
+accepts connections but never answers) and when a member says it cannot serve. The store
+retries reads on the next member; a transaction whose outcome is unknown stays an error.
 """
 
 from __future__ import annotations
@@ -99,37 +101,43 @@ class GatewayClient:
             headers=_HEADERS, limits=httpx.Limits(max_keepalive_connections=32)
         )
 
-    def _rotate(self) -> None:
-        self._current = (self._current + 1) % len(self.endpoints)
+    def _rotate(self, failed: int) -> None:
+        """Move on from endpoint ``failed``, unless a concurrent call already did."""
+        if self._current == failed:
+            self._current = (failed + 1) % len(self.endpoints)
 
     async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        url = self.endpoints[self._current] + path
+        index = self._current
+        url = self.endpoints[index] + path
         try:
             response = await self._http.post(url, json=body, timeout=timeout_s)
         except httpx.ConnectTimeout as exc:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"{url}: failed to connect in time") from exc
         except httpx.TimeoutException as exc:
+            # A hung member accepts connections and never answers: try the next one.
+            self._rotate(index)
             raise TimeoutError(f"etcd at {url} did not answer within {timeout_s} s") from exc
         except httpx.TransportError as exc:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"{url}: {exc!r}") from exc
         try:
             data = response.json()
         except ValueError as exc:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"{url} answered {response.status_code} without JSON") from exc
         if response.status_code == httpx.codes.OK and isinstance(data, dict):
             return data
-        return self._error(url, data)
+        return self._error(index, url, data)
 
-    def _error(self, url: str, data: Any) -> dict[str, Any]:
+    def _error(self, index: int, url: str, data: Any) -> dict[str, Any]:
         detail = data.get("error", str(data)) if isinstance(data, dict) else str(data)
         code = data.get("code") if isinstance(data, dict) else None
         if code == _GRPC_UNAVAILABLE:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"{url}: {detail}")
         if code == _GRPC_DEADLINE:
+            self._rotate(index)
             raise TimeoutError(f"etcd at {url}: {detail}")
         msg = f"etcd at {url} refused the request: {detail}"
         raise StateStoreError(msg)
@@ -206,27 +214,28 @@ class GatewayClient:
         create: dict[str, Any] = _range_fields(key, prefix)
         if start_revision is not None:
             create["start_revision"] = str(start_revision)
-        url = self.endpoints[self._current] + "/v3/watch"
+        index = self._current
+        url = self.endpoints[index] + "/v3/watch"
         timeout = httpx.Timeout(10.0, read=None)
         try:
             async with self._http.stream(
                 "POST", url, json={"create_request": create}, timeout=timeout
             ) as response:
                 if response.status_code != httpx.codes.OK:
-                    self._rotate()
+                    self._rotate(index)
                     raise unavailable(f"watch on {url} answered {response.status_code}")
                 async for line in response.aiter_lines():
                     if line.strip():
-                        yield self._watch_batch(url, json.loads(line))
+                        yield self._watch_batch(index, url, json.loads(line))
         except httpx.TransportError as exc:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"watch on {url}: {exc!r}") from exc
-        self._rotate()
+        self._rotate(index)
         raise EtcdUnavailableError(f"watch on {url} ended", applied_unknown=False)
 
-    def _watch_batch(self, url: str, message: dict[str, Any]) -> list[WatchEvent]:
+    def _watch_batch(self, index: int, url: str, message: dict[str, Any]) -> list[WatchEvent]:
         if "error" in message:
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"watch on {url}: {message['error']}")
         result = message.get("result", {})
         if result.get("compact_revision") and result.get("canceled"):
@@ -236,7 +245,7 @@ class GatewayClient:
             )
             raise StateStoreError(msg)
         if result.get("canceled"):
-            self._rotate()
+            self._rotate(index)
             raise unavailable(f"watch on {url} canceled: {result.get('cancel_reason', '')}")
         return [
             WatchEvent(

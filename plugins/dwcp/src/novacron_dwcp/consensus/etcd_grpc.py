@@ -1,14 +1,16 @@
-"""etcd client over gRPC with aetcd's asyncio stubs, on one channel to every member.
+"""etcd client over gRPC with aetcd's asyncio stubs, one channel per member.
 
-The channel's target lists every endpoint (``ipv4:127.0.0.1:2379,127.0.0.1:22379,...``), so
-gRPC itself reconnects to another member when the one in use goes away; calls wait for a
-ready connection (``wait_for_ready``) up to their deadline. Each call carries etcd's
-``hasleader`` metadata, so a member cut off from the quorum refuses at once.
+Calls go to one member at a time and move on to the next one when a call fails with
+UNAVAILABLE (a member down, or cut off from the quorum: each call carries etcd's
+``hasleader`` metadata, so such a member refuses at once) or DEADLINE_EXCEEDED (a hung
+member accepts connections but never answers). The store retries reads on the next member;
+a transaction whose outcome is unknown stays an error. A single channel listing every member
+(gRPC's pick_first) would stay on a hung member forever, since its connection never breaks.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +45,10 @@ _OPTIONS = (
 
 
 def grpc_target(endpoints: Sequence[str]) -> str:
-    """One gRPC target naming every endpoint: ``ipv4:h1:p1,h2:p2`` (or ``dns:`` for names)."""
+    """One gRPC target naming the endpoints: ``ipv4:h1:p1,h2:p2`` (or ``dns:`` for one name).
+
+    :class:`GrpcClient` calls it with one endpoint per channel.
+    """
     hosts = []
     for endpoint in endpoints:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -57,6 +62,17 @@ def grpc_target(endpoints: Sequence[str]) -> str:
         return f"dns:{hosts[0][0]}:{hosts[0][1]}"
     msg = "several etcd endpoints must be IPv4 addresses for the gRPC client (or use one name)"
     raise StateStoreError(msg)
+
+
+class _Member:
+    """The channel and stubs of one member."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.target = grpc_target([endpoint])
+        self.channel = rpc.insecure_channel(self.target, options=_OPTIONS)
+        self.kv = rpc.KVStub(self.channel)
+        self.lease = rpc.LeaseStub(self.channel)
+        self.watcher = rpc.WatchStub(self.channel)
 
 
 def _kv(raw: Any) -> KeyValue:
@@ -101,6 +117,9 @@ def _op(op: Op) -> Any:
     return rpc.RequestOp(request_range=rpc.RangeRequest(key=raw, range_end=end))
 
 
+_ROTATE_ON = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
 def _translate(exc: Any, what: str) -> Exception:
     code = exc.code()
     detail = f"{what}: {exc.details()}"
@@ -117,34 +136,56 @@ class GrpcClient:
     """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on aetcd's gRPC stubs."""
 
     def __init__(self, endpoints: Sequence[str]) -> None:
-        self.target = grpc_target(endpoints)
-        self.channel = rpc.insecure_channel(self.target, options=_OPTIONS)
-        self.kv = rpc.KVStub(self.channel)
-        self.lease = rpc.LeaseStub(self.channel)
-        self.watcher = rpc.WatchStub(self.channel)
+        if not endpoints:
+            msg = "the gRPC etcd client needs at least one endpoint"
+            raise StateStoreError(msg)
+        # Validates every endpoint first (plain http; several members as IPv4 addresses).
+        grpc_target(endpoints)
+        self.members = [_Member(e) for e in endpoints]
+        self._current = 0
 
-    async def _unary(self, method: Any, request: Any, timeout_s: float, what: str) -> Any:
+    def _pick(self) -> tuple[int, _Member]:
+        return self._current, self.members[self._current]
+
+    def _failed(self, index: int, exc: Any, what: str) -> Exception:
+        """The error to raise for ``exc``; moves on from member ``index`` when it may be the
+        member's fault (unless a concurrent call already moved on)."""
+        if exc.code() in _ROTATE_ON and self._current == index:
+            self._current = (index + 1) % len(self.members)
+        target = self.members[index].target
+        return _translate(exc, f"{what} at {target}")
+
+    async def _unary(
+        self, method: Callable[[_Member], Any], request: Any, timeout_s: float, what: str
+    ) -> Any:
+        index, member = self._pick()
         try:
-            return await method(request, timeout=timeout_s, metadata=_METADATA, wait_for_ready=True)
+            # Not wait_for_ready: a member that cannot be reached fails at once (UNAVAILABLE)
+            # and the next attempt goes to the next member.
+            return await method(member)(request, timeout=timeout_s, metadata=_METADATA)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, what) from exc
+            raise self._failed(index, exc, what) from exc
 
     async def range(self, key: str, *, prefix: bool, timeout_s: float) -> list[KeyValue]:
         """The key, or every key under the prefix, sorted by key."""
-        response = await self._unary(self.kv.Range, _range_request(key, prefix), timeout_s, "range")
+        response = await self._unary(
+            lambda m: m.kv.Range, _range_request(key, prefix), timeout_s, "range"
+        )
         return [_kv(kv) for kv in response.kvs]
 
     async def put(self, key: str, value: bytes, lease: int | None, *, timeout_s: float) -> int:
         """Write; the new revision."""
         request = rpc.PutRequest(key=key.encode(), value=value, lease=lease or 0)
-        response = await self._unary(self.kv.Put, request, timeout_s, f"put {key!r}")
+        response = await self._unary(lambda m: m.kv.Put, request, timeout_s, f"put {key!r}")
         return int(response.header.revision)
 
     async def delete(self, key: str, *, prefix: bool, timeout_s: float) -> int:
         """Delete; how many keys went."""
         raw = key.encode()
         request = rpc.DeleteRangeRequest(key=raw, range_end=prefix_end(raw) if prefix else b"")
-        response = await self._unary(self.kv.DeleteRange, request, timeout_s, f"delete {key!r}")
+        response = await self._unary(
+            lambda m: m.kv.DeleteRange, request, timeout_s, f"delete {key!r}"
+        )
         return int(response.deleted)
 
     async def txn(
@@ -161,7 +202,7 @@ class GrpcClient:
             success=[_op(o) for o in success],
             failure=[_op(o) for o in failure],
         )
-        response = await self._unary(self.kv.Txn, request, timeout_s, "txn")
+        response = await self._unary(lambda m: m.kv.Txn, request, timeout_s, "txn")
         return TxnResult(
             succeeded=response.succeeded,
             revision=response.header.revision,
@@ -176,7 +217,9 @@ class GrpcClient:
     async def grant(self, ttl_s: int, *, timeout_s: float) -> int:
         """A new lease id."""
         request = rpc.LeaseGrantRequest(TTL=ttl_s)
-        response = await self._unary(self.lease.LeaseGrant, request, timeout_s, "lease grant")
+        response = await self._unary(
+            lambda m: m.lease.LeaseGrant, request, timeout_s, "lease grant"
+        )
         if response.error:
             msg = f"etcd refused a lease of {ttl_s} s: {response.error}"
             raise StateStoreError(msg)
@@ -184,17 +227,17 @@ class GrpcClient:
 
     async def keepalive(self, lease: int, *, timeout_s: float) -> int:
         """Refresh over a short-lived keep-alive stream; the remaining ttl."""
-        call = self.lease.LeaseKeepAlive(
+        index, member = self._pick()
+        call = member.lease.LeaseKeepAlive(
             iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
             timeout=timeout_s,
             metadata=_METADATA,
-            wait_for_ready=True,
         )
         try:
             async for response in call:
                 return int(response.TTL)
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"lease keep-alive {lease}") from exc
+            raise self._failed(index, exc, f"lease keep-alive {lease}") from exc
         finally:
             call.cancel()
         raise EtcdUnavailableError("lease keep-alive stream closed early", applied_unknown=False)
@@ -202,12 +245,14 @@ class GrpcClient:
     async def revoke(self, lease: int, *, timeout_s: float) -> None:
         """Revoke; StateStoreError when the lease does not exist."""
         request = rpc.LeaseRevokeRequest(ID=lease)
-        await self._unary(self.lease.LeaseRevoke, request, timeout_s, f"revoke lease {lease}")
+        await self._unary(
+            lambda m: m.lease.LeaseRevoke, request, timeout_s, f"revoke lease {lease}"
+        )
 
     async def current_revision(self, *, timeout_s: float) -> int:
         """The store revision now (a range that matches nothing)."""
         request = rpc.RangeRequest(key=b"\0", count_only=True)
-        response = await self._unary(self.kv.Range, request, timeout_s, "range")
+        response = await self._unary(lambda m: m.kv.Range, request, timeout_s, "range")
         return int(response.header.revision)
 
     async def watch(
@@ -220,10 +265,10 @@ class GrpcClient:
             range_end=prefix_end(raw) if prefix else b"",
             start_revision=start_revision or 0,
         )
-        call = self.watcher.Watch(
+        index, member = self._pick()
+        call = member.watcher.Watch(
             iter([rpc.WatchRequest(create_request=create)]),
             metadata=_METADATA,
-            wait_for_ready=True,
         )
         try:
             async for response in call:
@@ -234,6 +279,8 @@ class GrpcClient:
                     )
                     raise StateStoreError(msg)
                 if response.canceled:
+                    if self._current == index:
+                        self._current = (index + 1) % len(self.members)
                     raise unavailable(f"watch on {key!r} canceled: {response.cancel_reason}")
                 yield [
                     WatchEvent(
@@ -245,11 +292,12 @@ class GrpcClient:
                     for event in response.events
                 ]
         except grpc.aio.AioRpcError as exc:
-            raise _translate(exc, f"watch on {key!r}") from exc
+            raise self._failed(index, exc, f"watch on {key!r}") from exc
         finally:
             call.cancel()
         raise EtcdUnavailableError(f"watch on {key!r} ended", applied_unknown=False)
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self.channel.close()
+        """Close the channels."""
+        for member in self.members:
+            await member.channel.close()
