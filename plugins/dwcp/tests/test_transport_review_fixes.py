@@ -418,3 +418,30 @@ async def test_cancelled_connect_leaks_no_stream_and_ends_the_listeners_channel(
             for writer in held:
                 writer.close()
             proxy.close()
+
+
+async def test_a_frame_header_alone_reserves_no_payload_memory() -> None:
+    """A peer announces a 48 MiB frame and sends 10 bytes of it: the stream used to allocate
+    the announced length from the header alone (memory a peer could claim for nothing). The
+    body buffer now grows with the bytes received; the frame still arrives whole when sent."""
+    async with served(DATACENTER) as (_, port, accepted):
+        sock = dial(port, HelloKind.NEW, os.urandom(16), 0)
+        try:
+            assert await answer(sock) == Kind.WELCOME
+            server = await asyncio.wait_for(accepted.get(), 5)
+            payload = os.urandom(48 << 20)
+            frame = encode_frame(Kind.DATA, 0, payload)
+            sock.sendall(frame[: HEADER_SIZE + 10])
+            (stream,) = server.streams.values()
+            for _ in range(50):
+                if stream._body is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert stream._body is not None  # the frame's body is being received
+            assert len(stream._body_buffer) <= 2 << 20  # not the announced 48 MiB
+            await asyncio.get_running_loop().run_in_executor(
+                None, sock.sendall, frame[HEADER_SIZE + 10 :]
+            )
+            assert await asyncio.wait_for(server.recv(), 10) == payload
+        finally:
+            sock.close()

@@ -27,6 +27,9 @@ _DIRECT_THRESHOLD = SCRATCH_SIZE // 2
 # A large frame's buffer is reused for the next one: a fresh allocation per frame costs more
 # in page faults than the copy out of it. One grown past this is given back after its frame.
 _KEEP_BODY_BUFFER = 2 * 1024 * 1024
+# A large frame's body buffer starts at this size (or the frame's, if smaller) and doubles as
+# the bytes arrive: memory follows what the peer sent, not the length its header announced.
+_FIRST_BODY_BYTES = 1024 * 1024
 _READ_BUDGET = 16
 _IOV_MAX = 64
 
@@ -91,6 +94,7 @@ class StreamConnection:
         self._body: memoryview | None = None
         self._body_buffer = bytearray()
         self._body_got = 0
+        self._body_length = 0  # the large frame's full length (its buffer may be shorter yet)
         self._body_crc = 0
         self._body_checked = True
         self._discard = 0
@@ -186,6 +190,8 @@ class StreamConnection:
                     return
                 body = self._body
                 if body is not None:
+                    if self._body_got == len(body):
+                        body = self._grow_body()
                     got = self.sock.recv_into(body[self._body_got :])
                     if not got:
                         self._lost(None)
@@ -195,7 +201,7 @@ class StreamConnection:
                         start = self._body_got
                         self._body_crc = zlib.crc32(body[start : start + got], self._body_crc)
                     self._body_got += got
-                    if self._body_got == len(body):
+                    if self._body_got == self._body_length:
                         self._finish_body()
                     continue
                 if self._end == SCRATCH_SIZE:
@@ -265,17 +271,34 @@ class StreamConnection:
             self._start = self._end = 0
 
     def _start_body(self, header: Header, avail: int) -> None:
-        """Read the rest of a large frame straight into the body buffer."""
+        """Read the rest of a large frame straight into the body buffer.
+
+        The buffer is not sized from the header alone (a peer could announce frames it never
+        sends): it holds what arrived and room for as much again, and grows as bytes come.
+        """
         length = header.length
-        if len(self._body_buffer) < length:
-            self._body_buffer = bytearray(length)
-        body = memoryview(self._body_buffer)[:length]
+        first = min(length, max(_FIRST_BODY_BYTES, 2 * avail))
+        if len(self._body_buffer) < first:
+            self._body_buffer = bytearray(first)
+        body = memoryview(self._body_buffer)[: min(length, len(self._body_buffer))]
         body[:avail] = self._view[self._start : self._end]
         self._body, self._body_got, self._pending = body, avail, header
+        self._body_length = length
         self._body_checked = not header.unchecked
         if self._body_checked:
             self._body_crc = zlib.crc32(body[:avail], header.prefix_crc)
         self._start = self._end = 0
+
+    def _grow_body(self) -> memoryview:
+        """Double the full body buffer of the frame being received, up to its length."""
+        old = self._body
+        assert old is not None  # only called while a body is being received
+        grown = bytearray(min(self._body_length, 2 * len(old)))
+        grown[: self._body_got] = old[: self._body_got]
+        old.release()
+        self._body_buffer = grown
+        self._body = memoryview(grown)
+        return self._body
 
     def _finish_body(self) -> None:
         body, header = self._body, self._pending
