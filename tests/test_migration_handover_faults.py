@@ -175,7 +175,8 @@ async def test_a_second_cancel_waits_for_the_hand_over_too(drivers, corrupt: boo
     await asyncio.sleep(0.05)
     task.cancel()
     if corrupt:
-        with pytest.raises(MigrationError, match="differs from the source"):
+        # The caller's cancellation propagates as such; the failed check still rolls back.
+        with pytest.raises(asyncio.CancelledError):
             await task
         assert await _where(src, dst) == ("running", "absent")
     else:
@@ -452,3 +453,159 @@ async def test_prepared_migrations_whose_source_never_connects_are_discarded(dri
             agent._reaper.cancel()
         for listener in agent._listeners.values():
             await listener.close()
+
+
+async def test_a_cancel_from_an_event_callback_rolls_back(drivers, monkeypatch) -> None:
+    """cancel() from inside the run (an on_event callback) used to leave a cancel pending in
+    the task that landed during the rollback (the ABORT send, slow here): the VM stayed paused
+    and the caller got a bare CancelledError nobody had asked for."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    engines = _engines(monkeypatch)
+
+    async def slow_abort(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ABORT):
+            await asyncio.sleep(0.05)  # a congested link
+        return False
+
+    def on_event(event: MigrationEvent) -> None:
+        if event.kind == "round_finished":
+            engines[0].cancel()
+
+    plugins, settings, plan = _plan(source_send=slow_abort)
+    with pytest.raises(MigrationAbortedError, match="cancelled"):
+        await migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=on_event
+        )
+    assert await _where(src, dst) == ("running", "absent")
+    assert engines[0].phase is MigrationPhase.CANCELLED
+
+
+async def test_a_callers_timeout_during_the_rollback_waits_for_it(drivers) -> None:
+    """The link stalls once the guest is paused; timeout_s (1 s) rolls back, and the caller's
+    own timeout (1.5 s) expires while the ABORT send waits: it used to cut the rollback short
+    and leave the paused VM running nowhere. Now it waits for the rollback, then propagates."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+
+    async def stall(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.DEVICE) or _is(frame, Msg.ABORT):
+            await asyncio.sleep(3600)
+        return False
+
+    plugins, settings, plan = _plan(source_send=stall, timeout_s=1)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(1.5):
+            await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    assert (await _where(src, dst))[0] == "running"
+
+
+async def test_a_callers_timeout_during_a_failing_hand_over_stays_a_timeout(
+    drivers, monkeypatch
+) -> None:
+    """The caller's timeout expires after VERIFY, then ACTIVATED is lost and nobody can tell:
+    the source stays paused (the hand-over's outcome decides), and the caller gets its
+    TimeoutError, not the hand-over's MigrationError."""
+    monkeypatch.setattr(engine_module, "DESTINATION_CHECK_S", 0.2)
+    monkeypatch.setattr(engine_module, "DESTINATION_CHECK_INTERVAL_S", 0.05)
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    verify_sent = asyncio.Event()
+
+    async def note_verify(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.VERIFY):
+            verify_sent.set()
+        return False
+
+    async def lose_activated(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ACTIVATED):
+            await asyncio.sleep(0.3)
+            await channel.inner.close()
+            return True
+        return False
+
+    async def nobody_knows() -> bool | None:
+        return None
+
+    plugins, settings, plan = _plan(source_send=note_verify, destination_send=lose_activated)
+
+    async def caller() -> None:
+        """Migrates under its own timeout, which expires 50 ms after VERIFY."""
+        async with asyncio.timeout(None) as deadline:
+
+            async def arm() -> None:
+                await verify_sent.wait()
+                deadline.reschedule(asyncio.get_running_loop().time() + 0.05)
+
+            arming = asyncio.create_task(arm())
+            try:
+                await migrate_between(
+                    src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
+                    check_destination=nobody_knows,
+                )  # fmt: skip
+            finally:
+                arming.cancel()
+
+    with pytest.raises(TimeoutError):
+        await caller()
+    assert await _where(src, dst) == ("migrating", "running")
+
+
+async def test_a_failed_rollback_says_so(drivers) -> None:
+    """The source's rollback fails after a broken round: the error used to say the VM was
+    rolled back and runs at the source."""
+    from novacron_sdk.errors import DriverError
+
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    open_source = src.open_migration_source
+
+    async def failing_rollback(vm_id: str) -> Any:
+        source = await open_source(vm_id)
+
+        async def rollback() -> None:
+            msg = "the hypervisor refused to resume the guest"
+            raise DriverError(msg)
+
+        source.rollback = rollback  # type: ignore[method-assign]
+        return source
+
+    src.open_migration_source = failing_rollback  # type: ignore[method-assign]
+
+    async def break_round(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ROUND_END):
+            msg = "connection reset"
+            raise OSError(msg)
+        return False
+
+    plugins, settings, plan = _plan(source_send=break_round)
+    with pytest.raises(MigrationError, match="the rollback failed too") as raised:
+        await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    assert "rolled back" not in str(raised.value)
+    assert (await _where(src, dst))[0] == "migrating"
+
+
+async def test_a_mismatch_whose_table_is_lost_is_still_a_mismatch(drivers) -> None:
+    """VERIFIED says the pages differ, then the TABLE frame is lost: the source rolls back
+    (the destination discards the VM) and says the memory differed; it used to say the VM was
+    kept paused, which it was not."""
+    src, dst = drivers
+    vm = await src.create_vm(_spec())
+    _slow_check(dst, asyncio.Event(), corrupt=True)
+
+    async def lose_table(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.TABLE):
+            await channel.inner.close()
+            return True
+        return False
+
+    async def nobody_knows() -> bool | None:
+        return None
+
+    plugins, settings, plan = _plan(destination_send=lose_table)
+    with pytest.raises(MigrationError, match=r"differs from the source.*table not received"):
+        await migrate_between(
+            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
+            check_destination=nobody_knows,
+        )  # fmt: skip
+    assert await _where(src, dst) == ("running", "absent")

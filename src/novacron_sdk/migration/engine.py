@@ -100,6 +100,8 @@ class MigrationEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._interrupts = 0
         self._handed_over = False
+        # The hand-over's own failure when a caller's cancel waited for it (see run).
+        self._handover_error: BaseException | None = None
         self.report: MigrationReport | None = None
         self._phase = MigrationPhase.PLANNING
         self._round = 0
@@ -133,6 +135,12 @@ class MigrationEngine:
             here = False
         if not here:
             loop.call_soon_threadsafe(self._interrupt)
+            return
+        if asyncio.current_task() is task:
+            # From inside the run (an event callback, a plugin's event hook): a cancel of the
+            # running task would stay pending past the engine's own next error and land in the
+            # rollback; it is issued between steps instead (re-checked then).
+            loop.call_soon(self._interrupt)
             return
         if not task.done():
             self._interrupts += 1
@@ -204,8 +212,23 @@ class MigrationEngine:
             self._task = None  # no more interrupts: the rollback must not be cut short
             watchdog.cancel()
             exc = self._own_interrupt(exc)
-            await self._fail(source, channel, report, exc)
-            raise self._as_migration_error(exc) from exc
+            # A hand-over that failed while the caller cancelled: its error decides what
+            # happens to the VM, the caller's cancellation is what propagates.
+            cause = exc
+            if isinstance(exc, asyncio.CancelledError) and self._handover_error is not None:
+                cause = self._handover_error
+            # Shielded like the hand-over: a caller's cancel (a timeout around run, say) that
+            # arrives during the rollback waits for it, then propagates.
+            settling = asyncio.ensure_future(self._fail(source, channel, report, cause))
+            while not settling.done():
+                try:
+                    await asyncio.wait({settling})
+                except asyncio.CancelledError:
+                    exc = asyncio.CancelledError()
+            settling.result()
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc from (cause if cause is not exc else None)
+            raise self._as_migration_error(cause) from cause
         finally:
             self._task = None
             watchdog.cancel()
@@ -411,15 +434,20 @@ class MigrationEngine:
         interrupted = False
         while not finish.done():
             try:
-                await asyncio.shield(finish)
+                # wait() neither cancels the hand-over nor raises its error: both decided below.
+                await asyncio.wait({finish})
             except asyncio.CancelledError:
                 interrupted = True
         if finish.cancelled():
             raise asyncio.CancelledError
-        if (error := finish.exception()) is not None:
-            raise error
+        error = finish.exception()
         if interrupted:
+            # The caller's cancellation propagates (not converted to the hand-over's error),
+            # and the hand-over's own outcome still decides what happens to the VM.
+            self._handover_error = error
             raise asyncio.CancelledError
+        if error is not None:
+            raise error
 
     async def _finish(
         self,
@@ -443,8 +471,15 @@ class MigrationEngine:
             )
             if not result.get("ok"):
                 self._committed = False  # the destination discards the VM: safe to roll back
-                _, body = await protocol.expect(run.channel, Msg.TABLE)
-                bad = table.mismatches(bytes(body)) if len(body) else "(table too large to send)"
+                try:
+                    _, body = await asyncio.wait_for(
+                        protocol.expect(run.channel, Msg.TABLE), HANDOVER_ANSWER_S
+                    )
+                except (NovaCronError, OSError, TimeoutError) as exc:
+                    body, lost = memoryview(b""), f"(table not received: {exc})"
+                else:
+                    lost = "(table too large to send)"
+                bad = table.mismatches(bytes(body)) if body else lost
                 msg = (
                     f"destination memory differs from the source ({result.get('reason', '')}); "
                     f"first mismatching pages: {bad}; the VM keeps running at the source"
@@ -588,18 +623,23 @@ class MigrationEngine:
             if not owned:
                 report.outcome = MigrationPhase.FAILED
                 self._phase = MigrationPhase.FAILED
-                self._emit(
-                    "failed",
-                    message=f"{report.error}; another host may own the VM now, so it stays "
-                    "paused here: check the ownership record (novacron status --cluster)",
+                report.error = (
+                    f"{report.error}; another host may own the VM now, so it stays paused "
+                    "here: check the ownership record (novacron status --cluster)"
                 )
+                self._emit("failed", message=report.error)
                 return
         try:
             await source.rollback()
-        except Exception:
+        except Exception as rollback_error:
             log.exception("rollback of %s failed", self.vm)
             report.outcome = MigrationPhase.FAILED
-            self._emit("failed", message=f"{report.error}; rollback failed too")
+            self._phase = MigrationPhase.FAILED
+            report.error = (
+                f"{report.error}; the rollback failed too ({rollback_error}), so the VM is not "
+                "running at the source: check its state there before resuming or destroying it"
+            )
+            self._emit("failed", message=report.error)
             return
         cancelled = isinstance(exc, (MigrationAbortedError, asyncio.CancelledError))
         report.outcome = (
@@ -615,10 +655,12 @@ class MigrationEngine:
     def _as_migration_error(self, exc: BaseException) -> BaseException:
         if isinstance(exc, asyncio.CancelledError):
             return exc
-        if self._handed_over or (self._committed and self.report is not None):
-            # Not rolled back: _fail said what happened (the VM moved, or stays paused).
-            error = self.report.error if self.report is not None else str(exc)
-            return MigrationError(f"migration of {self.vm}: {error}")
+        report = self.report
+        failed = report is not None and report.outcome is MigrationPhase.FAILED
+        if report is not None and (self._handed_over or self._committed or failed):
+            # Not (or not cleanly) rolled back: _fail said what happened (the VM moved, stays
+            # paused, or the rollback failed).
+            return MigrationError(f"migration of {self.vm}: {report.error}")
         if isinstance(exc, _AmbiguousCommitError):
             return MigrationError(str(exc))
         if isinstance(exc, MigrationError):
