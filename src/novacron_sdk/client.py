@@ -7,6 +7,7 @@ each once with its settings from the ``drivers`` config section, and keep it for
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from novacron_sdk.plugin.manager import NovaCronPluginManager
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class AsyncClient:
@@ -178,11 +180,22 @@ class AsyncClient:
 
     # -- lifetime ----------------------------------------------------------------------------
     async def aclose(self) -> None:
-        """Close every driver this client built. Safe to call twice."""
-        drivers, self._drivers = list(self._drivers.values()), {}
+        """Close every driver this client built. Safe to call twice.
+
+        Every driver is closed even when one's ``close()`` raises; then the first such error
+        is raised (later ones are logged), so no connection is left open behind it.
+        """
+        drivers, self._drivers = list(self._drivers.items()), {}
         self._closed = True
-        for driver in drivers:
-            await driver.close()
+        errors: list[Exception] = []
+        for name, driver in drivers:
+            try:
+                await driver.close()
+            except Exception as exc:  # close the others first, raise after
+                errors.append(exc)
+                log.warning("driver %r failed to close: %s: %s", name, type(exc).__name__, exc)
+        if errors:
+            raise errors[0]
 
     async def __aenter__(self) -> Self:
         return self

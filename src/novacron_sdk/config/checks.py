@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from novacron_sdk.config.loader import NovaCronConfig
     from novacron_sdk.encoding.interface import PageCodec
     from novacron_sdk.plugin.manager import NovaCronPluginManager
+    from novacron_sdk.plugin.registry import Registry
+    from novacron_sdk.transport.interface import Transport
 
 
 def plugin_problems(
@@ -68,18 +70,25 @@ def plugin_problems(
     for name, settings in transports.items():
         key = f"transports.settings.{name}"
         if check.name(key, name, "transport", plugins.transports.names()):
-            check.builds(key, partial(plugins.transports.get(name), settings))
+            # get() imports a lazy reference: inside builds(), so a missing SDK is one problem.
+            check.builds(key, partial(_transport, plugins.transports, name, settings))
     codecs = config.get("codecs", CodecsSettings).settings
     for name, settings in codecs.items():
         key = f"codecs.settings.{name}"
         if check.name(key, name, "codec", plugins.codecs.names()):
             # A codec reads most settings when it makes an encoder: make one to check them.
-            check.builds(key, partial(_encoder, plugins.codecs.get(name), settings))
+            check.builds(key, partial(_encoder, plugins.codecs, name, settings))
     return check.problems
 
 
-def _encoder(codec: type[PageCodec], settings: Mapping[str, Any]) -> object:
-    return codec(settings).new_encoder()
+def _transport(
+    registry: Registry[type[Transport]], name: str, settings: Mapping[str, Any]
+) -> object:
+    return registry.get(name)(settings)
+
+
+def _encoder(registry: Registry[type[PageCodec]], name: str, settings: Mapping[str, Any]) -> object:
+    return registry.get(name)(settings).new_encoder()
 
 
 def check_plugin_settings(

@@ -7,8 +7,10 @@ environment variable or its ``--set`` flag.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
@@ -34,6 +36,12 @@ ENV_PREFIX = "NOVACRON_"
 FILE_NAME = "novacron.yaml"
 SYSTEM_CONFIG_DIR = Path("/etc/novacron")
 """Last place searched; a module constant so that tests and packagers can point it elsewhere."""
+
+SECRET_KEY_PATTERN = re.compile(
+    r"secret|password|token|credential|private_key|client_secret", re.IGNORECASE
+)
+"""Keys whose values ``novacron config show`` masks (matched anywhere in the key name)."""
+SECRET_MASK = "***"  # noqa: S105 - the mask, not a password
 
 _NULL_SPELLINGS = frozenset({"~", "null", "Null", "NULL"})
 _CONSTRAINTS = (
@@ -89,12 +97,71 @@ class NovaCronConfig:
             raise ConfigError(msg)
         return value
 
-    def as_dict(self) -> dict[str, Any]:
-        """Every section as JSON-ready data (what ``novacron config show`` prints)."""
-        return {name: model.model_dump(mode="json") for name, model in self.sections.items()}
+    def as_dict(self, *, redact: bool = False) -> dict[str, Any]:
+        """Every section as JSON-ready data.
+
+        Binary values (a YAML ``!!binary`` scalar) become their standard base64 text. With
+        ``redact`` (what ``novacron config show`` prints) every value whose key matches
+        :data:`SECRET_KEY_PATTERN` (secret, password, token, ...) is replaced by ``"***"``.
+        """
+        data = {name: _jsonable(model) for name, model in self.sections.items()}
+        return redact_secrets(data) if redact else data
 
     def __repr__(self) -> str:
         return f"NovaCronConfig(path={self.path!r}, sections={list(self.sections)!r})"
+
+
+def _jsonable(model: BaseModel) -> Any:
+    """``model`` dumped in JSON mode; bytes (which pydantic would decode as UTF-8) as base64."""
+    try:
+        return model.model_dump(mode="json")
+    except ValueError:  # UnicodeDecodeError or PydanticSerializationError on binary data
+        from pydantic_core import to_jsonable_python
+
+        return to_jsonable_python(_base64_bytes(model.model_dump(mode="python")))
+
+
+def _base64_bytes(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, Mapping):
+        return {key: _base64_bytes(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_base64_bytes(item) for item in value]
+    return value
+
+
+def _unshared(value: Any) -> Any:
+    """A copy of a loaded tree in which no mapping or list is shared.
+
+    (``copy.deepcopy`` keeps shared objects shared, as PyYAML makes them for an alias.)
+    """
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
+def redact_secrets(data: Any) -> Any:
+    """A copy of ``data`` with the value of every secret-looking key replaced by ``"***"``.
+
+    A key is secret when it matches :data:`SECRET_KEY_PATTERN` (``secret_access_key``,
+    ``password``, ``api_token``, ``credentials``, ...); its whole value is masked, a nested
+    mapping included. Unset values (None, "") stay as they are, so that they show as unset.
+    """
+    if isinstance(data, Mapping):
+        return {
+            key: (
+                SECRET_MASK
+                if SECRET_KEY_PATTERN.search(str(key)) and value not in (None, "")
+                else redact_secrets(value)
+            )
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [redact_secrets(item) for item in data]
+    return data
 
 
 def default_config_paths() -> list[Path]:
@@ -249,7 +316,9 @@ class _Layers:
                 f"migration:, ...), not a {type(data).__name__}"
             )
             raise ConfigError(msg)
-        self.tree = data
+        # PyYAML shares the object of an anchor with every alias of it: copy, so that an
+        # override of one aliased key does not change its siblings too.
+        self.tree = _unshared(data)
         self._record_lines(node, (), str(path))
 
     def _record_lines(self, node: yaml.Node, prefix: Key, label: str) -> None:
@@ -307,7 +376,7 @@ class _Layers:
                 self.set((*key, str(sub_key)), sub_value, label)
             return
         self._forget(key)
-        node[key[-1]] = dict(value) if isinstance(value, Mapping) else value
+        node[key[-1]] = _unshared(dict(value)) if isinstance(value, Mapping) else value
         self.sources[key] = label
 
     def _forget(self, key: Key) -> None:

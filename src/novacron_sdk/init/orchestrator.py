@@ -59,6 +59,18 @@ def retry_delay(component: type[Component], attempt: int) -> float:
     return float(component.retry_backoff_s * 2**attempt)
 
 
+class _InterruptedError(Exception):
+    """Internal: a component's start() raised SystemExit or KeyboardInterrupt.
+
+    asyncio lets those escape the event loop straight from the task, before the orchestrator
+    can stop what already started; this carries them out of the task group instead.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
 class _CriticalStartError(Exception):
     """Internal: a critical component could not start; aborts the level it happened in."""
 
@@ -139,6 +151,17 @@ class Orchestrator:
             self._skip_unstarted("start-up was cancelled")
             await self.stop()
             raise
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt or an unexpected error from a component: stop what
+            # already started (InitError from _abort did; stopping twice is a no-op), then
+            # re-raise it (a SystemExit/KeyboardInterrupt from start() as itself).
+            interrupted = _interruption(exc)
+            what = type(interrupted or exc).__name__
+            self._skip_unstarted(f"start-up was interrupted by {what}")
+            await self.stop()
+            if interrupted is not None:
+                raise interrupted from None
+            raise
 
     async def _start_level(self, level: list[str]) -> list[_CriticalStartError]:
         names = [name for name in level if self._status[name].state is ComponentState.PENDING]
@@ -165,6 +188,9 @@ class Orchestrator:
                 instance = cls(self.context)
                 async with deadline:
                     await instance.start()
+            except (SystemExit, KeyboardInterrupt) as exc:
+                status.state, status.error = ComponentState.FAILED, f"{type(exc).__name__}"
+                raise _InterruptedError(exc) from exc
             except Exception as exc:  # any failure of a component is reported, not raised
                 cause = exc
                 error = (
@@ -352,6 +378,17 @@ def _cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
             cycles.append([*path[index[node] :], node])
         seen.update(path)
     return cycles
+
+
+def _interruption(exc: BaseException) -> BaseException | None:
+    """The SystemExit/KeyboardInterrupt a component raised, if ``exc`` carries one."""
+    if isinstance(exc, _InterruptedError):
+        return exc.error
+    if isinstance(exc, BaseExceptionGroup):
+        for leaf in _leaves(exc):
+            if isinstance(leaf, _InterruptedError):
+                return leaf.error
+    return None
 
 
 def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:

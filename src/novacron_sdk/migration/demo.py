@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
-from novacron_sdk.errors import ConfigError, MigrationError
+from novacron_sdk.errors import ConfigError, MigrationError, NovaCronError
 from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
 from novacron_sdk.migration.models import MigrationReport, MigrationSettings, migration_settings
 from novacron_sdk.migration.remote import migrate_via_agents
@@ -102,7 +102,14 @@ async def _run(
             f"the source copy is released"
         )
     if options.json_path is not None:
-        options.json_path.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        try:
+            options.json_path.write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        except OSError as exc:
+            msg = (
+                f"the migration completed, but its report could not be written to "
+                f"{str(options.json_path)!r}: {exc.strerror or exc}"
+            )
+            raise NovaCronError(msg) from exc
         print(f"report written to {options.json_path}")
     return report
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import pluggy
 
+from novacron_sdk.errors import PluginError
 from novacron_sdk.plugin import NAME
 from novacron_sdk.plugin.registry import Registry
 
@@ -127,6 +128,7 @@ class NovaCronPluginManager:
     def __init__(self) -> None:
         self._pm = _PluggyManager(NAME)
         self._infos: dict[str, PluginInfo] = {}
+        self._order: dict[str, int] = {}  # plugin name -> registration sequence number
         self._registries: dict[str, Registry[Any]] = {}
         for module in HOOKSPEC_MODULES:
             self._pm.add_hookspecs(importlib.import_module(module))
@@ -141,9 +143,17 @@ class NovaCronPluginManager:
         version: str | None = None,
         essential: bool = False,
     ) -> bool:
-        """Register one plugin object; on failure record why and return False."""
+        """Register one plugin object; on failure record why and return False.
+
+        A name already taken leaves the first plugin alone: the newcomer is recorded as failed
+        under a distinct key (``NAME (duplicate from DIST)``) whose error names both.
+        """
+        if name in self._infos or self._pm.has_plugin(name):
+            self._duplicate(name, distribution, version, "a direct registration")
+            return False
         info = PluginInfo(name, distribution, version, "loaded", essential=essential)
         self._infos[name] = info
+        self._order[name] = len(self._order)
         try:
             self._pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
@@ -167,7 +177,33 @@ class NovaCronPluginManager:
         # Registries already built must see a late plugin too.
         for kind, registry in self._registries.items():
             self._fill(kind, registry, only=plugin)
-        return True
+        return info.status == "loaded"
+
+    def _duplicate(
+        self, name: str, distribution: str | None, version: str | None, what: str
+    ) -> PluginInfo:
+        """Record (and warn about) a second plugin named ``name``; the first one stays."""
+        first = self._infos.get(name)
+        first_from = (
+            f"distribution {first.distribution!r}"
+            if first is not None and first.distribution
+            else "an earlier registration"
+        )
+        from_ = f"distribution {distribution!r}" if distribution else what
+        key = f"{name} (duplicate from {distribution or 'a direct registration'})"
+        number = 2
+        while key in self._infos:
+            key = f"{name} (duplicate #{number} from {distribution or 'a direct registration'})"
+            number += 1
+        info = PluginInfo(key, distribution, version, "failed")
+        self._infos[key] = info
+        self._fail(
+            info,
+            f"plugin name {name!r} from {from_} is already taken by the plugin from "
+            f"{first_from}; the first one is kept and this one is ignored. Rename one entry "
+            "point or disable one with NOVACRON_DISABLED_PLUGINS",
+        )
+        return info
 
     def _fail(self, info: PluginInfo, reason: str) -> bool:
         info.status = "failed"
@@ -180,7 +216,10 @@ class NovaCronPluginManager:
         for ep in entry_points(group=NAME):
             dist = ep.dist.name if ep.dist is not None else None
             version = ep.dist.version if ep.dist is not None else None
-            if ep.name in self._infos:
+            if ep.name in self._infos or self._pm.has_plugin(ep.name):
+                # Two distributions (or a third-party one and a builtin) claim one name:
+                # the first keeps it; the other is listed as failed, not silently dropped.
+                self._duplicate(ep.name, dist, version, f"entry point {ep.value!r}")
                 continue
             if any(
                 fnmatch.fnmatchcase(ep.name, pat) or (dist and fnmatch.fnmatchcase(dist, pat))
@@ -218,14 +257,20 @@ class NovaCronPluginManager:
 
     # -- registries ------------------------------------------------------------------------
     def registry(self, kind: str) -> Registry[Any]:
-        """The registry of ``kind`` (see REGISTRY_HOOKS), filled on first use."""
+        """The registry of ``kind`` (see REGISTRY_HOOKS).
+
+        The first use fills every registry at once: a plugin that fails in one registration
+        hook is dropped from all of them, whichever registry is read first.
+        """
         if kind not in REGISTRY_HOOKS:
             msg = f"unknown registry kind {kind!r}; known: {', '.join(REGISTRY_HOOKS)}"
             raise KeyError(msg)
         if kind not in self._registries:
-            registry: Registry[Any] = Registry(kind.replace("_", " ").rstrip("s"))
-            self._registries[kind] = registry
-            self._fill(kind, registry)
+            for each in REGISTRY_HOOKS:
+                if each not in self._registries:
+                    registry: Registry[Any] = Registry(each.replace("_", " ").rstrip("s"))
+                    self._registries[each] = registry
+                    self._fill(each, registry)
         return self._registries[kind]
 
     def _essential(self, impl: pluggy.HookImpl) -> bool:
@@ -236,8 +281,14 @@ class NovaCronPluginManager:
         caller = getattr(self._pm.hook, REGISTRY_HOOKS[kind])
         # Call each implementation alone so one broken plugin cannot hide the others, and
         # essential builtins first, so that no plugin can take a name the core relies on.
-        impls = list(reversed(caller.get_hookimpls()))  # registration order
-        impls.sort(key=lambda i: not self._essential(i))  # stable: keeps that order otherwise
+        # (pluggy lists implementations in its own call order, newest first: sort explicitly.)
+        impls = sorted(
+            caller.get_hookimpls(),
+            key=lambda i: (
+                not self._essential(i),
+                self._order.get(i.plugin_name, len(self._order)),
+            ),
+        )
         for impl in impls:
             if only is not None and impl.plugin is not only:
                 continue
@@ -246,10 +297,15 @@ class NovaCronPluginManager:
             try:
                 impl.function(**dict.fromkeys(impl.argnames, registry))
             except Exception as exc:
-                registry._drop_plugin(name)
                 info = self._infos.setdefault(name, PluginInfo(name, None, None, "loaded"))
                 if info.essential:
+                    registry._drop_plugin(name)
                     raise
+                # A failed plugin provides nothing: drop what it registered in other
+                # registries too, so the outcome does not depend on which was read first.
+                for each in (registry, *self._registries.values()):
+                    each._drop_plugin(name)
+                info.registered.clear()
                 self._fail(info, f"{REGISTRY_HOOKS[kind]} raised {type(exc).__name__}: {exc}")
                 self._pm.unregister(name=name)
                 continue
@@ -323,12 +379,33 @@ class NovaCronPluginManager:
 
     # -- decision hooks (firstresult) --------------------------------------------------------
     def call_decision(self, hook: str, **kwargs: Any) -> Any:
-        """Call a firstresult hook by name; returns None when no plugin decided."""
+        """Call a firstresult hook by name; returns None when no plugin decided.
+
+        Implementations are called one by one in pluggy's order (the latest registered
+        first, ``tryfirst``/``trylast`` honoured) until one returns a value other than None.
+        One that raises is reported as ``PluginError("plugin 'NAME' failed in HOOK: ...")``,
+        chained to the original exception.
+        """
         caller = getattr(self._pm.hook, hook)
         if caller.spec is None or not caller.spec.opts.get("firstresult"):
             msg = f"{hook} is not a decision (firstresult) hook"
             raise ValueError(msg)
-        return caller(**kwargs)
+        impls = caller.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            return caller(**kwargs)  # wrappers need pluggy's own call loop
+        for impl in reversed(impls):  # pluggy calls the last of its list first
+            missing = [arg for arg in impl.argnames if arg not in kwargs]
+            if missing:
+                msg = f"{hook} called without argument(s) {', '.join(missing)}"
+                raise TypeError(msg)
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                msg = f"plugin {impl.plugin_name!r} failed in {hook}: {type(exc).__name__}: {exc}"
+                raise PluginError(msg) from exc
+            if result is not None:
+                return result
+        return None
 
     # -- events (broadcast) ------------------------------------------------------------------
     def emit_migration_event(self, event: MigrationEvent) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,6 +74,47 @@ def number_arg(kind: type[N], *, minimum: N, exclusive: bool = False) -> Callabl
 
     parse.__name__ = kind.__name__  # argparse names the type in some of its messages
     return parse
+
+
+def output_file_arg(text: str) -> str:
+    """An argparse ``type`` for a file the command will write (``--json PATH``).
+
+    The directory must exist and be writable, and ``PATH`` must not be a directory: checked
+    when the arguments are parsed (a usage error, exit 2, naming the path), not after the
+    work is done.
+    """
+    import os
+    from pathlib import Path
+
+    path = Path(text).expanduser()
+    parent = path.parent
+    if not text or path.is_dir():
+        msg = f"{text!r} is a directory, not a file path: name a file to write"
+        raise argparse.ArgumentTypeError(msg)
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        msg = (
+            f"cannot write {text!r}: its directory {str(parent)!r} {what}; "
+            "name a file in an existing directory"
+        )
+        raise argparse.ArgumentTypeError(msg)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        msg = f"cannot write {text!r}: its directory {str(parent)!r} is not writable"
+        raise argparse.ArgumentTypeError(msg)
+    return text
+
+
+def write_output_file(path: str | os.PathLike[str], text: str, *, what: str = "file") -> None:
+    """Write ``text`` to ``path``; an OSError becomes a NovaCronError naming the path."""
+    from pathlib import Path
+
+    from novacron_sdk.errors import NovaCronError
+
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        msg = f"could not write the {what} to {str(path)!r}: {exc.strerror or exc}"
+        raise NovaCronError(msg) from exc
 
 
 def cli_plugins(args: argparse.Namespace) -> NovaCronPluginManager:

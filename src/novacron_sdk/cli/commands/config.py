@@ -22,13 +22,15 @@ def _show(args: argparse.Namespace) -> int:
 
     config = cli_config(args)
     source = str(config.path) if config.path is not None else None
+    # Secret-looking values (passwords, tokens, keys) are masked: output ends up in logs.
+    data = config.as_dict(redact=True)
     if args.json:
-        output.print_json({"path": source, "config": config.as_dict()})
+        output.print_json({"path": source, "config": data})
         return 0
     import yaml
 
     output.echo(f"# source: {source or 'no file (defaults, environment and --set)'}")
-    output.echo(yaml.safe_dump(config.as_dict(), sort_keys=False).rstrip())
+    output.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     return 0
 
 

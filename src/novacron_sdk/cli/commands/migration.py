@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from novacron_sdk.cli.commands import number_arg
+from novacron_sdk.cli.commands import number_arg, output_file_arg, write_output_file
 from novacron_sdk.cli.interface import CliCommand
 
 if TYPE_CHECKING:
@@ -91,7 +91,9 @@ def _configure_migrate(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="source agent URL (default: http://<agent.host>:<agent.port> from the config)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    parser.add_argument(
+        "--json", metavar="PATH", type=output_file_arg, help="also write the report as JSON here"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_settings_args(parser)
 
@@ -102,7 +104,7 @@ def _run_migrate(args: argparse.Namespace) -> int:
     from novacron_sdk.agent.auth import client_auth
     from novacron_sdk.cli.commands import cli_config, cli_plugins
     from novacron_sdk.config.sections import AgentSettings
-    from novacron_sdk.errors import MigrationError
+    from novacron_sdk.errors import MigrationError, NovaCronError
     from novacron_sdk.migration.display import ProgressDisplay, print_report, verification_line
     from novacron_sdk.migration.models import (
         MigrationReport,
@@ -136,7 +138,10 @@ def _run_migrate(args: argparse.Namespace) -> int:
         except MigrationError as exc:
             if isinstance(exc.report, MigrationReport):
                 print_report(exc.report)
-                _write(args.json, exc.report)
+                try:
+                    _write(args.json, exc.report)
+                except NovaCronError as write_error:  # the migration's error is the one to see
+                    print(f"warning: {write_error}", file=sys.stderr)
             raise
     print_report(report)
     print(verification_line(report))
@@ -145,8 +150,10 @@ def _run_migrate(args: argparse.Namespace) -> int:
 
 
 def _write(path: str | None, report: Any) -> None:
+    """Write ``report`` as JSON to ``path`` (if given); NovaCronError naming it on failure."""
     if path:
-        Path(path).write_text(json.dumps(report.model_dump(mode="json"), indent=2))
+        text = json.dumps(report.model_dump(mode="json"), indent=2)
+        write_output_file(path, text, what="migration report")
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -166,7 +173,9 @@ def _configure_demo(parser: argparse.ArgumentParser) -> None:
         default=40.0,
         help="MB/s the workload writes (default 40; 0 = none)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    parser.add_argument(
+        "--json", metavar="PATH", type=output_file_arg, help="also write the report as JSON here"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_settings_args(parser)
 

@@ -95,7 +95,15 @@ def make_client(args: argparse.Namespace) -> AsyncClient:
     defaults: dict[str, dict[str, Any]] = {}
     if name == SIM and not drivers.settings.get(SIM, {}).get("state_path"):
         path = default_sim_state_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = (
+                f"cannot create the sim state directory {str(path.parent)!r}: "
+                f"{exc.strerror or exc}; point XDG_STATE_HOME at a writable directory or set "
+                "drivers.settings.sim.state_path"
+            )
+            raise NovaCronError(msg) from exc
         defaults[SIM] = {"state_path": str(path)}
     return AsyncClient(config=config, plugins=cli_plugins(args), driver_defaults=defaults)
 
