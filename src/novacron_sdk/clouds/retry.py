@@ -2,7 +2,9 @@
 
 Cloud drivers wrap every provider call in :func:`retry_async` with a predicate that says which
 provider errors are worth retrying (throttling, 5xx, timeouts). The policy comes from the
-driver's ``retry`` setting, so users tune it in the config rather than in code.
+driver's ``retry`` setting, so users tune it in the config rather than in code. A driver may
+also say how long the provider asked it to wait (``Retry-After``): the wait before the next
+attempt is then at least that long, up to :data:`MAX_RETRY_AFTER` seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 from novacron_sdk.errors import ConfigError
@@ -21,6 +25,33 @@ log = logging.getLogger(__name__)
 
 RetryPredicate = Callable[[BaseException], bool]
 """Says whether an exception is transient (worth another attempt)."""
+
+RetryAfter = Callable[[BaseException], float | None]
+"""Seconds the provider asked to wait before retrying (its ``Retry-After``), or None."""
+
+MAX_RETRY_AFTER = 60.0
+"""The longest wait a ``Retry-After`` can impose on one retry, in seconds."""
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delay-seconds or an HTTP date.
+
+    None when there is no header or it cannot be read; 0 for a date in the past.
+    """
+    if not value or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 @dataclass(frozen=True)
@@ -95,11 +126,14 @@ async def retry_async(
     description: str = "call",
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rng: random.Random | None = None,
+    retry_after: RetryAfter | None = None,
 ) -> T:
     """Await ``call()`` until it succeeds, retrying errors that ``retryable`` accepts.
 
-    A non-retryable error, or the last attempt's error, propagates unchanged. ``sleep`` and
-    ``rng`` exist so that tests can observe the waits without waiting.
+    A non-retryable error, or the last attempt's error, propagates unchanged. The wait before
+    a retry is the policy's, or longer when ``retry_after`` finds a ``Retry-After`` in the
+    error: ``max(policy delay, min(retry_after, MAX_RETRY_AFTER))``. ``sleep`` and ``rng``
+    exist so that tests can observe the waits without waiting.
     """
     retry_number = 0
     while True:
@@ -109,6 +143,9 @@ async def retry_async(
             if retry_number + 1 >= policy.attempts or not retryable(exc):
                 raise
             wait = policy.delay(retry_number, rng)
+            asked = retry_after(exc) if retry_after is not None else None
+            if asked is not None:
+                wait = max(wait, min(asked, MAX_RETRY_AFTER))
             log.info(
                 "%s failed (%s: %s); retry %d of %d in %.2fs",
                 description,

@@ -30,7 +30,7 @@ from novacron_aws.convert import (
 )
 from novacron_aws.errors import is_retryable, map_error
 from novacron_aws.settings import AwsSettings
-from novacron_sdk.clouds.interface import CloudDriver
+from novacron_sdk.clouds.interface import CloudDriver, ProgressCallback
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
 from novacron_sdk.clouds.settings import CLOUD_FEATURES
 from novacron_sdk.errors import DriverError, NotFoundError
@@ -46,6 +46,12 @@ EXTRA_KEYS = frozenset(
 _MIN_PAGE, _MAX_PAGE = 5, 1000
 # DescribeInstanceTypes accepts at most 100 InstanceTypes per call.
 _TYPES_PER_CALL = 100
+
+
+def _is_transient(exc: DriverError) -> bool:
+    """Whether a mapped error came from a transient EC2 failure (worth asking again)."""
+    cause = exc.__cause__
+    return cause is None or is_retryable(cause)
 
 
 class AwsDriver(CloudDriver):
@@ -160,7 +166,9 @@ class AwsDriver(CloudDriver):
         """Ask EC2 for the vCPUs and memory of the instance types not seen yet.
 
         Listing VMs must not fail for this: if EC2 refuses (no ec2:DescribeInstanceTypes
-        permission, a type it does not know), those VMs show 0 and a warning says why.
+        permission, a type it does not know), those VMs show 0 and a warning says why. Only
+        definitive answers are kept: after a transient failure (throttling, 5xx, a dropped
+        connection) the types are asked for again next time.
         """
         missing = sorted(types - self._shapes.keys())
         for start in range(0, len(missing), _TYPES_PER_CALL):
@@ -175,6 +183,8 @@ class AwsDriver(CloudDriver):
                     ", ".join(batch),
                     exc,
                 )
+                if _is_transient(exc):
+                    continue  # not an answer: do not remember these types as unknown
                 items = []
             found = {str(item["InstanceType"]): instance_type_shape(item) for item in items}
             self._shapes.update({name: found.get(name) for name in batch})
@@ -204,6 +214,52 @@ class AwsDriver(CloudDriver):
             raise DriverError(msg, code="AmbiguousName")
         (vm,) = await self._to_vms(live)
         return vm
+
+    async def wait_for_state(
+        self,
+        vm_id: str,
+        target: VMState,
+        *,
+        timeout: float = 600.0,
+        interval: float = 2.0,
+        progress: ProgressCallback | None = None,
+    ) -> VM:
+        """Poll until the instance reaches ``target``.
+
+        An instance that terminates meanwhile (no spot capacity, a launch failure, someone
+        else's terminate) raises a DriverError with EC2's state reason, not NotFoundError.
+        """
+        try:
+            return await super().wait_for_state(
+                vm_id, target, timeout=timeout, interval=interval, progress=progress
+            )
+        except NotFoundError as exc:
+            if not _INSTANCE_ID.match(vm_id):
+                raise
+            gone = await self._gone_error(vm_id, target)
+            if gone is None:
+                raise
+            raise gone from exc
+
+    async def _gone_error(self, vm_id: str, target: VMState) -> DriverError | None:
+        """The error for instance ``vm_id`` having terminated, with its state reason; None
+        if EC2 does not show it as terminated (or shutting down)."""
+        try:
+            page = await self._call("describe_instances", InstanceIds=[vm_id])
+        except DriverError:
+            return None
+        found = [i for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        state = str(found[0].get("State", {}).get("Name", "")) if found else ""
+        if state not in GONE_STATES:
+            return None
+        reason = found[0].get("StateReason") or {}
+        why = reason.get("Message") or found[0].get("StateTransitionReason") or "no reason given"
+        msg = (
+            f"EC2 instance {vm_id} became {state!r} while waiting for {target.value!r}: {why}; "
+            "for a spot instance try another zone or size, else check the instance's "
+            "console output and the AMI"
+        )
+        return DriverError(msg, code=str(reason.get("Code") or "InstanceTerminated"))
 
     def _run_params(self, spec: VMSpec) -> dict[str, Any]:
         unknown = set(spec.extra) - EXTRA_KEYS

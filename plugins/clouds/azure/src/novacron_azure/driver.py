@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError
+from azure.core.polling import LROPoller
 from azure.core.rest import HttpRequest
 from azure.identity import ClientSecretCredential, DefaultAzureCredential
 from azure.mgmt.compute import ComputeManagementClient
@@ -32,12 +33,17 @@ from novacron_azure.convert import (
     size_shape,
     vm_from_arm,
 )
-from novacron_azure.errors import demote_credential_chain_report, is_retryable, map_error
+from novacron_azure.errors import (
+    demote_credential_chain_report,
+    is_retryable,
+    map_error,
+    retry_after,
+)
 from novacron_azure.settings import AzureSettings
 from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
 from novacron_sdk.clouds.settings import CLOUD_FEATURES
-from novacron_sdk.errors import DriverError
+from novacron_sdk.errors import DriverError, InvalidStateError, NotFoundError
 from novacron_sdk.models import VM, DriverFeature, Image, Location, Page, Size, VMSpec, VMState
 
 T = TypeVar("T")
@@ -143,10 +149,31 @@ class AzureDriver(CloudDriver):
 
         try:
             return await retry_async(
-                attempt, policy=self.retry_policy, retryable=is_retryable, description=action
+                attempt,
+                policy=self.retry_policy,
+                retryable=is_retryable,
+                description=action,
+                retry_after=retry_after,
             )
         except AzureError as exc:
             raise map_error(exc, action) from exc
+
+    def _finish(self, poller: LROPoller[T], action: str) -> T:
+        """Wait up to ``wait_timeout`` for a long-running operation, then its result.
+
+        ``LROPoller.result(timeout)`` only joins the polling thread for that long and then
+        returns as if the operation had succeeded; this raises instead when it is not done.
+        """
+        timeout = self.config.wait_timeout
+        poller.wait(timeout)
+        if not poller.done():
+            msg = (
+                f"Azure {action} is still running after {timeout:.0f}s; it may still finish: "
+                "check the VM with novacron vm show, or raise "
+                "drivers.settings.azure.wait_timeout"
+            )
+            raise DriverError(msg, code="OperationTimeout")
+        return poller.result()
 
     def _locate(self, vm: VM) -> tuple[str, str]:
         match = VM_ID.match(vm.id)
@@ -179,17 +206,22 @@ class AzureDriver(CloudDriver):
     async def _to_vms(self, items: list[dict[str, Any]]) -> list[VM]:
         """ARM virtual machines as VMs, with vCPUs and memory from their sizes."""
         locations = {str(item["location"]).lower() for item in items if item.get("location")}
-        for location in sorted(locations - self._shapes.keys()):
-            self._shapes[location] = await self._size_shapes(location)
+        known = {loc: self._shapes[loc] for loc in locations if loc in self._shapes}
+        for location in sorted(locations - known.keys()):
+            shapes = await self._size_shapes(location)
+            known[location] = shapes if shapes is not None else {}
+            if shapes is not None:  # only a definitive answer is kept
+                self._shapes[location] = shapes
         vms = []
         for item in items:
-            sizes = self._shapes.get(str(item.get("location") or "").lower(), {})
+            sizes = known.get(str(item.get("location") or "").lower(), {})
             vms.append(vm_from_arm(item, sizes.get(size_of(item) or "")))
         return vms
 
-    async def _size_shapes(self, location: str) -> dict[str, tuple[int, int]]:
-        """{VM size: (vCPUs, memory MiB)} in ``location``; empty (and a warning) if ARM
-        refuses: listing VMs must not fail for it."""
+    async def _size_shapes(self, location: str) -> dict[str, tuple[int, int]] | None:
+        """{VM size: (vCPUs, memory MiB)} in ``location``; if ARM refuses (listing VMs must
+        not fail for it), a warning and empty when that is final (e.g. no permission), None
+        when it was transient (throttling, 5xx, connection): ask again next time."""
         try:
             items = await self._call(
                 f"list VM sizes of {location}",
@@ -201,7 +233,8 @@ class AzureDriver(CloudDriver):
                 location,
                 exc,
             )
-            return {}
+            cause = exc.__cause__
+            return None if cause is None or is_retryable(cause) else {}
         return {str(item["name"]): size_shape(item) for item in items}
 
     async def get_vm(self, vm_id: str) -> VM:
@@ -226,16 +259,75 @@ class AzureDriver(CloudDriver):
         self.require(DriverFeature.CREATE)
         group, body = create_body(spec, self.config)
         wait = self.config.wait
-        created = await self._call(
-            f"create VM {spec.name!r}",
-            lambda c: c.virtual_machines.begin_create_or_update(
-                group, spec.name, VirtualMachine(body), polling=wait
-            ).result(self.config.wait_timeout),
-        )
+        # The PUT is an upsert: without this check it would silently update an existing VM.
+        # The check runs once, before the retried PUT, so that a retry of our own PUT (its
+        # first attempt may have created the VM) goes through.
+        existing = await self._find(group, spec.name)
+        if existing is not None:
+            msg = (
+                f"a VM named {spec.name!r} already exists in resource group {group!r} "
+                f"({existing['id']}); choose another name, or destroy that VM first"
+            )
+            raise InvalidStateError(msg, code="VMAlreadyExists")
+        action = f"create VM {spec.name!r}"
+        try:
+            created = await self._call(
+                action,
+                lambda c: self._finish(
+                    c.virtual_machines.begin_create_or_update(
+                        group, spec.name, VirtualMachine(body), polling=wait
+                    ),
+                    action,
+                ),
+            )
+        except DriverError as exc:
+            if exc.code == "OperationTimeout":  # not failed: still running, maybe fine
+                raise
+            raise await self._clean_up_failed_create(group, spec.name, exc) from exc
         vm = vm_from_arm(created.as_dict()) if created is not None else None
         return await self.settle(
             await self.get_vm(vm.id if vm else spec.name), VMState.RUNNING, self.config
         )
+
+    async def _find(self, group: str, name: str) -> dict[str, Any] | None:
+        """The ARM virtual machine ``name`` of ``group`` as a dict, or None if there is none."""
+        try:
+            found: dict[str, Any] = await self._call(
+                f"get VM {name!r}", lambda c: c.virtual_machines.get(group, name).as_dict()
+            )
+        except NotFoundError:
+            return None
+        return found
+
+    async def _clean_up_failed_create(
+        self, group: str, name: str, error: DriverError
+    ) -> DriverError:
+        """``error`` of a failed create, after a best-effort delete of the VM resource the
+        accepted PUT left behind (e.g. in state Failed after AllocationFailed); the error says
+        whether a VM was left and, if it could not be deleted, how to delete it."""
+        try:
+            left = await self._find(group, name)
+        except DriverError as exc:
+            note = f"could not check whether VM {name!r} was left behind ({exc})"
+            return type(error)(f"{error}; {note}", code=error.code)
+        if left is None:
+            return error
+        vm_id = str(left["id"])
+        action = f"delete VM {name!r} left by the failed create"
+        try:
+            await self._call(
+                action,
+                lambda c: self._finish(c.virtual_machines.begin_delete(group, name), action),
+            )
+        except DriverError as exc:
+            note = (
+                f"the failed create left VM {vm_id} behind and deleting it failed ({exc}); "
+                f"delete it with: novacron vm destroy {vm_id} --driver azure"
+            )
+        else:
+            note = f"the VM {vm_id} that the failed create left behind was deleted"
+        log.warning("%s", note)
+        return type(error)(f"{error}; {note}", code=error.code)
 
     async def _power(self, vm_id: str, action: str, target: VMState) -> VM:
         vm = await self.get_vm(vm_id)
@@ -250,7 +342,7 @@ class AzureDriver(CloudDriver):
                 "deallocate": ops.begin_deallocate,
                 "power_off": ops.begin_power_off,
             }[action]
-            begin(group, name, polling=wait).result(self.config.wait_timeout)
+            self._finish(begin(group, name, polling=wait), f"{action} VM {name!r}")
 
         await self._call(f"{action} VM {name!r}", run)
         return await self.settle(await self.get_vm(vm.id), target, self.config)
@@ -276,10 +368,11 @@ class AzureDriver(CloudDriver):
         vm = await self.get_vm(vm_id)
         group, name = self._locate(vm)
         wait = self.config.wait
+        action = f"delete VM {name!r}"
         await self._call(
-            f"delete VM {name!r}",
-            lambda c: c.virtual_machines.begin_delete(group, name, polling=wait).result(
-                self.config.wait_timeout
+            action,
+            lambda c: self._finish(
+                c.virtual_machines.begin_delete(group, name, polling=wait), action
             ),
         )
 
@@ -359,11 +452,13 @@ class AzureDriver(CloudDriver):
         vm = await self.get_vm(vm_id)
         group, name = self._locate(vm)
         tags = change(dict(vm.tags))
+        action = f"update tags of VM {name!r}"
         await self._call(
-            f"update tags of VM {name!r}",
-            lambda c: c.virtual_machines.begin_update(
-                group, name, VirtualMachineUpdate({"tags": tags})
-            ).result(self.config.wait_timeout),
+            action,
+            lambda c: self._finish(
+                c.virtual_machines.begin_update(group, name, VirtualMachineUpdate({"tags": tags})),
+                action,
+            ),
         )
         return await self.get_vm(vm.id)
 

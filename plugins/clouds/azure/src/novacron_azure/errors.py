@@ -12,6 +12,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from novacron_sdk.clouds.retry import parse_retry_after
 from novacron_sdk.errors import DriverError, InvalidStateError, NotFoundError, QuotaExceededError
 
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -76,6 +77,20 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, HttpResponseError):
         return exc.status_code in TRANSIENT_STATUS or arm_code(exc) in THROTTLING_CODES
     return isinstance(exc, ServiceRequestError | ServiceResponseError)
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds ARM asked to wait before retrying (``retry-after-ms``, ``x-ms-retry-after-ms``
+    or ``Retry-After``), or None."""
+    response = getattr(exc, "response", None) if isinstance(exc, HttpResponseError) else None
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        millis = parse_retry_after(headers.get(name))
+        if millis is not None:
+            return millis / 1000.0
+    return parse_retry_after(headers.get("Retry-After"))
 
 
 def map_error(exc: AzureError, action: str) -> DriverError:

@@ -89,6 +89,8 @@ class Fault:
     path_contains: str = ""
     count: int = 1
     retry_after: str | None = None
+    after: bool = False
+    """Carry the request out first, then answer the error instead (a lost response)."""
 
 
 @dataclass
@@ -147,9 +149,15 @@ class FakeArmTransport(RequestsTransport):  # type: ignore[misc]
 
     def send(self, request: Any, **kwargs: Any) -> Any:
         """Rewrite the ARM host to the fake's, then send as usual."""
-        if request.url.startswith(ARM):
-            request.url = self.fake_url + request.url[len(ARM) :]
-        return super().send(request, **kwargs)
+        original = request.url
+        if original.startswith(ARM):
+            request.url = self.fake_url + original[len(ARM) :]
+        try:
+            return super().send(request, **kwargs)
+        finally:
+            # The response keeps the request: pollers that follow its URL (a PUT answered
+            # 200 while still provisioning) must see the ARM URL, as in production.
+            request.url = original
 
 
 class StaticTokenCredential:
@@ -175,9 +183,13 @@ def _make_handler(state: FakeArmState) -> type[BaseHTTPRequestHandler]:
             """Stay quiet."""
 
         # -- plumbing --------------------------------------------------------------------
+        muted = False  # True while carrying out a request whose response gets lost
+
         def _send(
             self, status: int, body: object = None, headers: dict[str, str] | None = None
         ) -> None:
+            if self.muted:
+                return
             payload = b"" if body is None else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -199,6 +211,10 @@ def _make_handler(state: FakeArmState) -> type[BaseHTTPRequestHandler]:
                     self._send(401, _error("InvalidAuthenticationToken", "bad bearer token"))
                     return
                 fault = take_fault(state.faults, self.command, url.path)
+                if fault is not None and fault.after:
+                    self.muted = True
+                    self._route(url.path, query, json.loads(raw) if raw else {})
+                    self.muted = False
                 if fault is not None:
                     extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
                     self._send(fault.status, _error(fault.code, fault.message), extra)

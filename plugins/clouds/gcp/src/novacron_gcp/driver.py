@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -33,7 +34,7 @@ from novacron_gcp.convert import (
     machine_type_to_size,
 )
 from novacron_gcp.credentials import SCOPES, load_credentials_file
-from novacron_gcp.errors import is_retryable, map_error, operation_error
+from novacron_gcp.errors import is_retryable, map_error, operation_error, retry_after
 from novacron_gcp.settings import GcpSettings
 from novacron_sdk.clouds.interface import CloudDriver
 from novacron_sdk.clouds.retry import RetryPolicy, retry_async
@@ -45,6 +46,15 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 _MAX_PAGE = 500  # Compute Engine's maxResults limit
 _DONE = compute_v1.Operation.Status.DONE
+# operations.wait answers when the operation is DONE or after about two minutes.
+_OPERATION_WAIT_SECONDS = 120.0
+# Mutating instance calls by action, as request classes: only these carry ``request_id``.
+_ACTION_REQUESTS: dict[str, Any] = {
+    "start": compute_v1.StartInstanceRequest,
+    "stop": compute_v1.StopInstanceRequest,
+    "reset": compute_v1.ResetInstanceRequest,
+    "delete": compute_v1.DeleteInstanceRequest,
+}
 
 
 class GcpDriver(CloudDriver):
@@ -122,6 +132,12 @@ class GcpDriver(CloudDriver):
             )
         return self._clients[kind]
 
+    def _opts(self, timeout: float | None = None) -> dict[str, Any]:
+        """Keyword arguments for every compute_v1 call: the client library's own retries off
+        (``retry=None``; its defaults retry 503s for up to 600 s, which would multiply the
+        driver's attempts and ignore ``retry: false``) and an explicit per-request timeout."""
+        return {"retry": None, "timeout": timeout or self.config.request_timeout}
+
     async def _call(self, action: str, call: Callable[[], T]) -> T:
         """Run ``call()`` in a worker thread, with retries and mapped errors."""
 
@@ -130,7 +146,11 @@ class GcpDriver(CloudDriver):
 
         try:
             return await retry_async(
-                attempt, policy=self.retry_policy, retryable=is_retryable, description=action
+                attempt,
+                policy=self.retry_policy,
+                retryable=is_retryable,
+                description=action,
+                retry_after=retry_after,
             )
         except (api.GoogleAPIError, auth.GoogleAuthError, RequestException) as exc:
             raise map_error(exc, action) from exc
@@ -149,6 +169,7 @@ class GcpDriver(CloudDriver):
             self._client, "ZoneOperationsClient"
         )
         project, name = self.project, operation.name
+        opts = self._opts(self.config.request_timeout + _OPERATION_WAIT_SECONDS)
         deadline = time.monotonic() + self.config.wait_timeout
         status = operation.status
         while status != _DONE:
@@ -158,7 +179,7 @@ class GcpDriver(CloudDriver):
             # operations.wait returns when the operation is DONE or after about two minutes.
             operation = await self._call(
                 f"wait for {action}",
-                lambda: ops.wait(project=project, zone=zone, operation=name),
+                lambda: ops.wait(project=project, zone=zone, operation=name, **opts),
             )
             status = operation.status
         failure = operation_error(operation, action)
@@ -174,9 +195,10 @@ class GcpDriver(CloudDriver):
         )
         if token:
             request.page_token = token
+        opts = self._opts()
 
         def fetch() -> compute_v1.InstanceAggregatedList:
-            return next(iter(client.aggregated_list(request=request).pages))
+            return next(iter(client.aggregated_list(request=request, **opts).pages))
 
         page = await self._call("list instances", fetch)
         instances = [instance for scoped in page.items.values() for instance in scoped.instances]
@@ -187,27 +209,35 @@ class GcpDriver(CloudDriver):
         """``instances`` as VMs, with vCPUs and memory from their machine types."""
         keys = [_shape_key(instance) for instance in instances]
         missing = sorted({key for key in keys if key is not None} - self._shapes.keys())
-        shapes = await asyncio.gather(*(self._machine_shape(*key) for key in missing))
-        self._shapes.update(zip(missing, shapes, strict=True))
+        answers = await asyncio.gather(*(self._machine_shape(*key) for key in missing))
+        found = {key: shape for key, (shape, _) in zip(missing, answers, strict=True)}
+        # Only definitive answers are kept; after a transient failure ask again next time.
+        self._shapes.update(
+            (key, shape) for key, (shape, final) in zip(missing, answers, strict=True) if final
+        )
+        shapes = {**self._shapes, **found}
         return [
-            instance_to_vm(instance, self._shapes.get(key) if key else None)
+            instance_to_vm(instance, shapes.get(key) if key else None)
             for instance, key in zip(instances, keys, strict=True)
         ]
 
-    async def _machine_shape(self, zone: str, machine_type: str) -> tuple[int, int] | None:
-        """(vCPUs, memory MiB) of ``machine_type`` in ``zone``; None (and a warning) if the
-        API refuses: listing VMs must not fail for it."""
+    async def _machine_shape(
+        self, zone: str, machine_type: str
+    ) -> tuple[tuple[int, int] | None, bool]:
+        """((vCPUs, memory MiB), final) of ``machine_type`` in ``zone``. If the API refuses
+        (listing VMs must not fail for it): a warning and None, final unless the failure was
+        transient (throttling, 5xx, connection), which must not be remembered."""
         shape = custom_shape(machine_type)
         if shape is not None:
-            return shape
+            return shape, True
         client: compute_v1.MachineTypesClient = await asyncio.to_thread(
             self._client, "MachineTypesClient"
         )
-        project = self.project
+        project, opts = self.project, self._opts()
         try:
             found = await self._call(
                 f"get machine type {machine_type!r}",
-                lambda: client.get(project=project, zone=zone, machine_type=machine_type),
+                lambda: client.get(project=project, zone=zone, machine_type=machine_type, **opts),
             )
         except DriverError as exc:
             log.warning(
@@ -216,18 +246,19 @@ class GcpDriver(CloudDriver):
                 zone,
                 exc,
             )
-            return None
-        return int(found.guest_cpus), int(found.memory_mb)
+            cause = exc.__cause__
+            return None, not (cause is None or is_retryable(cause))
+        return (int(found.guest_cpus), int(found.memory_mb)), True
 
     async def _vm(self, instance: compute_v1.Instance) -> VM:
         (vm,) = await self._to_vms([instance])
         return vm
 
     async def _get(self, zone: str, name: str) -> compute_v1.Instance:
-        client, project = await self._instances(), self.project
+        client, project, opts = await self._instances(), self.project, self._opts()
         return await self._call(
             f"get instance {name!r}",
-            lambda: client.get(project=project, zone=zone, instance=name),
+            lambda: client.get(project=project, zone=zone, instance=name, **opts),
         )
 
     async def get_vm(self, vm_id: str) -> VM:
@@ -248,10 +279,15 @@ class GcpDriver(CloudDriver):
         self.require(DriverFeature.CREATE)
         zone = spec.location or self._zone()
         resource = instance_resource(spec, self.config, zone)
-        client, project = await self._instances(), self.project
+        client, opts = await self._instances(), self._opts()
+        # One request id for this create, sent again on every retry: Compute Engine then
+        # answers a retry after a lost response with the same operation, not 409
+        # alreadyExists.
+        request = compute_v1.InsertInstanceRequest(
+            project=self.project, zone=zone, instance_resource=resource, request_id=_request_id()
+        )
         operation = await self._call(
-            f"create instance {spec.name!r}",
-            lambda: client.insert(project=project, zone=zone, instance_resource=resource),
+            f"create instance {spec.name!r}", lambda: client.insert(request=request, **opts)
         )
         await self._wait_operation(zone, operation, f"create instance {spec.name!r}")
         return await self.settle(
@@ -261,11 +297,14 @@ class GcpDriver(CloudDriver):
     async def _action(self, vm_id: str, action: str, target: VMState | None) -> VM:
         vm = await self.get_vm(vm_id)
         zone, name = str(vm.location), vm.name
-        client, project = await self._instances(), self.project
+        client, opts = await self._instances(), self._opts()
         method = getattr(client, action)
+        # The same request id on every retry makes a retried start/stop/reset/delete safe.
+        request = _ACTION_REQUESTS[action](
+            project=self.project, zone=zone, instance=name, request_id=_request_id()
+        )
         operation = await self._call(
-            f"{action} instance {name!r}",
-            lambda: method(project=project, zone=zone, instance=name),
+            f"{action} instance {name!r}", lambda: method(request=request, **opts)
         )
         await self._wait_operation(zone, operation, f"{action} instance {name!r}")
         return await self.settle(await self.get_vm(vm.id), target, self.config) if target else vm
@@ -297,7 +336,9 @@ class GcpDriver(CloudDriver):
         client: compute_v1.ImagesClient = await asyncio.to_thread(self._client, "ImagesClient")
         images: list[Image] = []
         for project in self.config.image_projects or [self.project]:
-            found = await self._call(f"list images of {project}", _images_of(client, project))
+            found = await self._call(
+                f"list images of {project}", _images_of(client, project, self._opts())
+            )
             images += [image_to_model(item, project) for item in found]
         return images
 
@@ -308,8 +349,9 @@ class GcpDriver(CloudDriver):
             self._client, "MachineTypesClient"
         )
         project, zone = self.project, self._zone()
+        opts = self._opts()
         found = await self._call(
-            "list machine types", lambda: list(client.list(project=project, zone=zone))
+            "list machine types", lambda: list(client.list(project=project, zone=zone, **opts))
         )
         return [machine_type_to_size(item) for item in found]
 
@@ -318,11 +360,13 @@ class GcpDriver(CloudDriver):
         self.require(DriverFeature.LOCATIONS)
         regions_client = await asyncio.to_thread(self._client, "RegionsClient")
         zones_client = await asyncio.to_thread(self._client, "ZonesClient")
-        project = self.project
+        project, opts = self.project, self._opts()
         regions = await self._call(
-            "list regions", lambda: list(regions_client.list(project=project))
+            "list regions", lambda: list(regions_client.list(project=project, **opts))
         )
-        zones = await self._call("list zones", lambda: list(zones_client.list(project=project)))
+        zones = await self._call(
+            "list zones", lambda: list(zones_client.list(project=project, **opts))
+        )
         return [Location(id=r.name, name=r.name, driver=self.name) for r in regions] + [
             Location(
                 id=z.name,
@@ -344,15 +388,16 @@ class GcpDriver(CloudDriver):
         body = compute_v1.InstancesSetLabelsRequest(
             labels=change(dict(current.labels)), label_fingerprint=current.label_fingerprint
         )
-        client, project = await self._instances(), self.project
+        client, opts = await self._instances(), self._opts()
+        request = compute_v1.SetLabelsInstanceRequest(
+            project=self.project,
+            zone=zone,
+            instance=name,
+            instances_set_labels_request_resource=body,
+            request_id=_request_id(),
+        )
         operation = await self._call(
-            f"set labels of {name!r}",
-            lambda: client.set_labels(
-                project=project,
-                zone=zone,
-                instance=name,
-                instances_set_labels_request_resource=body,
-            ),
+            f"set labels of {name!r}", lambda: client.set_labels(request=request, **opts)
         )
         await self._wait_operation(zone, operation, f"set labels of {name!r}")
         return await self.get_vm(vm.id)
@@ -374,10 +419,16 @@ class GcpDriver(CloudDriver):
         zone, name = str(vm.location), vm.name
         current = await self._get(zone, name)
         tags = compute_v1.Tags(items=list(network_tags), fingerprint=current.tags.fingerprint)
-        client, project = await self._instances(), self.project
+        client, opts = await self._instances(), self._opts()
+        request = compute_v1.SetTagsInstanceRequest(
+            project=self.project,
+            zone=zone,
+            instance=name,
+            tags_resource=tags,
+            request_id=_request_id(),
+        )
         operation = await self._call(
-            f"set network tags of {name!r}",
-            lambda: client.set_tags(project=project, zone=zone, instance=name, tags_resource=tags),
+            f"set network tags of {name!r}", lambda: client.set_tags(request=request, **opts)
         )
         await self._wait_operation(zone, operation, f"set network tags of {name!r}")
         return await self.get_vm(vm.id)
@@ -389,6 +440,11 @@ class GcpDriver(CloudDriver):
             await asyncio.to_thread(client.transport.close)
 
 
+def _request_id() -> str:
+    """A fresh request id: one per operation call, reused by that call's retries."""
+    return str(uuid.uuid4())
+
+
 def _shape_key(instance: compute_v1.Instance) -> tuple[str, str] | None:
     if not instance.machine_type or not instance.zone:
         return None
@@ -396,9 +452,9 @@ def _shape_key(instance: compute_v1.Instance) -> tuple[str, str] | None:
 
 
 def _images_of(
-    client: compute_v1.ImagesClient, project: str
+    client: compute_v1.ImagesClient, project: str, opts: dict[str, Any]
 ) -> Callable[[], list[compute_v1.Image]]:
     def fetch() -> list[compute_v1.Image]:
-        return list(client.list(project=project))
+        return list(client.list(project=project, **opts))
 
     return fetch

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import requests
 from google.api_core import exceptions as api
 from google.auth import exceptions as auth
 
+from novacron_sdk.clouds.retry import parse_retry_after
 from novacron_sdk.errors import DriverError, InvalidStateError, NotFoundError, QuotaExceededError
 
 TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -45,7 +47,26 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, api.GoogleAPICallError):
         status = int(exc.code or 0)
         return status in TRANSIENT_STATUS or reason_of(exc) in RATE_LIMIT_REASONS
-    return isinstance(exc, auth.TransportError | api.RetryError | ConnectionError)
+    if isinstance(exc, requests.exceptions.SSLError):
+        return False  # a certificate problem does not go away on its own
+    # The REST transport raises requests' ConnectionError (a dropped connection) and Timeout
+    # (connect or read timeout); neither is a subclass of the built-in ConnectionError.
+    return isinstance(
+        exc,
+        auth.TransportError
+        | api.RetryError
+        | ConnectionError
+        | requests.exceptions.ConnectionError
+        | requests.exceptions.Timeout,
+    )
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds Google asked to wait before retrying (``Retry-After``), or None."""
+    if not isinstance(exc, api.GoogleAPICallError):
+        return None
+    headers = getattr(exc.response, "headers", None)
+    return None if headers is None else parse_retry_after(headers.get("Retry-After"))
 
 
 def classify(code: str | None, status: int | None) -> type[DriverError]:

@@ -36,3 +36,8 @@ class GcpSettings(CloudSettings):
     image_projects: list[str] = Field(
         default_factory=list, description="Projects whose images list_images shows (default: own)."
     )
+    request_timeout: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds one Compute Engine API request may take before it is retried.",
+    )

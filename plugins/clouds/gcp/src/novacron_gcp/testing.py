@@ -4,7 +4,9 @@
 instances (insert, get, delete, start, stop, reset, setLabels, setTags, zonal and aggregated
 lists with ``pageToken`` paging), zone operations (get and ``wait``, which answers RUNNING a
 set number of times before DONE), machine types (list and get), images, regions and zones,
-and errors that a test injects (404, 409, 429, ``rateLimitExceeded``...). Point the real
+and errors that a test injects (404, 409, 429, ``rateLimitExceeded``..., with
+``Retry-After``; a response lost after the request was carried out; a dropped connection).
+A repeated ``requestId`` gets the operation of its first request back, as in GCE. Point the real
 clients at it with ``client_options={"api_endpoint": fake.url}``, ``transport="rest"`` and
 ``AnonymousCredentials()``::
 
@@ -19,6 +21,7 @@ import itertools
 import json
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
@@ -67,6 +70,15 @@ class Fault:
     method: str = "*"
     path_contains: str = ""
     count: int = 1
+    retry_after: str | None = None
+    """The ``Retry-After`` header to send with the error, if any."""
+    after: bool = False
+    """Carry the request out first, then answer the error instead (a lost response)."""
+    drop: bool = False
+    """Close the connection without any answer (status and reason are then unused)."""
+    delay: float = 0.0
+    """Seconds to stall before answering (a slow server); with status 0, then answer
+    normally."""
 
 
 @dataclass
@@ -103,6 +115,7 @@ class FakeComputeState:
     faults: list[Fault] = field(default_factory=list)
     operation_failures: list[dict[str, str]] = field(default_factory=list)
     operations: dict[str, _Operation] = field(default_factory=dict)
+    request_ids: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -133,13 +146,23 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: object) -> None:
             """Stay quiet."""
 
-        def _send(self, status: int, body: object) -> None:
+        muted = False  # True while carrying out a request whose response gets lost
+        request_id: str | None = None
+
+        def _send(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+            if self.muted:
+                return
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            try:
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True  # the client gave up (a test's timeout)
 
         def _handle(self) -> None:
             url = urlsplit(self.path)
@@ -149,10 +172,33 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
             with state.lock:
                 state.requests.append((self.command, url.path))
                 fault = take_fault(state.faults, self.command, url.path)
-                if fault is not None:
-                    self._send(fault.status, _error(fault.status, fault.reason, fault.message))
+            if fault is not None and fault.delay:
+                time.sleep(fault.delay)  # outside the lock: other requests go on
+                if not fault.status:
+                    fault = None
+            with state.lock:
+                if fault is not None and fault.drop:
+                    self.close_connection = True
                     return
-                self._route(url.path, query, json.loads(raw) if raw else {})
+                if fault is not None and fault.after:
+                    self.muted = True
+                    self._dispatch(url.path, query, raw)
+                    self.muted = False
+                if fault is not None:
+                    extra = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+                    self._send(
+                        fault.status, _error(fault.status, fault.reason, fault.message), extra
+                    )
+                    return
+                self._dispatch(url.path, query, raw)
+
+        def _dispatch(self, path: str, query: dict[str, str], raw: bytes) -> None:
+            self.request_id = query.get("requestId")
+            seen = state.request_ids.get(self.request_id) if self.request_id else None
+            if seen is not None:  # a retry: GCE answers with the first request's operation
+                self._send(200, seen)
+                return
+            self._route(path, query, json.loads(raw) if raw else {})
 
         do_GET = do_POST = do_DELETE = _handle  # noqa: N815 - http.server names
 
@@ -240,6 +286,8 @@ def _make_handler(state: FakeComputeState) -> type[BaseHTTPRequestHandler]:
                 "progress": 0,
             }
             state.operations[name] = _Operation(body, state.waits_per_operation, finish, error)
+            if self.request_id:
+                state.request_ids[self.request_id] = body
             self._send(200, body)
 
         def _operation(self, name: str, wait: bool) -> None:
