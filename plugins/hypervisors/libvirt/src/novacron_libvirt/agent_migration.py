@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,6 +35,7 @@ from novacron_libvirt.bridge import default_codec
 from novacron_libvirt.errors import is_not_found, translate
 from novacron_libvirt.migration import migrate_out, open_sink, rewrite_path_prefixes
 from novacron_libvirt.pagerefs import boot_files
+from novacron_libvirt.settings import LibvirtSettings, check_absolute
 from novacron_libvirt.streamcodec import CODEC_ZSTD
 from novacron_sdk.compute.interface import (
     IncomingStreamMigration,
@@ -46,6 +49,7 @@ from novacron_sdk.errors import (
     InvalidStateError,
     MigrationError,
     NotFoundError,
+    SecurityError,
 )
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VM
@@ -58,6 +62,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIGRATION_DIR = "/run/novacron-libvirt"
+SOCKET_NAME = re.compile(r"nc-[A-Za-z0-9_-]{1,24}\.sock")
+"""The migration socket names :func:`prepare` makes (``nc-<session>.sock``)."""
 _MIGRATABLE_XML = 8  # VIR_DOMAIN_XML_MIGRATABLE
 
 
@@ -77,43 +83,83 @@ class StreamSettings:
     """Send RAM pages found in the guest's direct-boot kernel and initrd as references."""
 
     @classmethod
-    def from_settings(cls, settings: dict[str, Any], uri: str) -> StreamSettings:
-        """Read and check the settings; ConfigError names a bad one."""
-        path_map = settings.get("migration_path_map", {})
+    def from_settings(cls, settings: Mapping[str, Any], uri: str) -> StreamSettings:
+        """Read and check the settings; ConfigError names a bad one.
+
+        A key that is absent or None (``migration_uri:`` with no value in YAML) takes its
+        default: ``migration_dir`` ``/run/novacron-libvirt``, ``migration_local_dir``
+        ``migration_dir``, ``migration_uri`` ``uri``.
+        """
+        path_map = _or_default(settings, "migration_path_map", {})
         if not isinstance(path_map, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in path_map.items()
         ):
             msg = "libvirt setting migration_path_map must map directory paths to paths"
             raise ConfigError(msg)
-        directory = Path(str(settings.get("migration_dir", DEFAULT_MIGRATION_DIR)))
-        local = Path(str(settings.get("migration_local_dir", directory)))
-        if not directory.is_absolute() or not local.is_absolute():
-            msg = "libvirt settings migration_dir and migration_local_dir must be absolute paths"
-            raise ConfigError(msg)
-        page_references = settings.get("page_references", True)
+        directory = Path(_text(settings, "migration_dir", DEFAULT_MIGRATION_DIR))
+        local = Path(_text(settings, "migration_local_dir", str(directory)))
+        for key, path in (("migration_dir", directory), ("migration_local_dir", local)):
+            check_absolute(key, str(path))
+        page_references = _or_default(settings, "page_references", True)
         if not isinstance(page_references, bool):
             msg = "libvirt setting page_references must be true or false"
             raise ConfigError(msg)
         return cls(
             migration_dir=directory,
             migration_local_dir=local,
-            migration_uri=str(settings.get("migration_uri", uri)),
+            migration_uri=_text(settings, "migration_uri", uri),
             migration_path_map=dict(path_map),
             page_references=page_references,
         )
 
+    @classmethod
+    def from_config(cls, config: LibvirtSettings, uri: str) -> StreamSettings:
+        """The stream settings of the driver's parsed, validated settings."""
+        return cls.from_settings(config.model_dump(), uri)
+
     def local_path(self, qemu_path: Path) -> Path:
-        """Where this process finds the socket QEMU knows as ``qemu_path``."""
-        try:
-            relative = qemu_path.relative_to(self.migration_dir)
-        except ValueError:
+        """Where this process finds the socket QEMU knows as ``qemu_path``.
+
+        ``qemu_path`` comes from the destination's ticket, and the source replaces the file
+        there with a socket anyone may connect to: it must be a socket name this plugin
+        makes (``nc-<session>.sock``) directly in ``migration_dir``. Anything else (``..``,
+        a subdirectory, another name) is a SecurityError; an absolute path in another
+        directory is a ConfigError (the hosts' ``migration_dir`` differ).
+        """
+        text = str(qemu_path)
+        if (
+            not qemu_path.is_absolute()
+            or ".." in qemu_path.parts
+            or not SOCKET_NAME.fullmatch(qemu_path.name)
+            or self.migration_dir in qemu_path.parent.parents  # a subdirectory
+        ):
             msg = (
-                f"the destination's migration socket {qemu_path} is not under this host's "
+                f"the destination's ticket names the migration socket {text!r}, which is not "
+                "a socket name this plugin makes (<migration_dir>/nc-<session>.sock); "
+                "refusing to bind it (is the destination agent genuine and up to date?)"
+            )
+            raise SecurityError(msg)
+        if qemu_path.parent != self.migration_dir:
+            msg = (
+                f"the destination's migration socket {qemu_path} is not in this host's "
                 f"migration_dir {self.migration_dir}: set drivers.settings.libvirt."
                 "migration_dir to the same directory on both hosts"
             )
-            raise ConfigError(msg) from None
-        return self.migration_local_dir / relative
+            raise ConfigError(msg)
+        return self.migration_local_dir / qemu_path.name
+
+
+def _or_default(settings: Mapping[str, Any], key: str, default: Any) -> Any:
+    value = settings.get(key)
+    return default if value is None else value
+
+
+def _text(settings: Mapping[str, Any], key: str, default: str) -> str:
+    value = _or_default(settings, key, default)
+    if not isinstance(value, str):
+        msg = f"libvirt setting {key} must be a string, not {type(value).__name__}"
+        raise ConfigError(msg)
+    return value
 
 
 async def offer(driver: LibvirtDriver, vm_id: str) -> StreamMigrationOffer:
@@ -210,9 +256,15 @@ async def prepare(
             "destroy or undefine it before migrating it here"
         )
         raise InvalidStateError(msg)
+    socket_name = f"nc-{session[:24]}.sock"
+    if not SOCKET_NAME.fullmatch(socket_name):
+        msg = (
+            f"migration session {session!r} cannot name a migration socket: use letters, "
+            "digits, '_' and '-' only"
+        )
+        raise MigrationError(msg)
     await driver.ex_define_xml(xml)
     try:
-        socket_name = f"nc-{session[:24]}.sock"
         local_dir = settings.migration_local_dir
         await asyncio.to_thread(local_dir.mkdir, mode=0o755, parents=True, exist_ok=True)
         references: list[Path] = []

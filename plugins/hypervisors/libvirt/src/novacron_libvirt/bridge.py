@@ -56,6 +56,10 @@ __all__ = [
 ]
 
 WIRE_VERSION = 2
+CLOSE_PATIENCE_S = 10.0
+"""How long ``close()`` lets running connections finish before it cancels them."""
+TURN_PATIENCE_S = 30.0
+"""How long the sink waits for the connections before one to arrive (see ``turn_timeout_s``)."""
 _HELLO = b"H"
 
 
@@ -126,6 +130,14 @@ class StreamBridgeSource:
             )
             # A failure is raised to every connection that needs the index.
             self._indexing.add_done_callback(lambda task: task.cancelled() or task.exception())
+        if self.socket_path.is_symlink() or (
+            self.socket_path.exists() and not self.socket_path.is_socket()
+        ):
+            msg = (
+                f"refusing to replace {self.socket_path} with the migration socket: it exists "
+                "and is not a socket (remove it, or choose another socket path)"
+            )
+            raise TransportError(msg)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
@@ -158,6 +170,7 @@ class StreamBridgeSource:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        channel: Channel | None = None
         try:
             channel = await self._channel()
             hello: dict[str, object] = {
@@ -183,21 +196,29 @@ class StreamBridgeSource:
         except Exception as exc:
             logger.warning("migration connection %d failed at the source bridge: %s", index, exc)
             self.errors.append(exc)
-            writer.close()
+            await _close_both(writer, channel)  # pump closes both itself once it runs
+        except asyncio.CancelledError:
+            # close() gave up on this connection. Ending quietly: asyncio's unix server
+            # logs a handler that ends cancelled as an error.
+            await _close_both(writer, channel)
         finally:
             if task is not None:
                 self._tasks.discard(task)
 
-    async def close(self) -> None:
-        """Stop listening and wait for the connections to finish. Safe to call twice."""
+    async def close(self, timeout_s: float = CLOSE_PATIENCE_S) -> None:
+        """Stop listening; give the connections ``timeout_s`` to finish, then cancel them.
+
+        Their unix connections and channels are closed either way. Safe to call twice.
+        """
         server, self._server = self._server, None
+        bound = server is not None
         if server is not None:
             server.close()
             await server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=10)
+        if bound and self.socket_path.is_socket():  # never a file start() refused to replace
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        await _finish_tasks(set(self._tasks), timeout_s, "source")
         spare, self._spare = self._spare, None
         if spare is not None:
             spare.cancel()
@@ -205,11 +226,39 @@ class StreamBridgeSource:
                 await (await spare).close()
 
 
+async def _close_both(writer: asyncio.StreamWriter, channel: Channel | None) -> None:
+    """Close a connection's unix socket and (if it got one) its channel, quietly."""
+    writer.close()
+    if channel is not None:
+        with contextlib.suppress(Exception):
+            await channel.close()
+
+
+async def _finish_tasks(tasks: set[asyncio.Task[Any]], timeout_s: float, end: str) -> None:
+    """Wait up to ``timeout_s`` for ``tasks``, then cancel those still running and reap them."""
+    if not tasks:
+        return
+    _done, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    if pending:
+        logger.warning(
+            "%d migration connection(s) still open at the %s bridge after %.1f s: cancelling",
+            len(pending),
+            end,
+            timeout_s,
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending)
+
+
 class StreamBridgeSink:
     """Destination end: each channel is connected, in source order, to QEMU's socket.
 
     ``reference_files``: this host's copies of the files a source may refer to (see
     :class:`StreamBridgeSource`); matched by content, so their paths may differ.
+    ``turn_timeout_s``: how long a connection waits for the ones before it (QEMU's order);
+    past it, an earlier connection is taken as lost (it failed at the source before its
+    hello) and the migration's connections are dropped.
     """
 
     def __init__(
@@ -220,9 +269,11 @@ class StreamBridgeSink:
         session: str,
         *,
         reference_files: Sequence[Path] = (),
+        turn_timeout_s: float = TURN_PATIENCE_S,
     ) -> None:
         self.transport = transport
         self.reference_files = list(reference_files)
+        self.turn_timeout_s = turn_timeout_s
         self._references = ReferenceStore({})
         self.requested = endpoint
         self.socket_path = socket_path
@@ -235,6 +286,7 @@ class StreamBridgeSink:
         self._turn = asyncio.Condition()
         self._waiting: set[asyncio.Task[Any]] = set()  # channels before their hello
         self._active: set[asyncio.Task[Any]] = set()
+        self._queued: set[asyncio.Task[Any]] = set()  # waiting for their turn
 
     @property
     def endpoint(self) -> Endpoint:
@@ -281,20 +333,27 @@ class StreamBridgeSink:
 
     async def _serve(self, channel: Channel, hello: bytes) -> None:
         writer: asyncio.StreamWriter | None = None
+        task = asyncio.current_task()
         try:
             index, codec, digests = self._check_hello(hello)
             references = self._references.select(digests) if digests else None
             decoder = ChunkDecoder(codec, references)
-            async with self._turn:
-                await self._turn.wait_for(lambda: self._failed or self._connected == index)
-                if self._failed:
-                    msg = f"an earlier migration connection failed; dropping connection {index}"
-                    raise TransportError(msg)
-                reader, writer = await connect_unix(self.socket_path)
-                self._connected += 1
-                self.stats.connections += 1
-                self.stats.codec = codec
-                self._turn.notify_all()
+            if task is not None:
+                self._queued.add(task)
+            try:
+                async with self._turn:
+                    await self._wait_for_turn(index)
+                    if self._failed:
+                        msg = f"an earlier migration connection failed; dropping connection {index}"
+                        raise TransportError(msg)
+                    reader, writer = await connect_unix(self.socket_path)
+                    self._connected += 1
+                    self.stats.connections += 1
+                    self.stats.codec = codec
+                    self._turn.notify_all()
+            finally:
+                if task is not None:
+                    self._queued.discard(task)
             await pump(reader, writer, channel, self.stats, outbound=False, decoder=decoder)
         except Exception as exc:
             logger.warning("migration connection failed at the sink bridge: %s", exc)
@@ -305,6 +364,34 @@ class StreamBridgeSink:
             if writer is not None:
                 writer.close()
             await channel.close()
+        except asyncio.CancelledError:
+            # close() gave up on it (pump closes both ends itself once it runs).
+            if writer is not None:
+                writer.close()
+            with contextlib.suppress(Exception):
+                await channel.close()
+            raise
+
+    async def _wait_for_turn(self, index: int) -> None:
+        """Wait (holding ``_turn``) until connections ``0..index-1`` are connected, or failed.
+
+        TransportError when they are not within ``turn_timeout_s``: the source closes a
+        connection that fails before its hello, so the sink would otherwise wait forever.
+        """
+        try:
+            await asyncio.wait_for(
+                self._turn.wait_for(lambda: self._failed or self._connected == index),
+                timeout=self.turn_timeout_s,
+            )
+        except TimeoutError:
+            self._failed = True
+            self._turn.notify_all()
+            msg = (
+                f"migration connection {index} arrived, but connection {self._connected} "
+                f"before it did not within {self.turn_timeout_s} s (it failed at the source); "
+                "dropping the migration's connections"
+            )
+            raise TransportError(msg) from None
 
     def _check_hello(self, frame: bytes) -> tuple[int, str, list[str]]:
         if frame[:1] != _HELLO:
@@ -333,13 +420,17 @@ class StreamBridgeSink:
             raise FrameError(msg)
         return index, str(hello.get("codec", CODEC_RAW)), digests
 
-    async def close(self) -> None:
-        """Stop accepting channels, drop unused ones, let the others finish. Safe twice."""
+    async def close(self, timeout_s: float = CLOSE_PATIENCE_S) -> None:
+        """Stop accepting channels, drop unused ones, let the others finish. Safe twice.
+
+        Connections still running after ``timeout_s`` are cancelled (and their sockets and
+        channels closed).
+        """
         listener, self._listener = self._listener, None
         if listener is not None:
             await listener.close()
-        for task in list(self._waiting):
+        # Channels not past their hello, and connections waiting for their turn: no new
+        # channel can arrive now, so neither can the connections they wait for.
+        for task in [*self._waiting, *self._queued]:
             task.cancel()
-        pending = self._waiting | self._active
-        if pending:
-            await asyncio.wait(pending, timeout=10)
+        await _finish_tasks(self._waiting | self._active, timeout_s, "sink")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
@@ -43,6 +44,31 @@ SPEC_EXTRA_KEYS = frozenset(
 INVALID_INPUT = "InvalidParameter"
 
 
+# What XML 1.0 cannot carry (libvirt-python refuses a NUL with a bare ValueError, libvirt
+# any other control character with a parse error dumping the whole XML).
+_NOT_XML_CHARS = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _check_xml_text(what: str, value: str) -> None:
+    """DriverError ``InvalidParameter`` naming ``what`` if ``value`` has a non-XML character."""
+    bad = _NOT_XML_CHARS.search(value)
+    if bad is not None:
+        msg = (
+            f"{what} has the character {bad.group()!r} at position {bad.start()}, which XML "
+            "(and so libvirt) cannot store: remove control characters other than tab and "
+            "newline"
+        )
+        raise DriverError(msg, code=INVALID_INPUT)
+
+
+def _check_spec_text(spec: VMSpec) -> None:
+    for key, value in spec.tags.items():
+        _check_xml_text(f"tag key {key!r}", key)
+        _check_xml_text(f"tag {key!r}", value)
+    for key, value in spec.extra.items():
+        _check_xml_text(f"spec.extra[{key!r}]", str(value))
+
+
 def _with_close_match(key: str) -> str:
     close = difflib.get_close_matches(key, sorted(SPEC_EXTRA_KEYS), n=1)
     return f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key)
@@ -73,17 +99,14 @@ def domain_xml(
             f"(known: {', '.join(sorted(SPEC_EXTRA_KEYS))})"
         )
         raise DriverError(msg, code=INVALID_INPUT)
+    _check_spec_text(spec)
     if "domain_xml" in extra:
-        return _named_domain_xml(str(extra["domain_xml"]), spec.name)
+        return _named_domain_xml(str(extra["domain_xml"]), spec.name, spec.tags)
     root = ET.Element("domain", type=domain_type)
     ET.SubElement(root, "name").text = spec.name
     ET.SubElement(root, "memory", unit="MiB").text = str(spec.memory_mib)
     ET.SubElement(root, "vcpu").text = str(spec.vcpus)
-    if spec.tags:
-        metadata = ET.SubElement(root, "metadata")
-        tags = ET.SubElement(metadata, f"{{{METADATA_NS}}}tags")
-        for key, value in sorted(spec.tags.items()):
-            ET.SubElement(tags, f"{{{METADATA_NS}}}tag", key=key, value=value)
+    _set_tags(root, spec.tags)
     os_element = ET.SubElement(root, "os")
     os_type = ET.SubElement(os_element, "type", arch=arch)
     os_type.text = "hvm"
@@ -122,7 +145,22 @@ def _add_devices(
     ET.SubElement(devices, "memballoon", model="none")
 
 
-def _named_domain_xml(xml: str, name: str) -> str:
+def _set_tags(root: ET.Element, tags: Mapping[str, str]) -> None:
+    """Store ``tags`` in the domain's ``<metadata>``, replacing NovaCron tags already there."""
+    if not tags:
+        return
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{METADATA_NS}}}tags"):
+        metadata.remove(old)
+    element = ET.SubElement(metadata, f"{{{METADATA_NS}}}tags")
+    for key, value in sorted(tags.items()):
+        ET.SubElement(element, f"{{{METADATA_NS}}}tag", key=key, value=value)
+
+
+def _named_domain_xml(xml: str, name: str, tags: Mapping[str, str]) -> str:
+    """The caller's domain XML with its name set to ``name`` and ``tags`` in its metadata."""
     try:
         root = ET.fromstring(xml)  # noqa: S314 - the caller's own domain XML, not remote input
     except ET.ParseError as exc:
@@ -132,7 +170,14 @@ def _named_domain_xml(xml: str, name: str) -> str:
     if name_element is None:
         name_element = ET.SubElement(root, "name")
     name_element.text = name
+    _set_tags(root, tags)
     return ET.tostring(root, encoding="unicode")
+
+
+def domain_identity(xml: str) -> tuple[str, str | None]:
+    """The ``<name>`` and ``<uuid>`` (None when absent) of domain XML made by :func:`domain_xml`."""
+    root = ET.fromstring(xml)  # noqa: S314 - produced by domain_xml above
+    return root.findtext("name") or "", (root.findtext("uuid") or "").strip() or None
 
 
 def tags_from_xml(xml: str) -> dict[str, str]:

@@ -33,6 +33,22 @@ def lookup(conn: Any, vm_id: str, uri: str) -> Any:
         raise
 
 
+def find_existing(conn: Any, name: str, uuid: str | None) -> tuple[str, str] | None:
+    """(name, UUID) of a domain named ``name`` or with UUID ``uuid``; None if there is none."""
+    lookups: list[tuple[Any, str]] = [(conn.lookupByName, name)]
+    if uuid:
+        lookups.append((conn.lookupByUUIDString, uuid))
+    for lookup_by, key in lookups:
+        try:
+            domain = lookup_by(key)
+        except libvirt.libvirtError as exc:
+            if not is_not_found(exc):
+                raise
+            continue
+        return str(domain.name()), str(domain.UUIDString())
+    return None
+
+
 def to_vm(domain: Any, *, driver: str, host: str, uri: str) -> VM:
     """The SDK's view of ``domain``."""
     state, reason = domain.state(0)

@@ -228,10 +228,24 @@ class LibvirtDriver(StreamMigrationMixin, HypervisorDriver):
             disk_path=disk_path,
             disk_format=disk_format,
         )
+        name, uuid = convert.domain_identity(xml)
+        # defineXML would overwrite the definition of a domain with this name and UUID (and a
+        # failed start would then undefine it): refuse, as an incoming migration does.
+        existing = await self._call(
+            f"look up domain {name!r}", domains.find_existing, self._conn, name, uuid
+        )
+        if existing is not None:
+            msg = (
+                f"cannot create VM {name!r}: domain {existing[0]!r} ({existing[1]}) already "
+                f"exists on {self.uri}; destroy it first, or choose another name "
+                "(and, with spec.extra['domain_xml'], another <uuid> or none)"
+            )
+            raise InvalidStateError(msg, code="VIR_ERR_OPERATION_INVALID")
         domain = await self._call(f"define domain {spec.name!r}", self._conn.defineXML, xml)
         try:
             await self._call(f"start domain {spec.name!r}", domain.create)
         except DriverError:
+            # This call defined the domain (it did not exist before): undo that.
             await self._call(f"undefine domain {spec.name!r}", domains.undefine, domain)
             raise
         return await self._call(f"get domain {spec.name!r}", self._to_vm, domain)

@@ -162,7 +162,8 @@ async def migrate_stream(
     DWCP), RAM pages found in the guest's direct-boot kernel and initrd go as references to
     the destination's copies (:func:`~novacron_libvirt.pagerefs.boot_files`). Raises
     MigrationError (the VM still runs at the source) on failure, and MigrationAbortedError
-    when ``settings.timeout_s`` passed.
+    when ``settings.timeout_s`` passed. A migration that completes although it was aborted
+    (libvirt refuses to abort post-copy) returns its result, with a warning logged.
     """
     session = secrets.token_hex(8)
     references: list[Path] = []
@@ -348,16 +349,16 @@ async def _run_migration(
         try:
             done, _pending = await asyncio.wait({job}, timeout=settings.timeout_s)
         except asyncio.CancelledError:
-            # The caller gave up: abort the job so the guest stays at the source.
-            await asyncio.to_thread(_abort_quietly, domain)
-            await asyncio.gather(job, return_exceptions=True)
-            raise
-        if not done:
-            await asyncio.to_thread(_abort_quietly, domain)
-            await asyncio.gather(job, return_exceptions=True)
+            # The caller gave up: abort the job so the guest stays at the source. If the job
+            # completed anyway (post-copy, or it finished first), the guest has moved: say so.
+            if not await _abort_and_settle(domain, job, name, "cancelled"):
+                raise
+            done = {job}
+        if not done and not await _abort_and_settle(domain, job, name, "timed out"):
             msg = (
-                f"migration of {name!r} did not finish within {settings.timeout_s} s and was "
-                "aborted; the VM runs at the source (raise migration.timeout_s or the bandwidth)"
+                f"migration of {name!r} did not finish within {settings.timeout_s} s and "
+                "was aborted; the VM runs at the source (raise migration.timeout_s or the "
+                "bandwidth)"
             )
             raise MigrationAbortedError(msg)
         moved = job.result()
@@ -392,6 +393,26 @@ async def _switch_to_postcopy(domain: Any, job: asyncio.Task[Any]) -> bool:
             return True
         await asyncio.sleep(_POSTCOPY_POLL_S)
     return False
+
+
+async def _abort_and_settle(domain: Any, job: asyncio.Task[Any], name: str, why: str) -> bool:
+    """Abort the migration job and wait for it; True if it completed all the same.
+
+    libvirt refuses ``abortJob`` once post-copy runs, and the job may finish between the
+    decision and the abort: then the guest runs at the destination and the caller must
+    report the migration's result, not a rollback.
+    """
+    await asyncio.to_thread(_abort_quietly, domain)
+    await asyncio.gather(job, return_exceptions=True)
+    if job.cancelled() or job.exception() is not None:
+        return False
+    logger.warning(
+        "migration of %r %s, but the abort came too late: the migration completed and the "
+        "VM now runs at the destination",
+        name,
+        why,
+    )
+    return True
 
 
 def _abort_quietly(domain: Any) -> None:

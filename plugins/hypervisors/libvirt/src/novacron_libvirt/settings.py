@@ -5,11 +5,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 from novacron_sdk.config.checks import parse_settings
+from novacron_sdk.errors import ConfigError
 
 SECTION = "drivers.settings.libvirt"
+
+
+ABSOLUTE = (
+    "must be an absolute path (QEMU and the agent resolve the migration sockets from "
+    "different working directories)"
+)
+
+
+def check_absolute(key: str, path: str) -> None:
+    """ConfigError naming ``key`` unless ``path`` is absolute."""
+    if not path.startswith("/"):
+        msg = f"libvirt setting {key} {ABSOLUTE}; got {path!r}"
+        raise ConfigError(msg)
 
 
 class LibvirtSettings(BaseModel):
@@ -45,6 +59,18 @@ class LibvirtSettings(BaseModel):
     page_references: StrictBool = Field(
         default=True, description="Send pages of the direct-boot kernel/initrd as references."
     )
+
+    @field_validator("migration_dir", "migration_local_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError(ABSOLUTE)
+        return value
+
+    @field_validator("migration_path_map", mode="before")
+    @classmethod
+    def _no_map(cls, value: object) -> object:
+        return {} if value is None else value  # "migration_path_map:" with no value
 
     @classmethod
     def parse(cls, settings: Mapping[str, Any]) -> LibvirtSettings:

@@ -33,7 +33,9 @@ class StreamMigrationMixin(ComputeDriver):
     def _stream_settings(self) -> StreamSettings:
         from novacron_libvirt.agent_migration import StreamSettings
 
-        return StreamSettings.from_settings(self.settings, self.uri)
+        # From the settings the driver parsed and validated (LibvirtSettings), not the raw
+        # mapping: None there means the default.
+        return StreamSettings.from_config(self._libvirt().config, self.uri)
 
     def _libvirt(self) -> LibvirtDriver:
         # The mixin is only ever a base of LibvirtDriver.
