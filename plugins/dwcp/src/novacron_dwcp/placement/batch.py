@@ -4,6 +4,11 @@
 assignment found within the time limit together with a proven lower bound on the hosts used.
 Without OR-tools it falls back to best-fit decreasing, bounded by the capacity relaxation.
 Identical requests become one integer variable per host, so hundreds of VMs stay tractable.
+
+Both solvers honour the scheduler's ``max_instances_per_host`` and ``extra_filters``. CP-SAT
+asks each extra filter once per request and host, against the hosts' usage before the batch
+(greedy asks it again as the batch fills the hosts). When some VMs are left without a host,
+the lower bound covers only the VMs that were placed, so it never exceeds ``hosts_used``.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from novacron_dwcp.placement.filters import FilterContext, first_rejection
+from novacron_dwcp.placement.filters import FilterContext, HostFilter, first_rejection
 from novacron_dwcp.placement.scheduler import NovaScheduler
 from novacron_sdk.errors import ConfigError
 from novacron_sdk.placement.interface import (
@@ -55,16 +60,46 @@ def _free(host: HostUsage) -> tuple[int, int, int, int]:
     return (host.free_vcpus, host.free_memory_mib, h.gpus - host.used_gpus, disk)
 
 
-def capacity_lower_bound(requests: Sequence[PlacementRequest], hosts: Sequence[HostUsage]) -> int:
+def placeable(
+    requests: Sequence[PlacementRequest],
+    hosts: Sequence[HostUsage],
+    *,
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
+) -> list[PlacementRequest]:
+    """The requests that at least one host allows before the batch (the others never fit)."""
+    kept = []
+    for request in requests:
+        context = FilterContext.build(request, hosts, max_instances_per_host, extra_filters)
+        if any(first_rejection(request, h, context) is None for h in hosts):
+            kept.append(request)
+    return kept
+
+
+def capacity_lower_bound(
+    requests: Sequence[PlacementRequest],
+    hosts: Sequence[HostUsage],
+    *,
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
+) -> int:
     """Hosts used at least: busy hosts, plus the fewest empty ones whose capacity covers the rest.
 
-    A relaxation (items may be split across hosts), so it never exceeds the optimum.
+    A relaxation (items may be split across hosts), so it never exceeds the optimum. Only
+    requests some host allows count (see :func:`placeable`): one no host can take is left
+    out by every solution and needs no host.
     """
+    fitting = placeable(
+        requests,
+        hosts,
+        max_instances_per_host=max_instances_per_host,
+        extra_filters=extra_filters,
+    )
     busy = [h for h in hosts if h.instances > 0]
     empty = [h for h in hosts if h.instances == 0]
     extra = 0
     for dim in range(len(DIMENSIONS)):
-        need = sum(_demand(r)[dim] for r in requests) - sum(max(0, _free(h)[dim]) for h in busy)
+        need = sum(_demand(r)[dim] for r in fitting) - sum(max(0, _free(h)[dim]) for h in busy)
         if need <= 0:
             continue
         capacities = sorted((_free(h)[dim] for h in empty), reverse=True)
@@ -79,13 +114,25 @@ def capacity_lower_bound(requests: Sequence[PlacementRequest], hosts: Sequence[H
 
 
 def greedy_batch(
-    requests: Sequence[PlacementRequest], hosts: Sequence[HostUsage], policy_name: str = "batch"
+    requests: Sequence[PlacementRequest],
+    hosts: Sequence[HostUsage],
+    policy_name: str = "batch",
+    *,
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
 ) -> list[PlacementDecision]:
     """Best-fit decreasing: biggest requests first, each onto the fullest host that fits.
 
-    Decisions come back in the order of ``requests``.
+    The scheduler's instance limit and extra filters apply to every step. Decisions come
+    back in the order of ``requests``.
     """
-    packer = NovaScheduler({"weights": {"ram": -1.0, "cpu": -1.0, "gpu_fragmentation": 0.0}})
+    packer = NovaScheduler(
+        {
+            "weights": {"ram": -1.0, "cpu": -1.0, "gpu_fragmentation": 0.0},
+            "max_instances_per_host": max_instances_per_host,
+            "extra_filters": tuple(extra_filters),
+        }
+    )
     largest = [max((_free(h)[d] for h in hosts), default=1) or 1 for d in range(2)]
 
     def size(request: PlacementRequest) -> float:
@@ -104,8 +151,12 @@ def explain_batch(
     hosts: Sequence[HostUsage],
     chosen: Sequence[str | None],
     policy_name: str,
+    *,
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
 ) -> list[PlacementDecision]:
-    """Decisions for a solved batch; a VM left out gets every host's reason once all are full."""
+    """Decisions for a solved batch; a VM left out gets every host's reason once all are full
+    (the same filters as the solver: instance limit and extra filters included)."""
     final = {h.host.id: h.model_copy(deep=True) for h in hosts}
     for request, host_id in zip(requests, chosen, strict=True):
         if host_id is not None:
@@ -114,7 +165,9 @@ def explain_batch(
     for request, host_id in zip(requests, chosen, strict=True):
         rejected: dict[str, str] = {}
         if host_id is None:
-            context = FilterContext.build(request, list(final.values()))
+            context = FilterContext.build(
+                request, list(final.values()), max_instances_per_host, extra_filters
+            )
             for usage in final.values():
                 reason = first_rejection(request, usage, context)
                 rejected[usage.host.id] = reason or "kept free for the rest of the batch"
@@ -153,14 +206,25 @@ def solve_batch(
     solver: SolverName = "auto",
     workers: int = 2,
     policy_name: str = "batch",
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
 ) -> BatchResult:
-    """Place ``requests`` on as few hosts as possible, with a proven lower bound."""
+    """Place ``requests`` on as few hosts as possible, with a proven lower bound.
+
+    ``max_instances_per_host`` and ``extra_filters`` are the scheduler settings of the same
+    names. With VMs left out, the bound covers the placed ones only (never above
+    ``hosts_used``) and a note says so.
+    """
     if solver not in ("auto", "cp-sat", "greedy"):
         msg = f"unknown batch solver {solver!r}; use auto, cp-sat or greedy"
         raise ConfigError(msg)
     started = time.perf_counter()
-    greedy = greedy_batch(requests, hosts, policy_name)
-    bound = capacity_lower_bound(requests, hosts)
+    rules: dict[str, Any] = {
+        "max_instances_per_host": max_instances_per_host,
+        "extra_filters": tuple(extra_filters),
+    }
+    greedy = greedy_batch(requests, hosts, policy_name, **rules)
+    bound = capacity_lower_bound(requests, hosts, **rules)
     notes: list[str] = []
     if solver != "greedy":
         try:
@@ -172,20 +236,36 @@ def solve_batch(
             notes.append("OR-tools is not installed: greedy solution, capacity bound")
         else:
             outcome = cpsat.solve(
-                requests, hosts, greedy, time_limit_s=time_limit_s, workers=workers
+                requests, hosts, greedy, time_limit_s=time_limit_s, workers=workers, **rules
             )
             if outcome is None:
                 notes.append("CP-SAT found no solution in time: greedy solution")
             else:
                 chosen, cp_bound, status = outcome
                 bound = max(bound, cp_bound)
-                decisions = explain_batch(requests, hosts, chosen, policy_name)
+                decisions = explain_batch(requests, hosts, chosen, policy_name, **rules)
                 if _better_or_equal(decisions, greedy, hosts):
                     return _result(
-                        decisions, hosts, bound, status, "cp-sat", started=started, notes=notes
+                        decisions,
+                        hosts,
+                        bound,
+                        status,
+                        "cp-sat",
+                        requests=requests,
+                        started=started,
+                        notes=notes,
                     )
                 notes.append("CP-SAT's best was worse than greedy in the time limit")
-    return _result(greedy, hosts, bound, "feasible", "greedy", started=started, notes=notes)
+    return _result(
+        greedy,
+        hosts,
+        bound,
+        "feasible",
+        "greedy",
+        requests=requests,
+        started=started,
+        notes=notes,
+    )
 
 
 def _result(
@@ -195,12 +275,27 @@ def _result(
     status: str,
     solver: str,
     *,
+    requests: Sequence[PlacementRequest],
     started: float,
     notes: list[str],
 ) -> BatchResult:
-    """The result, marked optimal when the solution meets the bound."""
+    """The result, marked optimal when the solution meets the bound.
+
+    With VMs left out, a bound over every request says nothing about the hosts the placed
+    ones need: the bound becomes the capacity bound of the placed VMs (at most the hosts
+    used), and a note says so.
+    """
     used = hosts_used(decisions, hosts)
-    if used == bound and all(d.host_id for d in decisions):
+    left_out = sum(d.host_id is None for d in decisions)
+    if left_out:
+        placed = [r for r, d in zip(requests, decisions, strict=True) if d.host_id is not None]
+        bound = min(used, capacity_lower_bound(placed, hosts))
+        notes = [
+            *notes,
+            f"{left_out} VM(s) left without a host: the lower bound covers the "
+            f"{len(decisions) - left_out} placed VM(s) only",
+        ]
+    elif used == bound:
         status = "optimal"  # the capacity bound can prove what the solver did not
     return BatchResult(decisions, used, bound, status, solver, time.perf_counter() - started, notes)
 
@@ -221,7 +316,8 @@ def _better_or_equal(
 class BatchPolicy(NovaScheduler):
     """Single requests like :class:`NovaScheduler`; batches through :func:`solve_batch`.
 
-    Settings add ``time_limit_s`` (10) and ``solver`` (``auto``, ``cp-sat`` or ``greedy``).
+    Settings add ``time_limit_s`` (10) and ``solver`` (``auto``, ``cp-sat`` or ``greedy``);
+    ``max_instances_per_host`` and ``extra_filters`` hold for batches as for single requests.
     """
 
     name: ClassVar[str] = "batch"
@@ -242,6 +338,8 @@ class BatchPolicy(NovaScheduler):
             time_limit_s=self.time_limit_s,
             solver=self.solver,
             policy_name=self.name,
+            max_instances_per_host=self.max_instances_per_host,
+            extra_filters=self.extra_filters,
         )
         return self.last_result.decisions
 

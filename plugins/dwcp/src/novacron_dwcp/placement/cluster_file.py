@@ -169,6 +169,20 @@ def parse_hosts(raw: object, source: str) -> list[HostUsage]:
         if "id" in fields:
             fields.setdefault("name", fields["id"])
         fields.setdefault("driver", "file")
+        aggregates = (
+            fields.get("extra", {}).get("aggregates")
+            if isinstance(fields.get("extra"), dict)
+            else None
+        )
+        if aggregates is not None and not (
+            isinstance(aggregates, str)
+            or (isinstance(aggregates, list) and all(isinstance(a, str) for a in aggregates))
+        ):
+            invalid.append(
+                f"hosts[{index}]: extra.aggregates must be a list of aggregate names "
+                f"(or one name), got {_kind(aggregates)}"
+            )
+            continue
         try:
             hosts.append(HostUsage.model_validate({"host": fields, **usage}))
         except ValidationError as exc:

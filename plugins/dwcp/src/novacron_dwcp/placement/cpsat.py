@@ -4,6 +4,11 @@ Requests with the same size, groups, labels and exclusions form one type; ``n[t,
 VMs of type ``t`` on host ``h``. Minimize ``big * unplaced + hosts used``; hosts already
 running VMs count as used. Identical empty hosts are ordered to break symmetry, and the greedy
 answer seeds the search as a hint.
+
+The scheduler's ``max_instances_per_host`` (``extra['max_instances']`` overrides it per host)
+caps the VMs per host; its ``extra_filters`` decide, per request and host against the usage
+before the batch, which pairs get a variable at all. Requests the extra filters tell apart
+are different types, and hosts they tell apart are not interchangeable.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Sequence
 from ortools.sat.python import cp_model
 
 from novacron_dwcp.placement.batch import DIMENSIONS, _demand, _free, ceil_bound
-from novacron_dwcp.placement.filters import excluded, labels
+from novacron_dwcp.placement.filters import HostFilter, excluded, host_aggregates, labels
 from novacron_sdk.placement.interface import HostUsage, PlacementDecision, PlacementRequest
 
 TypeKey = tuple[object, ...]
@@ -30,8 +35,20 @@ def _type_key(request: PlacementRequest) -> TypeKey:
     )
 
 
-def _allowed(request: PlacementRequest, host: HostUsage, limit: int | None) -> bool:
-    """Static filters: labels, exclusions, size vs free space, existing anti-affinity."""
+def _limit(host: HostUsage, max_instances_per_host: int | None) -> int | None:
+    """The host's instance limit: ``extra['max_instances']``, else the scheduler setting."""
+    limit = host.host.extra.get("max_instances", max_instances_per_host)
+    return None if limit is None else int(limit)
+
+
+def _allowed(
+    request: PlacementRequest,
+    host: HostUsage,
+    limit: int | None,
+    extra_filters: Sequence[HostFilter] = (),
+) -> bool:
+    """Static filters: labels, exclusions, size vs free space, existing anti-affinity, the
+    instance limit and the extra filters."""
     if excluded(request, host) or labels(request, host):
         return False
     if any(d > f for d, f in zip(_demand(request), _free(host), strict=True)):
@@ -39,7 +56,9 @@ def _allowed(request: PlacementRequest, host: HostUsage, limit: int | None) -> b
     group = request.anti_affinity_group
     if group and host.groups.get(group, 0) > 0:
         return False
-    return limit is None or host.instances < limit
+    if limit is not None and host.instances >= limit:
+        return False
+    return all(check(request, host) is None for check in extra_filters)
 
 
 def _host_signature(host: HostUsage) -> tuple[object, ...] | None:
@@ -50,7 +69,7 @@ def _host_signature(host: HostUsage) -> tuple[object, ...] | None:
     return (
         _free(host),
         tuple(sorted(h.labels.items())),
-        tuple(sorted(h.extra.get("aggregates", ()))),
+        tuple(sorted(host_aggregates(host))),
         h.extra.get("max_instances"),
     )
 
@@ -58,11 +77,20 @@ def _host_signature(host: HostUsage) -> tuple[object, ...] | None:
 class _BatchModel:
     """The CP-SAT variables and constraints of one batch."""
 
-    def __init__(self, requests: Sequence[PlacementRequest], hosts: Sequence[HostUsage]) -> None:
+    def __init__(
+        self,
+        requests: Sequence[PlacementRequest],
+        hosts: Sequence[HostUsage],
+        max_instances_per_host: int | None = None,
+        extra_filters: Sequence[HostFilter] = (),
+    ) -> None:
         self.requests, self.hosts = requests, hosts
+        self.limits = [_limit(h, max_instances_per_host) for h in hosts]
+        self.extra_filters = tuple(extra_filters)
         self.types: dict[TypeKey, list[int]] = defaultdict(list)
-        for i, request in enumerate(requests):
-            self.types[_type_key(request)].append(i)
+        self.key_of: list[TypeKey] = [self._key(r) for r in requests]
+        for i, key in enumerate(self.key_of):
+            self.types[key].append(i)
         self.keys = list(self.types)
         self.first = {k: requests[self.types[k][0]] for k in self.keys}
         self.model = cp_model.CpModel()
@@ -77,13 +105,21 @@ class _BatchModel:
         big = len(hosts) + 1
         self.model.minimize(big * sum(self.unplaced) + sum(self.used))
 
+    def _key(self, request: PlacementRequest) -> TypeKey:
+        """Size, groups, labels, exclusions, and which hosts the extra filters let through."""
+        if not self.extra_filters:
+            return _type_key(request)
+        verdicts = tuple(
+            all(check(request, h) is None for check in self.extra_filters) for h in self.hosts
+        )
+        return (*_type_key(request), verdicts)
+
     def _counts(self) -> None:
         """``n[t, h]`` for every allowed pair; each type's VMs are placed or counted missing."""
         for t, key in enumerate(self.keys):
             size = len(self.types[key])
             for j, host in enumerate(self.hosts):
-                limit = host.host.extra.get("max_instances")
-                if _allowed(self.first[key], host, None if limit is None else int(limit)):
+                if _allowed(self.first[key], host, self.limits[j], self.extra_filters):
                     self.count[t, j] = self.model.new_int_var(0, size, f"n{t}_{j}")
                     self.model.add(self.count[t, j] <= size * self.used[j])
             missing = self.model.new_int_var(0, size, f"unplaced{t}")
@@ -104,17 +140,20 @@ class _BatchModel:
             terms = [_demand(self.first[self.keys[t]])[d] * v for t, v in on_host]
             if terms:
                 self.model.add(sum(terms) <= free[d])
-        limit = host.host.extra.get("max_instances")
+        limit = self.limits[j]
         if limit is not None and on_host:
-            self.model.add(sum(v for _, v in on_host) <= int(limit) - host.instances)
+            self.model.add(sum(v for _, v in on_host) <= limit - host.instances)
 
     def _break_symmetry(self) -> None:
-        """Of interchangeable empty hosts, use earlier ones first."""
+        """Of interchangeable empty hosts (same free space, labels, limit, and the same
+        requests allowed), use earlier ones first."""
         previous: dict[tuple[object, ...], int] = {}
         for j, host in enumerate(self.hosts):
-            signature = _host_signature(host)
-            if signature is None:
+            base = _host_signature(host)
+            if base is None:
                 continue
+            allowed = tuple((t, j) in self.count for t in range(len(self.keys)))
+            signature = (*base, self.limits[j], allowed)
             if signature in previous:
                 self.model.add(self.used[previous[signature]] >= self.used[j])
             previous[signature] = j
@@ -125,7 +164,7 @@ class _BatchModel:
         hinted: dict[tuple[int, int], int] = defaultdict(int)
         for decision, request in zip(decisions, self.requests, strict=True):
             if decision.host_id is not None:
-                hinted[self.keys.index(_type_key(request)), index[decision.host_id]] += 1
+                hinted[self.keys.index(self._key(request)), index[decision.host_id]] += 1
         for pair, var in self.count.items():
             self.model.add_hint(var, hinted.get(pair, 0))
         busy = {j for (_, j), n in hinted.items() if n}
@@ -155,9 +194,14 @@ def solve(
     *,
     time_limit_s: float,
     workers: int,
+    max_instances_per_host: int | None = None,
+    extra_filters: Sequence[HostFilter] = (),
 ) -> tuple[list[str | None], int, str] | None:
-    """Host per request, the proven bound on hosts used, and the status; None if no solution."""
-    batch = _BatchModel(requests, hosts)
+    """Host per request, the proven bound on hosts used, and the status; None if no solution.
+
+    ``max_instances_per_host`` and ``extra_filters`` are the scheduler settings of those names.
+    """
+    batch = _BatchModel(requests, hosts, max_instances_per_host, extra_filters)
     batch.hint(hint)
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = time_limit_s

@@ -58,12 +58,26 @@ def capacity(request: PlacementRequest, host: HostUsage) -> str | None:
     return None
 
 
+def host_aggregates(host: HostUsage) -> tuple[str, ...]:
+    """The host's aggregate names from ``extra['aggregates']``: a list of names, or one name
+    as a string (YAML ``aggregates: gpu-large``), which is one aggregate, never a substring."""
+    raw = host.host.extra.get("aggregates")
+    if raw is None:
+        return ()
+    if isinstance(raw, str):
+        return (raw,)
+    if isinstance(raw, list | tuple | set | frozenset):
+        return tuple(str(name) for name in raw)
+    return (str(raw),)
+
+
 def labels(request: PlacementRequest, host: HostUsage) -> str | None:
-    """Every required label matches; ``aggregate=NAME`` also matches ``extra['aggregates']``."""
+    """Every required label matches; ``aggregate=NAME`` also matches a name in
+    ``extra['aggregates']`` (whole names only, see :func:`host_aggregates`)."""
     for key, value in request.required_labels.items():
         if host.host.labels.get(key) == value:
             continue
-        if key == "aggregate" and value in host.host.extra.get("aggregates", ()):
+        if key == "aggregate" and value in host_aggregates(host):
             continue
         return f"label {key}={value} required, host has {host.host.labels.get(key)!r}"
     return None

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from itertools import pairwise
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from novacron_dwcp.prediction._window import SampleWindow
 from novacron_dwcp.prediction.features import FEATURE_NAMES, HISTORY, features, reference_rate
@@ -146,46 +147,164 @@ class GradientBoostedModel:
         return self.lower_factors[h][s][v]
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> GradientBoostedModel:
-        """Build the model from the exported JSON document (validating its format)."""
-        if data.get("format") != MODEL_FORMAT or list(data.get("features", [])) != list(
+    def from_json(cls, data: Any, source: str = "the model file") -> GradientBoostedModel:
+        """Build the model from the exported JSON document, checking all of it first.
+
+        Types, array lengths, feature and child indices, the shape of the bound table and
+        that every number is finite are checked here, so a corrupt file fails at load time
+        with a :class:`ConfigError` naming ``source`` and the bad field, never at predict().
+        """
+        check = _ModelCheck(source)
+        body = check.object(data, "the document")
+        if body.get("format") != MODEL_FORMAT or list(body.get("features", [])) != list(
             FEATURE_NAMES
         ):
             msg = (
-                f"model format {data.get('format')!r} or its feature list does not match this "
-                f"version ({MODEL_FORMAT}); retrain with scripts/train_predictor.py"
+                f"{source}: model format {body.get('format')!r} or its feature list does not "
+                f"match this version ({MODEL_FORMAT}); retrain with scripts/train_predictor.py"
             )
             raise ConfigError(msg)
         trees = tuple(
-            Tree(
-                tuple(t["feature"]),
-                tuple(t["threshold"]),
-                tuple(t["left"]),
-                tuple(t["right"]),
-                tuple(t["value"]),
-            )
-            for t in data["trees"]
+            check.tree(raw, f"trees[{i}]")
+            for i, raw in enumerate(check.array(check.field(body, "trees"), "trees"))
         )
-        lower = data["lower"]
+        horizons = check.numbers(check.field(body, "horizons"), "horizons", positive=True)
+        if not horizons:
+            check.fail("horizons", "is empty; it lists the horizons (s) the trees were trained on")
+        lower = check.object(check.field(body, "lower"), "lower")
+        coverage = check.number(check.field(lower, "coverage", "lower"), "lower.coverage")
+        if not 0 < coverage < 1:
+            check.fail("lower.coverage", f"= {coverage} must lie between 0 and 1")
+        edges = [
+            check.numbers(check.field(lower, name, "lower"), f"lower.{name}", ascending=True)
+            for name in ("horizon_edges", "step_edges", "volatility_edges")
+        ]
+        factors = check.table(check.field(lower, "factors", "lower"), [len(e) + 1 for e in edges])
+        training = body.get("training", {})
         return cls(
-            baseline=float(data["baseline"]),
+            baseline=check.number(check.field(body, "baseline"), "baseline"),
             trees=trees,
-            min_horizon_s=float(min(data["horizons"])),
-            max_horizon_s=float(max(data["horizons"])),
-            coverage=float(lower["coverage"]),
-            horizon_edges=tuple(lower["horizon_edges"]),
-            step_edges=tuple(lower["step_edges"]),
-            volatility_edges=tuple(lower["volatility_edges"]),
-            lower_factors=tuple(
-                tuple(tuple(cell) for cell in by_step) for by_step in lower["factors"]
-            ),
-            metadata=dict(data.get("training", {})),
+            min_horizon_s=min(horizons),
+            max_horizon_s=max(horizons),
+            coverage=coverage,
+            horizon_edges=edges[0],
+            step_edges=edges[1],
+            volatility_edges=edges[2],
+            lower_factors=factors,
+            metadata=dict(check.object(training, "training")),
         )
+
+
+class _ModelCheck:
+    """Checks of one model document; every failure is a ConfigError naming the file."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, where: str, problem: str) -> NoReturn:
+        msg = (
+            f"{self.source}: {where} {problem}; the learned predictor's model file is corrupt "
+            "or hand-edited: restore it or retrain with scripts/train_predictor.py"
+        )
+        raise ConfigError(msg)
+
+    def object(self, raw: Any, where: str) -> Mapping[str, Any]:
+        if not isinstance(raw, Mapping):
+            self.fail(where, f"must be a JSON object, got {type(raw).__name__}")
+        return raw
+
+    def field(self, body: Mapping[str, Any], name: str, parent: str = "") -> Any:
+        if name not in body:
+            self.fail(f"{parent}.{name}" if parent else name, "is missing")
+        return body[name]
+
+    def array(self, raw: Any, where: str) -> list[Any]:
+        if not isinstance(raw, list):
+            self.fail(where, f"must be a JSON list, got {type(raw).__name__}")
+        return raw
+
+    def number(self, raw: Any, where: str) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+            self.fail(where, f"must be a finite number, got {raw!r}")
+        return float(raw)
+
+    def numbers(
+        self, raw: Any, where: str, *, positive: bool = False, ascending: bool = False
+    ) -> tuple[float, ...]:
+        values = tuple(
+            self.number(v, f"{where}[{i}]") for i, v in enumerate(self.array(raw, where))
+        )
+        if positive and any(v <= 0 for v in values):
+            self.fail(where, f"must hold positive numbers, got {list(values)}")
+        if ascending and any(b < a for a, b in pairwise(values)):
+            self.fail(where, f"must be in ascending order, got {list(values)}")
+        return values
+
+    def integers(self, raw: Any, where: str, low: int, high: int) -> tuple[int, ...]:
+        values = self.array(raw, where)
+        for i, v in enumerate(values):
+            if isinstance(v, bool) or not isinstance(v, int) or not low <= v < high:
+                self.fail(f"{where}[{i}]", f"= {v!r} must be an integer in [{low}, {high})")
+        return tuple(values)
+
+    def tree(self, raw: Any, where: str) -> Tree:
+        body = self.object(raw, where)
+        nodes = len(self.array(self.field(body, "value", where), f"{where}.value"))
+        if nodes == 0:
+            self.fail(f"{where}.value", "is empty; a tree has at least one leaf")
+        arrays = {}
+        for name in ("feature", "threshold", "left", "right", "value"):
+            array = self.array(self.field(body, name, where), f"{where}.{name}")
+            if len(array) != nodes:
+                self.fail(f"{where}.{name}", f"has {len(array)} items, value has {nodes}")
+            arrays[name] = array
+        feature = self.integers(arrays["feature"], f"{where}.feature", -1, len(FEATURE_NAMES))
+        left = self.integers(arrays["left"], f"{where}.left", 0, nodes)
+        right = self.integers(arrays["right"], f"{where}.right", 0, nodes)
+        for node, index in enumerate(feature):
+            # Children after their parent (as the trainer writes them): no walk can loop.
+            if index >= 0 and not (left[node] > node and right[node] > node):
+                self.fail(
+                    f"{where} node {node}",
+                    f"has children {left[node]}, {right[node]}; they must come after the node",
+                )
+        return Tree(
+            feature,
+            self.numbers(arrays["threshold"], f"{where}.threshold"),
+            left,
+            right,
+            self.numbers(arrays["value"], f"{where}.value"),
+        )
+
+    def table(self, raw: Any, shape: list[int]) -> tuple[tuple[tuple[float, ...], ...], ...]:
+        where = "lower.factors"
+        rows = self.array(raw, where)
+        if len(rows) != shape[0]:
+            self.fail(where, f"has {len(rows)} horizon rows, the horizon edges need {shape[0]}")
+        table = []
+        for h, by_step in enumerate(rows):
+            steps = self.array(by_step, f"{where}[{h}]")
+            if len(steps) != shape[1]:
+                self.fail(f"{where}[{h}]", f"has {len(steps)} step rows, need {shape[1]}")
+            cells = []
+            for s, cell in enumerate(steps):
+                values = self.numbers(cell, f"{where}[{h}][{s}]", positive=True)
+                if len(values) != shape[2]:
+                    self.fail(
+                        f"{where}[{h}][{s}]", f"has {len(values)} volatility bins, need {shape[2]}"
+                    )
+                cells.append(values)
+            table.append(tuple(cells))
+        return tuple(table)
 
 
 @cache
 def load_model(path: str | None = None) -> GradientBoostedModel:
-    """Load a model file (default: the one shipped in the package); cached per path."""
+    """Load a model file (default: the one shipped in the package); cached per path.
+
+    A file that is not JSON, or whose content is not a valid model, is a ConfigError naming
+    the file and what is wrong with it (see :meth:`GradientBoostedModel.from_json`).
+    """
     try:
         if path is None:
             text = resources.files("novacron_dwcp.prediction.model").joinpath(DEFAULT_MODEL)
@@ -196,7 +315,7 @@ def load_model(path: str | None = None) -> GradientBoostedModel:
     except (OSError, ValueError) as exc:
         msg = f"cannot load the learned predictor's model {path or DEFAULT_MODEL!r}: {exc}"
         raise ConfigError(msg) from exc
-    return GradientBoostedModel.from_json(data)
+    return GradientBoostedModel.from_json(data, f"model file {path or DEFAULT_MODEL}")
 
 
 class LearnedPredictor(BandwidthPredictor):

@@ -8,6 +8,7 @@ mean over any future interval, which is what every predictor is scored against.
 from __future__ import annotations
 
 import hashlib
+import math
 from bisect import bisect_right
 from dataclasses import dataclass
 from itertools import pairwise
@@ -34,10 +35,19 @@ class Trace:
 
     @classmethod
     def from_points(cls, name: str, points: list[tuple[float, float]]) -> Trace:
-        """Build a trace from ``(time_s, bits_per_second)`` points with increasing times."""
+        """Build a trace from ``(time_s, bits_per_second)`` points with finite, strictly
+        increasing times and finite, non-negative rates (:func:`read_trace` checks files line
+        by line and names the line)."""
         if len(points) < 2:
             msg = f"trace {name!r} has {len(points)} sample(s); at least 2 are needed"
             raise ConfigError(msg)
+        for index, (t, rate) in enumerate(points):
+            if not (math.isfinite(t) and math.isfinite(rate)) or rate < 0:
+                msg = (
+                    f"trace {name!r}: sample {index} ({t}, {rate}) needs a finite time and a "
+                    "finite, non-negative rate"
+                )
+                raise ConfigError(msg)
         times = [p[0] for p in points]
         for before, after in pairwise(times):
             if after <= before:
@@ -48,6 +58,9 @@ class Trace:
         cumulative = [0.0]
         for (t, rate), start in zip(points, starts, strict=True):
             cumulative.append(cumulative[-1] + rate * (t - start))
+        if not math.isfinite(cumulative[-1]) or not math.isfinite(starts[0]):
+            msg = f"trace {name!r}: rates x durations overflow a float; check the units"
+            raise ConfigError(msg)
         return cls(
             name, tuple(times), tuple(p[1] for p in points), tuple(starts), tuple(cumulative)
         )
@@ -79,7 +92,12 @@ class Trace:
 
 
 def read_trace(path: Path) -> Trace:
-    """Read a trace file in the shared format (time in s, throughput in Mbit/s)."""
+    """Read a trace file in the shared format (time in s, throughput in Mbit/s).
+
+    Every sample needs a finite time, strictly greater than the previous sample's, and a
+    finite, non-negative throughput; a line that breaks this is a ConfigError naming
+    ``FILE:LINE`` and what to fix.
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -92,6 +110,7 @@ def read_trace(path: Path) -> Trace:
         )
         raise ConfigError(msg) from exc
     points: list[tuple[float, float]] = []
+    previous = 0
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0].startswith("#"):
@@ -101,9 +120,22 @@ def read_trace(path: Path) -> Trace:
         except (ValueError, IndexError) as exc:
             msg = f"{path}:{number}: expected 'time_seconds<TAB>Mbit_per_s', got {line!r}"
             raise ConfigError(msg) from exc
+        if not math.isfinite(t):
+            msg = f"{path}:{number}: time {fields[0]!r} is not a finite number of seconds"
+            raise ConfigError(msg)
+        if not math.isfinite(mbps * BITS_PER_MEGABIT):
+            msg = f"{path}:{number}: throughput {fields[1]!r} is not a finite number of Mbit/s"
+            raise ConfigError(msg)
         if mbps < 0:
             msg = f"{path}:{number}: negative throughput {mbps}"
             raise ConfigError(msg)
+        if points and t <= points[-1][0]:
+            msg = (
+                f"{path}:{number}: time {t:g} s does not increase after {points[-1][0]:g} s "
+                f"(line {previous}); sample times must grow strictly, one sample a line"
+            )
+            raise ConfigError(msg)
+        previous = number
         points.append((t, mbps * BITS_PER_MEGABIT))
     if len(points) < 2:
         msg = (

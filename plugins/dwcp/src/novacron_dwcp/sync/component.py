@@ -3,7 +3,11 @@ init component that replicates this host's VM inventory to the other regions.
 
 Every ``interval_s`` the component writes each local VM into the replica's ``vms`` map
 (key: VM id) and deletes VMs that went away; the anti-entropy loop carries the changes to
-the peers. ``context.values["sync_node"]`` gives the node to other components.
+the peers. The replica lives only in memory, so after a restart the component also treats
+every entry the replica holds for this host (``host`` = the agent's name, ``region`` = this
+region), as handed back by the peers, as published: a VM deleted while the agent was down
+is then deleted everywhere on the next pass instead of staying in every region for good.
+``context.values["sync_node"]`` gives the node to other components.
 """
 
 from __future__ import annotations
@@ -53,6 +57,12 @@ class SyncComponent(Component):
         replica = self.node.replica
         published: dict[str, Any] = {}
         while True:
+            if self.node.exchanges:
+                # What the peers hand back for this host is ours to keep or delete.
+                published = {
+                    **_owned(replica.map("vms").items(), service.name, settings),
+                    **published,
+                }
             try:
                 vms = await service.driver.list_vms()
             except NovaCronError as exc:
@@ -83,3 +93,14 @@ class SyncComponent(Component):
                 await self._publisher
         if self.node is not None:
             await self.node.close()
+
+
+def _owned(entries: dict[str, Any], host: str, settings: SyncSettings) -> dict[str, Any]:
+    """The live ``vms`` entries that this host in this region published (in any run)."""
+    return {
+        vm_id: record
+        for vm_id, record in entries.items()
+        if isinstance(record, dict)
+        and record.get("host") == host
+        and record.get("region") == settings.region
+    }

@@ -167,24 +167,26 @@ class Replica:
             "sets": {name: s.delta(seen) for name, s in self.sets.items()},
         }
 
-    def merge(self, delta: Mapping[str, Any], peer_seen: Mapping[str, Timestamp]) -> int:
-        """Merge a peer's delta (made against our watermarks); how many items were new."""
+    def merge(self, delta: Mapping[str, Any] | Delta, peer_seen: Mapping[str, Timestamp]) -> int:
+        """Merge a peer's delta (made against our watermarks); how many items were new.
+
+        A raw (JSON) delta is decoded and checked whole by :func:`decode_delta` before
+        anything is applied, so a malformed one raises :class:`DeltaError` and changes nothing.
+        """
+        decoded = delta if isinstance(delta, Delta) else decode_delta(delta)
         applied: list[Timestamp] = []
-        for name, entries in delta.get("maps", {}).items():
+        for name, map_entries in decoded.maps.items():
             target = self.map(name)
-            for key, raw_ts, value in entries:
-                ts = Timestamp.decode(raw_ts)
+            for key, ts, value in map_entries:
                 if target.apply(key, ts, value):
                     applied.append(ts)
-        for name, body in delta.get("sets", {}).items():
+        for name, (adds, removes) in decoded.sets.items():
             target_set = self.set(name)
-            for element, raw_tag in body.get("adds", ()):
-                tag = Timestamp.decode(raw_tag)
+            for element, tag in adds:
                 if target_set.apply_add(element, tag):
                     applied.append(tag)
-            for element, raw_tag, raw_ts in body.get("removes", ()):
-                ts = Timestamp.decode(raw_ts)
-                if target_set.apply_remove(element, Timestamp.decode(raw_tag), ts):
+            for element, tag, ts in removes:
+                if target_set.apply_remove(element, tag, ts):
                     applied.append(ts)
         for ts in applied:
             self.clock.observe(ts)
@@ -208,6 +210,126 @@ def encode_seen(seen: Mapping[str, Timestamp]) -> dict[str, list[int | str]]:
     return {origin: ts.encode() for origin, ts in seen.items()}
 
 
-def decode_seen(raw: Mapping[str, Any]) -> Watermarks:
-    """Inverse of :func:`encode_seen`."""
-    return {origin: Timestamp.decode(ts) for origin, ts in raw.items()}
+def decode_seen(raw: Any) -> Watermarks:
+    """Inverse of :func:`encode_seen`; :class:`DeltaError` when ``raw`` is malformed."""
+    if not isinstance(raw, Mapping):
+        msg = f"seen must be an object of origin -> timestamp, got {type(raw).__name__}"
+        raise DeltaError(msg)
+    return {
+        _string(origin, "seen origin"): decode_timestamp(ts, f"seen[{origin!r}]")
+        for origin, ts in raw.items()
+    }
+
+
+class DeltaError(ValueError):
+    """A delta or watermark set from a peer is malformed; nothing of it was applied."""
+
+
+MapEntry = tuple[str, Timestamp, Any]
+SetAdd = tuple[str, Timestamp]
+SetRemove = tuple[str, Timestamp, Timestamp]
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A decoded, checked delta: per map ``(key, ts, value)``; per set ``(adds, removes)``."""
+
+    maps: dict[str, list[MapEntry]] = field(default_factory=dict)
+    sets: dict[str, tuple[list[SetAdd], list[SetRemove]]] = field(default_factory=dict)
+
+
+def _string(raw: Any, where: str) -> str:
+    if not isinstance(raw, str):
+        msg = f"{where}: expected a string, got {raw!r}"
+        raise DeltaError(msg)
+    return raw
+
+
+def _items(raw: Any, length: int, where: str) -> list[Any]:
+    if not isinstance(raw, list | tuple) or len(raw) != length:
+        msg = f"{where}: expected a list of {length} items, got {raw!r}"
+        raise DeltaError(msg)
+    return list(raw)
+
+
+def _list(raw: Any, where: str) -> list[Any]:
+    if not isinstance(raw, list | tuple):
+        msg = f"{where}: expected a list, got {type(raw).__name__}"
+        raise DeltaError(msg)
+    return list(raw)
+
+
+def _object(raw: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(raw, Mapping):
+        msg = f"{where}: expected an object, got {type(raw).__name__}"
+        raise DeltaError(msg)
+    return raw
+
+
+def decode_timestamp(raw: Any, where: str = "timestamp") -> Timestamp:
+    """``[wall_ms, logical, node]`` with non-negative integers and a non-empty node name."""
+    wall, logical, node = _items(raw, 3, where)
+    for number in (wall, logical):
+        if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+            msg = f"{where}: expected [wall_ms, logical, node] with integers >= 0, got {raw!r}"
+            raise DeltaError(msg)
+    if not isinstance(node, str) or not node:
+        msg = f"{where}: expected a non-empty node name as the third item, got {node!r}"
+        raise DeltaError(msg)
+    return Timestamp(wall, logical, node)
+
+
+def decode_delta(raw: Any) -> Delta:
+    """Check and decode a whole JSON delta (as :meth:`Replica.delta` makes it).
+
+    Raises :class:`DeltaError` naming the first bad item; applies nothing, so a caller can
+    reject the delta as a whole.
+    """
+    body = _object(raw, "delta")
+    unknown = set(body) - {"maps", "sets"}
+    if unknown:
+        msg = f"delta: unknown sections {sorted(unknown)} (expected maps, sets)"
+        raise DeltaError(msg)
+    maps: dict[str, list[MapEntry]] = {}
+    for name, entries in _object(body.get("maps", {}), "delta.maps").items():
+        where = f"delta.maps[{name!r}]"
+        decoded: list[MapEntry] = []
+        for i, entry in enumerate(_list(entries, where)):
+            key, raw_ts, value = _items(entry, 3, f"{where}[{i}]")
+            decoded.append(
+                (
+                    _string(key, f"{where}[{i}] key"),
+                    decode_timestamp(raw_ts, f"{where}[{i}] timestamp"),
+                    value,
+                )
+            )
+        maps[_string(name, "delta.maps name")] = decoded
+    sets: dict[str, tuple[list[SetAdd], list[SetRemove]]] = {}
+    for name, section in _object(body.get("sets", {}), "delta.sets").items():
+        where = f"delta.sets[{name!r}]"
+        section_body = _object(section, where)
+        unknown = set(section_body) - {"adds", "removes"}
+        if unknown:
+            msg = f"{where}: unknown sections {sorted(unknown)} (expected adds, removes)"
+            raise DeltaError(msg)
+        adds: list[SetAdd] = []
+        for i, entry in enumerate(_list(section_body.get("adds", []), f"{where}.adds")):
+            element, raw_tag = _items(entry, 2, f"{where}.adds[{i}]")
+            adds.append(
+                (
+                    _string(element, f"{where}.adds[{i}] element"),
+                    decode_timestamp(raw_tag, f"{where}.adds[{i}] tag"),
+                )
+            )
+        removes: list[SetRemove] = []
+        for i, entry in enumerate(_list(section_body.get("removes", []), f"{where}.removes")):
+            element, raw_tag, raw_ts = _items(entry, 3, f"{where}.removes[{i}]")
+            removes.append(
+                (
+                    _string(element, f"{where}.removes[{i}] element"),
+                    decode_timestamp(raw_tag, f"{where}.removes[{i}] tag"),
+                    decode_timestamp(raw_ts, f"{where}.removes[{i}] timestamp"),
+                )
+            )
+        sets[_string(name, "delta.sets name")] = (adds, removes)
+    return Delta(maps, sets)

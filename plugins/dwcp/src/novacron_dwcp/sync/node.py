@@ -23,10 +23,17 @@ from typing import Any
 
 import httpx
 import uvicorn
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, HTTPException
 from pydantic import BaseModel
 
-from novacron_dwcp.sync.crdt import Replica, Watermarks, decode_seen, encode_seen
+from novacron_dwcp.sync.crdt import (
+    DeltaError,
+    Replica,
+    Watermarks,
+    decode_delta,
+    decode_seen,
+    encode_seen,
+)
 from novacron_dwcp.sync.hlc import Timestamp, wall_ms
 
 log = logging.getLogger(__name__)
@@ -90,9 +97,14 @@ class SyncNode:
         self.staleness_by_origin.setdefault(ts.node, []).append(staleness)
 
     def handle(self, message: ExchangeMessage) -> ExchangeMessage:
-        """Serve one exchange: merge the caller's delta, answer with what it lacks."""
+        """Serve one exchange: merge the caller's delta, answer with what it lacks.
+
+        The whole delta and the watermarks are decoded and checked before anything is
+        merged; a malformed message raises :class:`DeltaError` and changes nothing.
+        """
         caller_seen = decode_seen(message.seen)
-        self.replica.merge(message.delta, caller_seen)
+        delta = decode_delta(message.delta)
+        self.replica.merge(delta, caller_seen)
         self._peer_seen[message.node] = caller_seen
         return ExchangeMessage(
             node=self.name,
@@ -106,12 +118,19 @@ class SyncNode:
 
         @router.post(EXCHANGE_PATH)
         async def exchange(message: ExchangeMessage) -> ExchangeMessage:
-            return self.handle(message)
+            try:
+                return self.handle(message)
+            except DeltaError as exc:
+                log.warning("sync %s: rejected exchange from %s: %s", self.name, message.node, exc)
+                raise HTTPException(
+                    status_code=422, detail=f"malformed sync exchange, nothing merged: {exc}"
+                ) from exc
 
         return router
 
     async def exchange_with(self, peer: str) -> bool:
-        """One push-pull exchange with ``peer``; False (logged) when it is unreachable."""
+        """One push-pull exchange with ``peer``; False (counted in ``failures``, logged) when
+        it is unreachable or its reply is malformed (then nothing of the reply is merged)."""
         rounds = self._rounds.get(peer, 0)
         self._rounds[peer] = rounds + 1
         full = self.full_every > 0 and rounds % self.full_every == 0
@@ -127,13 +146,19 @@ class SyncNode:
                 timeout=self.timeout_s,
             )
             response.raise_for_status()
-            reply = ExchangeMessage.model_validate_json(response.content)
-        except (httpx.HTTPError, ValueError) as exc:
+        except httpx.HTTPError as exc:
             self.failures[peer] = self.failures.get(peer, 0) + 1
             log.debug("sync %s -> %s failed: %r", self.name, peer, exc)
             return False
-        peer_seen = decode_seen(reply.seen)
-        self.replica.merge(reply.delta, peer_seen)
+        try:
+            reply = ExchangeMessage.model_validate_json(response.content)
+            peer_seen = decode_seen(reply.seen)
+            delta = decode_delta(reply.delta)
+        except ValueError as exc:  # pydantic's ValidationError and DeltaError
+            self.failures[peer] = self.failures.get(peer, 0) + 1
+            log.warning("sync %s -> %s: malformed reply ignored: %s", self.name, peer, exc)
+            return False
+        self.replica.merge(delta, peer_seen)
         self._peer_seen[peer] = peer_seen
         self.exchanges += 1
         return True
@@ -145,7 +170,11 @@ class SyncNode:
 
     async def _loop(self, peer: str) -> None:
         while True:
-            await self.exchange_with(peer)
+            try:
+                await self.exchange_with(peer)
+            except Exception:  # a bug must not end this peer's anti-entropy for good
+                self.failures[peer] = self.failures.get(peer, 0) + 1
+                log.exception("sync %s -> %s: exchange failed unexpectedly", self.name, peer)
             await asyncio.sleep(self.interval_s)
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -172,15 +201,18 @@ class SyncNode:
             self._tasks = [loop.create_task(self._loop(peer)) for peer in self.peers]
 
     async def close(self) -> None:
-        """Stop the loop and the server."""
-        for task in self._tasks:
+        """Stop the loops, the server and the HTTP client (each even if another step fails)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self._server is not None and self._server_task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self._server_task, 5)
-        await self._http.aclose()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception):
+                log.warning("sync %s: a peer loop had ended with %r", self.name, result)
+        try:
+            if self._server is not None and self._server_task is not None:
+                self._server.should_exit = True
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait_for(self._server_task, 5)
+        finally:
+            await self._http.aclose()
