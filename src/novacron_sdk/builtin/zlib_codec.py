@@ -98,7 +98,7 @@ def parse_batch_header(payload: bytes, *, kind: int, page_size: int) -> BatchHea
             f"{_HEADER.size}-byte header"
         )
         raise EncodingError(msg)
-    magic, version, got_kind, flags, _reserved, seq, count, size = _HEADER.unpack_from(payload)
+    magic, version, got_kind, flags, reserved, seq, count, size = _HEADER.unpack_from(payload)
     if magic != MAGIC:
         msg = f"bad payload magic {magic!r}, expected {MAGIC!r}: not a page-batch payload"
         raise EncodingError(msg)
@@ -114,6 +114,12 @@ def parse_batch_header(payload: bytes, *, kind: int, page_size: int) -> BatchHea
         raise EncodingError(msg)
     if size != page_size:
         msg = f"payload has {size}-byte pages, the decoder expects {page_size}"
+        raise EncodingError(msg)
+    if reserved or flags & ~FLAG_WIDE_INDICES:
+        msg = (
+            f"payload header has reserved byte {reserved:#x} and flags {flags:#x}; only flag "
+            f"{FLAG_WIDE_INDICES:#x} is defined and the reserved byte must be 0"
+        )
         raise EncodingError(msg)
     width = 8 if flags & FLAG_WIDE_INDICES else 4
     body_offset = _HEADER.size + count * width

@@ -327,7 +327,9 @@ class SimDriver(HypervisorDriver):
         self.require(DriverFeature.DESTROY)
         with self._inventory.transaction(write=True):
             record = self._inventory.find(vm_id)
-            if record.migration is not None:
+            # The state, read from the shared file under its lock, also covers a migration
+            # that another process runs (``record.migration`` exists only in that process).
+            if record.migration is not None or record.state is VMState.MIGRATING:
                 msg = (
                     f"cannot destroy VM {record.spec.name!r} ({record.id}) while it migrates: "
                     "let the migration finish or cancel it first"
@@ -471,7 +473,7 @@ class SimDriver(HypervisorDriver):
             record = self._inventory.find(vm_id)
         memory = await self._materialize(record)
         with self._inventory.transaction(write=True):
-            if record.migration is not None:
+            if record.migration is not None or record.state is VMState.MIGRATING:
                 msg = f"cannot change the workload of VM {record.id} while it migrates"
                 raise InvalidStateError(msg)
             workload = Workload(memory, extra.workload)

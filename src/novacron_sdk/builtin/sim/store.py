@@ -123,7 +123,7 @@ class StateFile:
     def read(self) -> list[_StoredVM]:
         """The stored VMs (none if the file does not exist yet). Call while locked."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes()  # bad UTF-8 is then a validation error like others
         except FileNotFoundError:
             return []
         except OSError as exc:
@@ -137,6 +137,12 @@ class StateFile:
                 f"first: {exc.errors()[0]['msg']}); move it away to start empty"
             )
             raise DriverError(msg) from exc
+        if stored.format != _FORMAT:
+            msg = (
+                f"sim state file {str(self.path)!r} has format {stored.format!r}; this release "
+                f"reads {_FORMAT!r}: use the release that wrote it, or move the file away"
+            )
+            raise DriverError(msg)
         return stored.vms
 
     def write(self, records: list[SimVMRecord]) -> None:

@@ -271,13 +271,18 @@ class Workload:
         self._clock = end_clock
         out: list[int] = []
         while clock < end_clock:
+            # The lap's bounds are computed as (lap + 1) * duration, the same expression as
+            # the next lap's start: with lap_start + duration instead, rounding could make the
+            # stop equal the clock (6 * 0.04 + 0.04 < 7 * 0.04) and the loop never advance.
             lap = int(clock // duration)
-            if (lap + 1) * duration <= clock:
+            while (lap + 1) * duration <= clock:
                 lap += 1
+            while lap > 0 and lap * duration > clock:
+                lap -= 1
             if lap >= 1 and not self.spec.loop:
                 break
             lap_start = lap * duration
-            stop = min(end_clock, lap_start + duration)
+            stop = min(end_clock, (lap + 1) * duration)
             low = bisect.bisect_left(times, clock - lap_start)
             high = bisect.bisect_left(times, stop - lap_start)
             out.extend(pages[low:high])

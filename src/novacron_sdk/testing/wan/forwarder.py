@@ -132,6 +132,9 @@ def run(  # noqa: PLR0912, PLR0915 -- one hot loop, kept in one frame for speed
             # A cut link loses what is on the wire too, as a pulled cable does.
             switch.dropped += len(queue)
             queue.clear()
+            # Nor is the link still busy sending what was dropped: after a heal, the next
+            # packet finds it free (it used to wait behind the lost backlog).
+            scheduler.link_free_at = min(scheduler.link_free_at, monotonic() - started)
             switch.publish()
         now = monotonic() - started
         if events:
