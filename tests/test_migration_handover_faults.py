@@ -96,6 +96,22 @@ def _engines(monkeypatch: pytest.MonkeyPatch) -> list[MigrationEngine]:
     return made
 
 
+def _failing_source(driver: SimDriver, method: str, error: Exception) -> None:
+    """Fault injector: the migration sources ``driver`` opens raise ``error`` in ``method``."""
+    open_source = driver.open_migration_source
+
+    async def opening(vm_id: str) -> Any:
+        source = await open_source(vm_id)
+
+        async def fail() -> None:
+            raise error
+
+        setattr(source, method, fail)
+        return source
+
+    driver.open_migration_source = opening  # type: ignore[method-assign]
+
+
 def _is(frame: bytes, kind: Msg) -> bool:
     return frame[:1] == bytes([kind])
 
@@ -329,19 +345,7 @@ async def test_a_failure_after_the_hand_over_does_not_resume_the_source(drivers)
     reports the move (and the leftover copy), never resumes the source."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    open_source = src.open_migration_source
-
-    async def failing_release(vm_id: str) -> Any:
-        source = await open_source(vm_id)
-
-        async def release() -> None:
-            msg = "the hypervisor could not free the source copy"
-            raise TransportError(msg)
-
-        source.release = release  # type: ignore[method-assign]
-        return source
-
-    src.open_migration_source = failing_release  # type: ignore[method-assign]
+    _failing_source(src, "release", TransportError("the hypervisor could not free the copy"))
     plugins, settings, plan = _plan()
     with pytest.raises(MigrationError, match="the VM moved, but the source copy was not released"):
         await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
@@ -558,19 +562,7 @@ async def test_a_failed_rollback_says_so(drivers) -> None:
 
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    open_source = src.open_migration_source
-
-    async def failing_rollback(vm_id: str) -> Any:
-        source = await open_source(vm_id)
-
-        async def rollback() -> None:
-            msg = "the hypervisor refused to resume the guest"
-            raise DriverError(msg)
-
-        source.rollback = rollback  # type: ignore[method-assign]
-        return source
-
-    src.open_migration_source = failing_rollback  # type: ignore[method-assign]
+    _failing_source(src, "rollback", DriverError("the hypervisor refused to resume the guest"))
 
     async def break_round(channel: _Faulty, frame: bytes) -> bool:
         if _is(frame, Msg.ROUND_END):
