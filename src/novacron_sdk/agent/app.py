@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from novacron_sdk.__about__ import __version__
 from novacron_sdk.agent.service import AgentService
+from novacron_sdk.cluster.ownership import release_vm
 from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.errors import (
     ConfigError,
@@ -292,9 +293,15 @@ def create_app(service: AgentService, status_provider: StatusProvider | None = N
 
     @app.delete("/v1/vms/{vm_id}", status_code=204)
     async def destroy_vm(vm_id: str) -> Response:
-        """Destroy a VM."""
+        """Destroy a VM, and release its ownership record (cluster mode)."""
         vm = await service.driver.get_vm(vm_id)
         await service.driver.destroy(vm.id)
+        if service.state_store is not None:
+            try:
+                await release_vm(service.state_store, vm.name, service.name)
+            except (NovaCronError, OSError) as exc:
+                # The VM is gone all the same; a later membership pass retries if it knew the VM.
+                log.warning("VM %s destroyed; releasing its owner record failed: %s", vm.name, exc)
         return Response(status_code=204)
 
     @app.get("/v1/vms/{vm_id}/digest")

@@ -22,7 +22,12 @@ from novacron_sdk.agent import stream
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.metrics import AgentMetrics
 from novacron_sdk.agent.stream_run import StreamMigrationRun
-from novacron_sdk.cluster.ownership import destination_fence, record_owner, source_fence
+from novacron_sdk.cluster.ownership import (
+    destination_fence,
+    get_owner,
+    record_owner,
+    source_fence,
+)
 from novacron_sdk.compute.interface import StreamMigrationOffer
 from novacron_sdk.consensus.interface import StateStore
 from novacron_sdk.encoding.interface import PageCodec
@@ -217,11 +222,22 @@ class AgentService:
         ``LIVE_MIGRATION_SOURCE``) migrate through ``agent.stream``.
         """
         settings, dest_url, vm = await self._check_request(vm_ref, destination, overrides)
-        if self.state_store is not None:
-            # A VM created since the membership's last pass has no owner record yet: record
-            # this host now, before the destination reads the record it must win at COMMIT
-            # (otherwise the membership could create it between that read and COMMIT).
-            await record_owner(self.state_store, vm.name, self.name)
+        # A VM created since the membership's last pass has no owner record yet: record
+        # this host now, before the destination reads the record it must win at COMMIT
+        # (otherwise the membership could create it between that read and COMMIT). A record
+        # naming another host would leave the migration unfenced (a roll-back could not
+        # re-claim the VM): refuse.
+        store = self.state_store
+        if store is not None and not await record_owner(store, vm.name, self.name):
+            owner = await get_owner(store, vm.name)
+            if owner is not None and owner.host != self.name:
+                msg = (
+                    f"VM {vm.name} is recorded as owned by host {owner.host!r}, not by "
+                    f"{self.name!r}; not migrating it, since its migration could not be "
+                    "fenced. Check the ownership record (novacron status --cluster): VM "
+                    "names must be unique in the cluster"
+                )
+                raise MigrationError(msg)
         if self._streams():
             return await stream.start_outgoing(self, vm, settings, dest_url)
         migration_id = uuid.uuid4().hex[:12]

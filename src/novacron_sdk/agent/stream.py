@@ -22,16 +22,18 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.stream_run import StreamMigrationRun
+from novacron_sdk.cluster.ownership import destination_fence, source_fence
 from novacron_sdk.compute.interface import (
+    ComputeDriver,
     IncomingStreamMigration,
     StreamMigrationOffer,
     StreamMigrationTicket,
@@ -39,10 +41,11 @@ from novacron_sdk.compute.interface import (
 from novacron_sdk.errors import InvalidStateError, MigrationError, NovaCronError, TransportError
 from novacron_sdk.migration import protocol
 from novacron_sdk.migration.models import (
+    MigrationPhase,
     MigrationSettings,
 )
 from novacron_sdk.migration.protocol import Msg
-from novacron_sdk.models import VM, DriverFeature
+from novacron_sdk.models import VM, DriverFeature, VMState
 from novacron_sdk.transport.interface import (
     Channel,
     ChannelHandler,
@@ -141,6 +144,10 @@ class IncomingStream:
     state: str = "pending"
     error: str | None = None
     connections: int = 0
+    vm: str = ""
+    """The VM's name (its ownership record's key)."""
+    fence: Callable[[], Awaitable[bool]] | None = None
+    """Cluster mode: the ownership claim to win before the VM counts as arrived here."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form for the API (never includes the token)."""
@@ -197,18 +204,44 @@ async def route_channel(
 
 
 async def finish_incoming(incoming: IncomingStream, succeeded: bool, error: str | None) -> None:
-    """Close the sink; on failure the driver discards what it prepared."""
+    """Close the sink; on failure the driver discards what it prepared.
+
+    In cluster mode a success counts only once this host won the VM's ownership record
+    (the fence taken at prepare). When another host owns it, the migration ends
+    ``aborted`` and this raises MigrationError saying so; the driver is still told that
+    the stream succeeded, so that it does not discard a guest that may be the only copy.
+    """
     if incoming.state in ("completed", "aborted"):
         return
     handle = incoming.handle
-    incoming.state = "completed" if succeeded else "aborted"
-    incoming.error = None if succeeded else (error or "the source reported a failure")
+    lost: str | None = None
+    if succeeded and incoming.fence is not None:
+        lost = await _claim(incoming, incoming.fence)
+    incoming.state = "completed" if succeeded and lost is None else "aborted"
+    incoming.error = lost if succeeded else (error or "the source reported a failure")
     if handle is not None:
         try:
             await handle.finish(succeeded)
         except Exception as exc:
             incoming.error = f"{incoming.error or ''}; cleanup failed: {exc}".lstrip("; ")
             raise
+    if lost is not None:
+        raise MigrationError(lost)
+
+
+async def _claim(incoming: IncomingStream, fence: Callable[[], Awaitable[bool]]) -> str | None:
+    """Win the VM's ownership record for this host: None, or why it was not won."""
+    try:
+        if await fence():
+            return None
+        why = "another host owns it now (the ownership compare-and-swap was lost)"
+    except NovaCronError as exc:
+        why = f"its ownership record could not be claimed ({exc})"
+    log.warning("incoming stream migration %s of %s: %s", incoming.id, incoming.vm, why)
+    return (
+        f"VM {incoming.vm} arrived, but {why}; it does not count as migrated here: check "
+        "the ownership record (novacron status --cluster) before using this copy"
+    )
 
 
 def choose_transport(
@@ -287,26 +320,107 @@ async def _run_outgoing(
     transport: StreamSourceTransport,
 ) -> None:
     succeeded = False
+    driver: ComputeDriver = service.driver
+    fenced: _FencedSource | None = None
+    if service.state_store is not None:
+        fenced = _FencedSource(driver, source_fence(service.state_store, run.vm, service.name))
+        driver = cast("ComputeDriver", fenced)
     try:
-        mig.report = await run.run(service.driver, mig.vm, ticket, transport)
+        mig.report = await run.run(driver, mig.vm, ticket, transport)
         succeeded = True
-        service.metrics.migration_done(mig.report)
     except (NovaCronError, OSError) as exc:
         mig.error = str(exc)
+        if fenced is not None and fenced.lost is not None:
+            mig.error = f"{mig.error}; {fenced.lost}"
+            if run.report is not None:
+                run.report.error = f"{run.report.error}; {fenced.lost}"
         service.metrics.migration_failed()
-        log.warning("stream migration %s of %s failed: %s", mig.id, mig.vm, exc)
+        log.warning("stream migration %s of %s failed: %s", mig.id, mig.vm, mig.error)
     finally:
+        refused: str | None = None
         try:
             async with AgentClient(mig.destination, auth=service._auth()) as dest:
-                await dest.finish_incoming_stream(mig.id, succeeded=succeeded, error=mig.error)
+                answer = await dest.finish_incoming_stream(
+                    mig.id, succeeded=succeeded, error=mig.error
+                )
+            if succeeded and answer.get("state") != "completed":  # a retried finish
+                refused = str(answer.get("error") or f"it is {answer.get('state')}")
+        except MigrationError as exc:
+            # The destination refused the VM: in cluster mode, another host owns it.
+            refused = str(exc) if succeeded else None
+            if not succeeded:
+                log.warning(
+                    "could not tell %s how migration %s ended: %s", mig.destination, mig.id, exc
+                )
         except (NovaCronError, OSError) as exc:
             # The source's driver already discarded what the destination had prepared.
             log.warning(
                 "could not tell %s how migration %s ended: %s", mig.destination, mig.id, exc
             )
+        if succeeded and refused is not None:
+            _refused(run, mig, refused)
+            service.metrics.migration_failed()
+        elif succeeded and mig.report is not None:
+            service.metrics.migration_done(mig.report)
         mig.done.set()
         async with mig.changed:
             mig.changed.notify_all()
+
+
+class _FencedSource:
+    """The source driver as a stream run sees it, in cluster mode.
+
+    After the hypervisor's job ended without success, the run asks ``get_vm`` whether the
+    VM is still here before it reports that it runs at the source. The hypervisor may have
+    switched over meanwhile, so the answer comes only after this host re-claimed the VM's
+    ownership record (:func:`source_fence`), which also fences any destination whose claim
+    is still to come. If another host owns the record, ``get_vm`` raises and the run
+    reports a failure, not a roll-back.
+    """
+
+    def __init__(self, driver: ComputeDriver, fence: Callable[[], Awaitable[bool]]) -> None:
+        self._driver = driver
+        self._fence = fence
+        self._ended = False
+        self.lost: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._driver, name)
+
+    async def migrate_stream_out(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await self._driver.migrate_stream_out(*args, **kwargs)
+        finally:
+            self._ended = True
+
+    async def get_vm(self, vm_id: str) -> VM:
+        vm = await self._driver.get_vm(vm_id)
+        if not self._ended or vm.state not in (VMState.RUNNING, VMState.PAUSED):
+            return vm
+        try:
+            owned = await self._fence()
+        except NovaCronError as exc:
+            log.warning("could not re-claim VM %s after its migration failed: %s", vm.name, exc)
+            owned = False
+        if not owned:
+            self.lost = (
+                "another host may own the VM now (its ownership record could not be "
+                "re-claimed), so it does not count as running here: check the ownership "
+                "record (novacron status --cluster)"
+            )
+            raise MigrationError(self.lost)
+        return vm
+
+
+def _refused(run: StreamMigrationRun, mig: OutgoingMigration, reason: str) -> None:
+    """The hypervisor completed, but the destination did not take the VM over."""
+    mig.error = f"the destination did not take VM {run.vm} over: {reason}"
+    log.warning("stream migration %s of %s: %s", mig.id, run.vm, mig.error)
+    if run.report is not None:
+        run.report.outcome = MigrationPhase.FAILED
+        run.report.error = mig.error
+    run._phase = MigrationPhase.FAILED  # the run reported completion before the claim
+    run._emit("failed", message=mig.error)
 
 
 async def prepare_incoming(
@@ -319,7 +433,20 @@ async def prepare_incoming(
         raise InvalidStateError(msg)
     listener = await service._listener(transport)
     endpoint = service.advertised(listener.endpoint)
-    incoming = IncomingStream(id=migration_id, token=secrets.token_hex(16), transport=transport)
+    # Cluster mode: remember the owner record now (the source's); the VM counts as arrived
+    # only if this host wins it at finish, as for page-level migrations.
+    fence = (
+        await destination_fence(service.state_store, offer.vm.name, service.name)
+        if service.state_store is not None
+        else None
+    )
+    incoming = IncomingStream(
+        id=migration_id,
+        token=secrets.token_hex(16),
+        transport=transport,
+        vm=offer.vm.name,
+        fence=fence,
+    )
     service.incoming_streams[migration_id] = incoming
     try:
         incoming.handle = await service.driver.prepare_stream_migration(

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from novacron_sdk.cluster.controller import ClusterController
 from novacron_sdk.cluster.hosts import HostMembership, HostRecord
-from novacron_sdk.cluster.ownership import record_owner
+from novacron_sdk.cluster.ownership import get_owner, record_owner, release_vm
 from novacron_sdk.cluster.status import open_configured_store
 from novacron_sdk.errors import ConfigError, NovaCronError, StateStoreError
 from novacron_sdk.init.interface import Component
@@ -118,16 +118,25 @@ class MemberComponent(Component):
         )
 
     async def _adopt(self, store: StateStore, service: AgentService) -> None:
-        """Record this host as the owner of each of its VMs that has no owner record yet.
+        """Record this host as the owner of each of its VMs that has no owner record yet,
+        and release the records of this host's VMs that are gone.
 
         Owner records are keyed by VM name: the name travels with a migration (the
-        destination's VM may get a new id), so it must be unique in the cluster. Names that
-        already have a record are remembered and not asked about again while the VM exists.
+        destination's VM may get a new id), so it must be unique in the cluster. Names whose
+        record names this host are remembered and not asked about again while the VM
+        exists; a name recorded for another host is asked about again on the next pass (the
+        record goes when that host's VM is destroyed). A remembered name whose VM is gone,
+        and which no migration is moving, was destroyed (on the hypervisor directly, or
+        through the API while a pass was running): its record is deleted if it still names
+        this host.
         """
         vms = await service.driver.list_vms()
         present = {vm.name for vm in vms}
-        self._known &= present
         busy = _migrating(service)
+        for name in sorted(self._known - present - busy):
+            if await release_vm(store, name, service.name):
+                log.info("host %s released the record of its VM %s (gone)", service.name, name)
+            self._known.discard(name)  # not before: a store error leaves it for the next pass
         for vm in vms:
             if vm.name in self._known or vm.state is VMState.MIGRATING:
                 continue
@@ -135,6 +144,11 @@ class MemberComponent(Component):
                 continue
             if await record_owner(store, vm.name, service.name):
                 log.info("host %s now owns VM %s", service.name, vm.name)
+            else:
+                owner = await get_owner(store, vm.name)
+                if owner is not None and owner.host != service.name:
+                    log.debug("VM %s here is recorded for host %s", vm.name, owner.host)
+                    continue
             self._known.add(vm.name)
 
     async def _adopt_forever(
@@ -157,10 +171,17 @@ class MemberComponent(Component):
             await self.membership.stop()
 
 
+_STREAM_BUSY = ("pending", "active")
+
+
 def _migrating(service: AgentService) -> set[str]:
     """Ids and names of the VMs that this agent migrates, out or in, right now."""
-    busy = {m.vm for m in service.outgoing.values() if not m.done.is_set()}
+    busy: set[str] = set()
+    for out in service.outgoing.values():
+        if not out.done.is_set():
+            busy.update((out.vm, out.engine.vm))  # the VM's id, and its name
     busy.update(m.info.spec.name for m in service.incoming.values())
+    busy.update(s.vm for s in service.incoming_streams.values() if s.vm and s.state in _STREAM_BUSY)
     return busy
 
 
