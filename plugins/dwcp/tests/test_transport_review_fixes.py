@@ -1,4 +1,4 @@
-"""Regressions from the transport review (r1-r7): each test failed before its fix.
+"""Regressions from the transport review (r1-r8): each test failed before its fix.
 
 All traffic is on loopback between real sockets; a raw socket plays a misbehaving or slow
 peer where the scenario needs one. The only fault injector is named in its test's docstring.
@@ -445,3 +445,194 @@ async def test_a_frame_header_alone_reserves_no_payload_memory() -> None:
             assert await asyncio.wait_for(server.recv(), 10) == payload
         finally:
             sock.close()
+
+
+# -- r8: a stream lost while close() lingers; late originals after many rescues --------------
+
+
+@pytest.mark.parametrize("kill", [True, False], ids=["stream-reset", "control"])
+async def test_stream_lost_while_close_lingers_has_its_frames_resent(kill: bool, caplog) -> None:
+    """r8: a stream reset while close() waited for the peer to receive everything.
+
+    on_stream_lost returned early while closing, so that stream's frames were never resent:
+    the linger ran out and the receiver lost them although the other stream was healthy.
+    """
+    frames = [os.urandom(1 << 20) for _ in range(30)]
+    got: list[bytes] = []
+    ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handler(channel: MultiStreamChannel) -> None:
+        try:
+            while True:
+                got.append(await channel.recv())
+                await asyncio.sleep(0.005)  # a slowish reader: frames stay unacknowledged
+        except Exception as exc:  # the test looks at which one
+            ended.set_result(exc)
+
+    settings = {**DATACENTER, "socket_buffer_bytes": 65536, "close_linger_s": 3}
+    async with served(settings, handler) as (transport, port, _):
+        endpoint = Endpoint(host="127.0.0.1", port=port, options={"streams": "2"})
+        channel = await transport.connect(endpoint)
+        assert isinstance(channel, MultiStreamChannel)
+        for frame in frames:
+            await channel.send(frame)
+        closing = asyncio.ensure_future(channel.close())
+        await asyncio.sleep(0)  # close() is lingering now
+        assert channel._closing  # and CLOSE is not queued yet
+        if kill:
+            window = channel._window
+            victim = max(  # the stream with most frames the peer has not received yet
+                channel.streams.values(),
+                key=lambda s: sum(
+                    p.seq >= window.peer_received for p in window.on_stream(s.stream_id)
+                ),
+            )
+            assert any(p.seq >= window.peer_received for p in window.on_stream(victim.stream_id))
+            victim.abort()
+        await asyncio.wait_for(closing, 2.5)  # well within the linger
+        failure = await asyncio.wait_for(ended, 2)
+    assert len(got) == len(frames)
+    assert got == frames
+    assert isinstance(failure, TransportError)
+    assert "every frame it sent was received" in str(failure)
+    assert "not delivered" not in caplog.text
+    assert channel.streams_lost == (1 if kill else 0)
+
+
+async def test_all_streams_lost_while_close_lingers_starts_no_resume() -> None:
+    """r8: resending during close()'s linger must not start the resume machinery."""
+    settings = {**DATACENTER, "resume_window_s": 30, "close_linger_s": 5}
+    async with served(settings) as (transport, port, accepted):
+        channel = await transport.connect(Endpoint(host="127.0.0.1", port=port))
+        assert isinstance(channel, MultiStreamChannel)
+        await asyncio.wait_for(accepted.get(), 5)  # it never reads: frames stay unreceived
+        resumed: list[bool] = []
+        channel.on_connection_lost = lambda: resumed.append(True)
+        for _ in range(8):
+            await channel.send(os.urandom(1 << 20))
+        closing = asyncio.ensure_future(channel.close())
+        await asyncio.sleep(0)
+        channel.ex_kill_all_streams()
+        await asyncio.wait_for(closing, 1)  # no stream left: close() ends at once
+    assert resumed == []
+    assert channel.finished
+    assert channel.resumes == 0
+
+
+def test_late_original_is_told_from_a_replay_per_stream() -> None:
+    """r8: originals arrive in increasing order on each stream, whatever was rescued.
+
+    The former FIFO of resent numbers (2 x window_frames) forgot the oldest, so a late
+    original after many rescues was a "replayed frame"; the per-stream mark is exact.
+    """
+    rx = Reassembler(1 << 20, 16, 1024)
+    for seq in range(100):  # rescue copies on stream 1, far more than 2 * window_frames
+        assert rx.admit(seq, 1, retransmit=True, stream_id=1)
+        rx.add(seq, b"x")
+        rx.take()
+    for seq in range(100):  # the stalled stream 0 catches up: late originals, all dropped
+        assert not rx.admit(seq, 1, retransmit=False, stream_id=0)
+    with pytest.raises(FrameError, match="replayed frame"):
+        rx.admit(50, 1, retransmit=False, stream_id=0)  # again on the same stream: a replay
+    assert rx.admit(100, 1, retransmit=False, stream_id=0)  # and new frames still come
+    rx.forget_stream(0)  # a new connection took stream id 0 (a resume): a fresh start
+    assert not rx.admit(99, 1, retransmit=False, stream_id=0)
+    assert len(rx._last_original) == 1  # one mark per stream, nothing per frame
+
+
+async def test_late_originals_after_more_than_2w_rescues_are_not_replays() -> None:
+    """r8: 48 rescue copies (3 x window_frames 16), then the stalled stream's originals.
+
+    The FIFO of resent numbers kept only 2 x window_frames, so the late original of frame 0
+    was taken for a replay and the healthy channel died with FrameError.
+    """
+    async with served({"window_frames": 16, "resume_window_s": 0}) as (_, port, accepted):
+        session = os.urandom(16)
+        stalled = dial(port, HelloKind.NEW, session, 0, frames=16)
+        rescuer = dial(port, HelloKind.JOIN, session, 1, frames=16)
+        try:
+            assert await answer(stalled) == Kind.WELCOME
+            assert await answer(rescuer) == Kind.WELCOME
+            server = await asyncio.wait_for(accepted.get(), 5)
+            for start in range(0, 48, 16):  # rescue copies, a window at a time
+                for seq in range(start, start + 16):
+                    rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
+                for seq in range(start, start + 16):
+                    assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
+            for seq in range(49):  # the stalled stream catches up: 48 late originals, then new
+                stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
+            assert await asyncio.wait_for(server.recv(), 2) == b"f48"
+            stalled.sendall(encode_frame(Kind.DATA, 20, b"f20"))  # a real replay still fails
+            with pytest.raises(FrameError, match="replayed frame: seq 20"):
+                await asyncio.wait_for(server.recv(), 2)
+        finally:
+            stalled.close()
+            rescuer.close()
+
+
+async def test_stalled_stream_catching_up_after_many_rescues_keeps_the_channel() -> None:
+    """r8 end to end: stream 0's path stalls 0.8 s while small frames keep flowing.
+
+    The sender keeps rescuing the frames it gave stream 0 on the others, so the receiver
+    saw more than 2 x window_frames resends before those originals came, and the first late
+    one killed the channel ("replayed frame"). Fault injector: a loopback relay that holds
+    back what the client sends on its first stream for 0.8 s.
+    """
+    flowing = asyncio.Event()
+    relayed: list[asyncio.StreamWriter] = []
+    got: list[bytes] = []
+    ended: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def pipe(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def handler(channel: MultiStreamChannel) -> None:
+        try:
+            while True:
+                got.append(await channel.recv())
+        except Exception as exc:  # the test looks at which one
+            ended.set_result(exc)
+
+    settings = {**DATACENTER, "window_frames": 16, "stall_min_s": 0.02}
+    async with served(settings, handler) as (transport, port, _):
+
+        async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            first = not relayed
+            relayed.append(writer)
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+            await asyncio.gather(
+                pipe(reader, up_writer, flowing if first else None), pipe(up_reader, writer, None)
+            )
+
+        flowing.set()
+        proxy = await asyncio.start_server(relay, "127.0.0.1", 0)
+        try:
+            endpoint = Endpoint(
+                host="127.0.0.1",
+                port=proxy.sockets[0].getsockname()[1],
+                options={"streams": "3"},
+            )
+            channel = await transport.connect(endpoint)
+            frames = [b"frame %d" % i for i in range(3000)]
+            flowing.clear()  # stream 0's path stalls ...
+            asyncio.get_running_loop().call_later(0.8, flowing.set)  # ... and recovers
+            async with asyncio.timeout(10):
+                for frame in frames:
+                    await channel.send(frame)
+                while len(got) < len(frames) and not ended.done():
+                    await asyncio.sleep(0.01)
+            await channel.close()
+        finally:
+            for writer in relayed:
+                writer.close()
+            proxy.close()
+    assert not ended.done() or not isinstance(ended.result(), FrameError), ended.result()
+    assert got == frames

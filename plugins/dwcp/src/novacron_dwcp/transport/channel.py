@@ -88,6 +88,8 @@ class MultiStreamChannel(Channel):
         self._error: NovaCronError | None = None
         self._peer_closed_at: int | None = None
         self._closing = False
+        self._close_sent = False
+        """CLOSE was queued: streams lost from then on are not resent on (close() aborts some)."""
         self._closed = False
         self._rr = 0
         self._started = time.monotonic()
@@ -114,6 +116,7 @@ class MultiStreamChannel(Channel):
             msg = f"stream id {stream_id} is already attached to this channel; not added"
             raise TransportError(msg)
         stream = StreamConnection(sock, stream_id, self, self.settings.max_frame_bytes, congestion)
+        self._rx.forget_stream(stream_id)  # a new connection: its originals start afresh
         self.streams[stream_id] = stream
         self._striper.dispatch()
         self._wake_senders()
@@ -123,6 +126,7 @@ class MultiStreamChannel(Channel):
         """Close every stream silently (a resume replaces them; resends follow its handshake)."""
         for stream in list(self.streams.values()):
             self._rx.cancel(stream.reserved)
+            self._rx.forget_stream(stream.stream_id)
             stream.close()
         self.streams.clear()
 
@@ -271,20 +275,28 @@ class MultiStreamChannel(Channel):
         timed_out = False
         if self._error is None:
             try:
-                # Until the peer holds every frame: a stream may still die and need resends.
+                # Until the peer holds every frame: a stream may still die and need resends
+                # (on_stream_lost resends them meanwhile). Once no stream is left, nothing
+                # more can arrive: the channel ends (it is not resumed while closing).
                 async with asyncio.timeout(linger):
-                    await self.drain()
-                    while self._window.peer_received < self._window.next_seq and self.streams:
+                    while (
+                        self._error is None
+                        and not self._closed
+                        and self.streams
+                        and (
+                            len(self._striper) or self._window.peer_received < self._window.next_seq
+                        )
+                    ):
                         waiter = asyncio.get_running_loop().create_future()
                         self._drain_waiters.append(waiter)
                         await waiter
             except TimeoutError:
                 timed_out = True
                 log.debug("dwcp channel closing before the peer had everything")
-            except NovaCronError as exc:
-                log.debug("dwcp channel closing before the peer had everything: %s", exc)
         closing = encode_frame(Kind.CLOSE, self._window.next_seq)
         delivered = self._window.peer_received >= self._window.next_seq
+        # From here on a lost stream's frames are not resent (some are aborted on purpose).
+        self._close_sent = True
         # Our last word on what arrived here, ahead of CLOSE: afterwards no stream takes it.
         self._acks.send()
         streams = list(self.streams.values())
@@ -384,7 +396,7 @@ class MultiStreamChannel(Channel):
 
     def on_data_header(self, stream: StreamConnection, header: Header) -> bool:
         """Reserve receive room for a DATA frame (FrameError when the peer misbehaves)."""
-        return self._rx.admit(header.seq, header.length, header.retransmit)
+        return self._rx.admit(header.seq, header.length, header.retransmit, stream.stream_id)
 
     def on_frame(self, stream: StreamConnection, header: Header, payload: bytes) -> None:
         """Dispatch one complete frame."""
@@ -432,14 +444,20 @@ class MultiStreamChannel(Channel):
             self._wake_drainers()
 
     def on_stream_lost(self, stream: StreamConnection, error: BaseException | None) -> None:
-        """Forget the stream; resend its unacknowledged frames elsewhere unless it was retired."""
-        self.streams.pop(stream.stream_id, None)
+        """Forget the stream; resend its unacknowledged frames elsewhere unless it was retired.
+
+        Also while close() lingers for the peer to receive everything (that is what it waits
+        for), but not once CLOSE was queued, and a lost connection is not resumed then.
+        """
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+            self._rx.forget_stream(stream.stream_id)
         self._rx.cancel(stream.reserved)
         self._wake_drainers()
         if isinstance(error, FrameError):
             self._finish(error)
             return
-        if self._closing or self._closed or self._error is not None:
+        if self._close_sent or self._closed or self._error is not None:
             if not self.streams:
                 self._wake_receiver()
             return
@@ -461,10 +479,13 @@ class MultiStreamChannel(Channel):
             self._acks.send(force=True)
         if not self.live_streams():
             closed_at = self._peer_closed_at
-            if closed_at is not None and not self.streams and self.next_expected < closed_at:
+            if self._closing:
+                # close() ends the channel once no stream is left: no resume while closing.
+                self._wake_receiver()
+            elif closed_at is not None and not self.streams and self.next_expected < closed_at:
                 self._finish(self._undelivered(closed_at))
                 return
-            if closed_at is not None:
+            elif closed_at is not None:
                 self._wake_receiver()
             elif not orderly or not self.streams:
                 self._connection_lost()

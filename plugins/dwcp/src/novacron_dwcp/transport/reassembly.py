@@ -28,14 +28,23 @@ class Reassembler:
         self.reserved_bytes = 0
         self._ready: deque[bytes] = deque()
         self._out_of_order: dict[int, bytes] = {}
-        self._resent: dict[int, None] = {}
-        """Frames first received as resends, oldest first: their late originals are no replays.
+        self._last_original: dict[int, int] = {}
+        """Per stream id: the highest sequence number received on it without RETRANSMIT.
 
-        An original can come arbitrarily late (a stalled stream catching up), so a seq is
-        forgotten only when its original came or when more than ``2 * window_frames`` newer
-        resends arrived since (the original of a frame resent because its stream died never
-        comes). Pruning by ``consumed`` instead had turned legitimate late originals into
-        "replayed frame" errors.
+        The sender hands out first copies (originals) in sequence order and a stream keeps
+        the order it was given, so on one stream originals come in increasing order; resends
+        and rescue copies carry RETRANSMIT. A frame without it that was already received is
+        the late original of a frame whose copy came first (a stalled stream catching up)
+        when its number is above this mark, and a replay otherwise. Exact, and one entry per
+        attached stream: the channel calls ``forget_stream`` when a stream ends or is attached.
+        (A FIFO of resent numbers bounded at 2 x window_frames had forgotten the oldest after
+        many rescues, which turned legitimate late originals into "replayed frame" errors.)
+        """
+        self._resent: dict[int, None] = {}
+        """Frames first received as resends, oldest first, at most ``2 * window_frames``.
+
+        Only a fallback for originals that do not come in order on their stream (this sender
+        never does that): such an original is still skipped once if its resend is remembered.
         """
         self._resent_limit = 2 * window_frames
 
@@ -44,13 +53,17 @@ class Reassembler:
         """Most payload bytes held at once (the documented receive-side bound)."""
         return self.window_bytes + self.max_frame
 
-    def admit(self, seq: int, length: int, retransmit: bool) -> bool:
-        """Check a DATA header and reserve room; False means: a duplicate, skip its payload."""
+    def admit(self, seq: int, length: int, retransmit: bool, stream_id: int = 0) -> bool:
+        """Check a DATA header from ``stream_id`` and reserve room; False: skip its payload."""
         if seq < self.next_expected or seq in self._out_of_order:
             if retransmit:
                 return False
-            if seq in self._resent:
+            if seq > self._last_original.get(stream_id, -1):
                 # The original of a frame whose resend came first (a stalled stream caught up).
+                self._last_original[stream_id] = seq
+                self._resent.pop(seq, None)
+                return False
+            if seq in self._resent:
                 del self._resent[seq]
                 return False
             msg = (
@@ -73,12 +86,19 @@ class Reassembler:
             )
             raise FrameError(msg)
         self.reserved_bytes += length
-        if retransmit:
+        if not retransmit:
+            if seq > self._last_original.get(stream_id, -1):
+                self._last_original[stream_id] = seq
+        else:
             resent = self._resent
             resent[seq] = None
             if len(resent) > self._resent_limit:
                 del resent[next(iter(resent))]  # the oldest: its original is least likely due
         return True
+
+    def forget_stream(self, stream_id: int) -> None:
+        """A stream ended or a new connection took its id: its originals start afresh."""
+        self._last_original.pop(stream_id, None)
 
     def cancel(self, length: int) -> None:
         """Give back the reservation of a frame whose stream died half-way through it."""
