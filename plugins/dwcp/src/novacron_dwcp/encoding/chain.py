@@ -9,8 +9,8 @@ The control data and the literal bytes are then compressed with the method the
 adaptive selector picks, in parallel chunks, while the encoder updates its page store.
 Encoder and decoder keep identical bounded page stores; every payload carries
 the batch sequence number, the stream id, a rolling digest of all earlier control data, the
-cache length and a checksum of every page of the batch, so a decoder out of step
-raises DesyncError instead of returning wrong pages.
+cache length and a hash of the whole payload and of its pages' fingerprints, so a corrupt
+payload or a decoder out of step raises an error instead of returning wrong pages.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -29,7 +29,7 @@ from novacron_dwcp.encoding import compress, native, references, stream
 from novacron_dwcp.encoding.cache import IndexedPageStore
 from novacron_dwcp.encoding.classify import Classified, classify
 from novacron_dwcp.encoding.decoder import DwcpDecoder
-from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, fingerprints, next_state
+from novacron_dwcp.encoding.integrity import STATE_SIZE, batch_hash, fingerprints, next_state
 from novacron_dwcp.encoding.settings import check_settings
 from novacron_dwcp.encoding.wire import (
     FLAG_NEW_STREAMS,
@@ -38,6 +38,7 @@ from novacron_dwcp.encoding.wire import (
     OP_NAMES,
     Header,
     check_page_size,
+    hashed_spans,
 )
 from novacron_sdk.encoding.interface import (
     MAX_BATCH_PAGES,
@@ -57,7 +58,11 @@ def _cache_pages(settings: Mapping[str, Any], page_size: int) -> int:
     if not isinstance(mib, int | float) or mib < 0:
         msg = f"codec setting cache_mib must be a non-negative number of MiB, not {mib!r}"
         raise EncodingError(msg)
-    return int(mib * (1 << 20)) // page_size
+    pages = int(mib * (1 << 20)) // page_size
+    if pages >= 1 << 32:
+        msg = f"codec setting cache_mib={mib!r} is {pages} pages; the wire format allows < 2**32"
+        raise EncodingError(msg)
+    return pages
 
 
 class DwcpEncoder(PageEncoder):
@@ -184,10 +189,15 @@ class DwcpEncoder(PageEncoder):
         packed_control = compress.compress(control_method, control)
         header = Header(
             method.kind, method.level, self.seq, self.stream_id, self.state, size,
-            self.cache.capacity, cache_length, count, checksum(found.fingerprints), len(control),
-            len(packed_control), literal_size, tuple((raw, len(c)) for raw, c in chunks), flags,
+            self.cache.capacity, cache_length, count, 0, len(control), len(packed_control),
+            literal_size, tuple((raw, len(c)) for raw, c in chunks), flags,
         )  # fmt: skip
-        payload = b"".join([header.pack(), packed_control, *(c for _, c in chunks)])
+        # The batch hash covers every byte sent (the compressed sections: cheaper to hash
+        # than the literals they decode to) and the pages' fingerprints.
+        sections = [packed_control, *(c for _, c in chunks)]
+        spans: list[bytes | memoryview] = [*hashed_spans(header.pack()), *sections]
+        header = replace(header, checksum=batch_hash(spans, found.fingerprints))
+        payload = b"".join([header.pack(), *sections])
         self.state = next_state(self.state, control)
         self.seq += 1
         self._count(found, len(batch.data), len(payload), method.name)

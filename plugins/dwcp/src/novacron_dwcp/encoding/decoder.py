@@ -10,7 +10,7 @@ import numpy as np
 from novacron_dwcp.encoding import compress, native, references, stream
 from novacron_dwcp.encoding.cache import PageStore
 from novacron_dwcp.encoding.classify import fingerprint_rows
-from novacron_dwcp.encoding.integrity import STATE_SIZE, checksum, next_state
+from novacron_dwcp.encoding.integrity import STATE_SIZE, batch_hash, next_state
 from novacron_dwcp.encoding.settings import check_settings
 from novacron_dwcp.encoding.wire import (
     FLAG_NEW_STREAMS,
@@ -24,9 +24,10 @@ from novacron_dwcp.encoding.wire import (
     OP_ZERO,
     Header,
     check_page_size,
+    hashed_spans,
     parse_header,
 )
-from novacron_sdk.encoding.interface import PageBatch, PageDecoder
+from novacron_sdk.encoding.interface import MAX_BATCH_PAGES, PageBatch, PageDecoder
 from novacron_sdk.errors import DesyncError, EncodingError
 
 SCATTER_BYTES = 1 << 20
@@ -40,7 +41,8 @@ class DwcpDecoder(PageDecoder):
         check_settings(settings)
         self.page_size = page_size
         # The encoder declares its cache size; this bounds what the decoder agrees to hold.
-        self.max_cache_pages = int(settings.get("max_cache_mib", 4096)) * (1 << 20) // page_size
+        max_mib = settings.get("max_cache_mib", 4096)  # checked by check_settings
+        self.max_cache_pages = int(max_mib * (1 << 20)) // page_size
         self.cache: PageStore | None = None
         self.stream_id = b""
         self.streams: stream.StreamDecoder | None = None
@@ -63,20 +65,35 @@ class DwcpDecoder(PageDecoder):
             raise DesyncError(msg)
         header = parse_header(payload, self.page_size)
         cache = self._check_step(header)
-        try:
-            control, literal = self._sections(payload, header)
-        except EncodingError:
-            # A long-window stream has consumed part of the bad payload: it cannot go on.
-            self.broken = header.method == METHOD_ZSTD_LONG
-            raise
+        # Everything is checked against the control section before a lane is read: once a
+        # long-window stream has consumed part of a payload, any failure breaks the decoder.
+        control = self._control(payload, header)
         plan = _Plan.parse(control, header)
-        if len(literal) != plan.full_count * self.page_size + plan.delta_literal_bytes:
-            msg = "literal section size does not match the pages it should carry: payload corrupt"
-            raise EncodingError(msg)
+        streams = self._streams_for(header)
+        if streams is not None:
+            self._check_literal_sizes(plan, header)
+        chunks = self._chunks(payload, header)
         try:
+            if streams is not None:
+                literal = streams.decompress(chunks)
+            else:
+                literal = compress.decompress_chunks(header.method, chunks) if chunks else b""
+        except BaseException:
+            # A long-window stream has consumed part of the bad payload: it cannot go on.
+            self.broken = streams is not None
+            raise
+        if streams is None:
+            # Independent frames (a frame that declares too much is refused first, above):
+            # nothing was consumed, so the decoder stays usable.
+            self._check_literal_sizes(plan, header)
+        try:
+            if len(literal) != header.literal_raw:
+                msg = "literal section size does not match its declared size: payload corrupt"
+                raise EncodingError(msg)
             data, table = self._rebuild(plan, literal, cache)
             nonzero = np.flatnonzero(plan.ops != OP_ZERO)
-            matches = checksum(fingerprint_rows(table, nonzero)) == header.checksum
+            prints = fingerprint_rows(table, nonzero)
+            matches = batch_hash(hashed_spans(payload), prints) == header.checksum
         except BaseException:
             self.broken = True
             raise
@@ -84,11 +101,11 @@ class DwcpDecoder(PageDecoder):
             # Nothing was stored: with independent frames the decoder can take the right
             # payload next (zstd frames carry no checksum of their own: a corrupt chunk that
             # still decompresses is found here). A long-window stream has consumed it.
-            self.broken = header.method == METHOD_ZSTD_LONG
+            self.broken = streams is not None
             msg = (
-                f"batch {header.seq}: the rebuilt pages do not match the encoder's checksum: "
-                "the payload is corrupt, or this decoder's state diverged from the encoder's "
-                "(restart the stream with a new encoder and decoder)"
+                f"batch {header.seq}: the payload or the rebuilt pages do not match the "
+                "encoder's checksum: the payload is corrupt, or this decoder's state diverged "
+                "from the encoder's (restart the stream with a new encoder and decoder)"
             )
             raise DesyncError(msg)
         try:
@@ -96,6 +113,11 @@ class DwcpDecoder(PageDecoder):
         except BaseException:
             self.broken = True
             raise
+        # New streams are adopted only now: a payload refused before its lanes were read
+        # leaves the old ones (and their history) in place; a batch sent in independent
+        # frames leaves them for the next long-window batch.
+        if streams is not None:
+            self.streams = streams
         if self.cache is None:
             # Adopted only now: a corrupt first payload must not bind the decoder to it.
             self.cache, self.stream_id = cache, header.stream_id
@@ -153,29 +175,46 @@ class DwcpDecoder(PageDecoder):
             raise EncodingError(msg)
         return cache
 
-    def _sections(self, payload: bytes, header: Header) -> tuple[bytes, bytes]:
+    def _control(self, payload: bytes, header: Header) -> bytes:
+        """The decoded control section."""
+        view = memoryview(payload)[header.size : header.size + header.control_compressed]
+        kind = METHOD_ZSTD if header.method == METHOD_ZSTD_LONG else header.method
+        return compress.decompress(kind, view, header.control_raw)
+
+    def _check_literal_sizes(self, plan: _Plan, header: Header) -> None:
+        """EncodingError unless the literal section (and each stream lane) has the size the
+        control section implies: whole pages, then delta bytes."""
+        whole = plan.full_count * self.page_size
+        if whole + plan.delta_literal_bytes != header.literal_raw:
+            msg = "literal section size does not match the pages it should carry: payload corrupt"
+            raise EncodingError(msg)
+        lanes = tuple(raw for raw, _ in header.chunks)
+        if header.method == METHOD_ZSTD_LONG and lanes != (whole, plan.delta_literal_bytes):
+            msg = "stream lane sizes do not match the pages they should carry: payload corrupt"
+            raise EncodingError(msg)
+
+    def _streams_for(self, header: Header) -> stream.StreamDecoder | None:
+        """The long-window streams to read ``header``'s lanes with (new ones are adopted by
+        ``decode`` only once the payload decoded), or None for independent chunks."""
+        if header.method != METHOD_ZSTD_LONG:
+            return None
+        if header.flags & FLAG_NEW_STREAMS:
+            # The encoder started new streams: the old ones (and their window) go.
+            return stream.StreamDecoder(MAX_BATCH_PAGES * self.page_size)
+        if self.streams is None:
+            msg = "payload continues long-window streams this decoder never saw: corrupt"
+            raise EncodingError(msg)
+        return self.streams
+
+    @staticmethod
+    def _chunks(payload: bytes, header: Header) -> list[tuple[int, memoryview]]:
         view = memoryview(payload)
-        position = header.size
-        control_view = view[position : position + header.control_compressed]
-        position += header.control_compressed
-        long_window = header.method == METHOD_ZSTD_LONG
-        control_kind = METHOD_ZSTD if long_window else header.method
-        control = compress.decompress(control_kind, control_view, header.control_raw)
+        position = header.size + header.control_compressed
         chunks: list[tuple[int, memoryview]] = []
         for raw, length in header.chunks:
             chunks.append((raw, view[position : position + length]))
             position += length
-        if long_window:
-            if header.flags & FLAG_NEW_STREAMS:
-                # The encoder started new streams: the old ones (and their window) go.
-                self.streams = stream.StreamDecoder()
-            elif self.streams is None:
-                msg = "payload continues long-window streams this decoder never saw: corrupt"
-                raise EncodingError(msg)
-            literal = self.streams.decompress(chunks)
-        else:
-            literal = compress.decompress_chunks(header.method, chunks) if chunks else b""
-        return control, literal
+        return chunks
 
     def _rebuild(self, plan: _Plan, literal: bytes, cache: PageStore) -> tuple[bytes, np.ndarray]:
         """The batch's pages, read from the store as it was before the batch and the literals:

@@ -1,14 +1,18 @@
-"""Integrity of a DWCP stream: page fingerprints, the batch checksum, the rolling state digest.
+"""Integrity of a DWCP stream: page fingerprints, the batch hash, the rolling state digest.
 
-Fingerprints and the checksum are weighted 64-bit sums computed with numpy at memory speed;
-they detect state divergence and corrupt sections, not an attacker (the transport seals and
-integrity-checks frames). The state digest binds every payload to all the control data before it.
+Fingerprints are weighted 64-bit sums computed at memory speed: duplicate hints (always
+confirmed byte for byte) and the decoder's check of its own state. The batch hash is a real
+hash (SHA-256, truncated to 64 bits) of every byte of the payload and of the page fingerprints;
+it detects corrupt payloads and state divergence, not an attacker (it is not keyed: the
+transport seals and integrity-checks frames). The state digest binds every payload to all the
+control data before it.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -45,12 +49,19 @@ def fingerprints(table: np.ndarray) -> np.ndarray:
     return result
 
 
-def checksum(fingerprints: np.ndarray) -> int:
-    """The batch checksum: page fingerprints, each with its own odd weight per position.
+def batch_hash(spans: Iterable[bytes | memoryview], prints: np.ndarray) -> int:
+    """The header's 64-bit batch hash: SHA-256 of ``spans`` (the payload's bytes, as sent, with
+    the hash field itself left out) followed by the batch's page fingerprints ``prints``
+    (u64 LE each, 0 for zero pages), truncated to 64 bits.
 
-    Any changed word and any pages swapped with each other change it. It guards against
-    state divergence and corrupt sections, not against an attacker: the transport seals and
-    integrity-checks frames.
+    The payload's bytes cover the header, the operations, the page indices, the references,
+    the runs and the literal bytes exactly (no linear sum that two flips can cancel); the
+    fingerprints of the rebuilt pages cover what the decoder took from its own state (its page
+    store and its long-window history). SHA-256 rather than BLAKE2b: with the SHA extensions
+    of current x86 and ARM cores it hashes about twice as fast here (0.6 ms/MiB).
     """
-    _, row_weights = weights(1, MAX_BATCH_PAGES)
-    return int((fingerprints * row_weights[: len(fingerprints)]).sum(dtype=np.uint64))
+    digest = hashlib.sha256()
+    for span in spans:
+        digest.update(span)
+    digest.update(np.ascontiguousarray(prints, dtype="<u8").data)
+    return int.from_bytes(digest.digest()[:8], "little")

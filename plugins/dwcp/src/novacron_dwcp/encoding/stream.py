@@ -6,8 +6,9 @@ identical page (no duplicate), but the receiver has seen it. Two zstd streams wi
 window and long-distance matching, one for whole pages and one for delta bytes, keep that
 history on both ends; each batch is flushed as complete blocks, so it decodes on arrival.
 
-The decoder reads each lane through a bounded ``stream_reader``: it never produces more than
-the size the header declares, and the window it keeps is capped at 128 MiB.
+The decoder feeds each lane to a streaming decompressor whose output is bounded: a lane never
+decodes to more than the size the header declares, must use up exactly its bytes, and the
+window kept is capped at 128 MiB.
 """
 
 from __future__ import annotations
@@ -93,31 +94,47 @@ class StreamEncoder:
         return chunks, seconds
 
 
-class _Feed:
-    """The compressed bytes of the current batch, handed to a stream reader on demand.
-
-    Only ``read`` is ever called by the reader; it returns everything pending at once.
-    """
+class _Sink:
+    """Collects one lane's decompressed bytes; EncodingError past the declared size."""
 
     def __init__(self) -> None:
-        self.pending = b""
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.limit = 0
 
-    def read(self, size: int = -1) -> bytes:
-        out, self.pending = self.pending, b""
-        return out
+    def write(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > self.limit:
+            msg = "a stream lane decodes to more than its declared size: payload corrupt"
+            raise EncodingError(msg)
+        self.parts.append(bytes(data))
+        return len(data)
 
 
 class StreamDecoder:
-    """The receiving end: one bounded stream reader per lane."""
+    """The receiving end: one streaming decompressor per lane, fed each batch's lane bytes.
 
-    def __init__(self) -> None:
-        self._feeds = [_Feed() for _ in range(LANES)]
-        # One decompressor per lane: a decompressor's context is shared by its readers.
-        self._readers = [
-            zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG).stream_reader(
-                cast("IO[bytes]", feed), read_size=1 << 20, read_across_frames=False
+    A lane must decode to exactly its declared size, and its last output byte must come with
+    its last input byte: the encoder ends each batch's lane with a block flush, and zstd yields
+    a block's last byte only once the block is read whole (a raw block byte by byte). Input
+    left over once the declared bytes are out (trailing bytes, which the stream would otherwise
+    read as the start of the next batch) is corrupt. The output is bounded: the decompressor
+    writes at most the declared size plus one byte per call before the sink refuses it.
+    """
+
+    def __init__(self, max_lane: int) -> None:
+        """``max_lane``: the largest lane a payload can declare (the batch bound in bytes)."""
+        self._sinks = [_Sink() for _ in range(LANES)]
+        # One decompressor per lane: each keeps its lane's window (at most 128 MiB). The
+        # output buffer (allocated per call, touched only as far as it is written) is one byte
+        # larger than any lane: a lane that fits is written out within the call that consumes
+        # its last byte (nothing stays behind in zstd's buffers), and a call that fills the
+        # buffer has produced too much (the sink refuses it on the way).
+        self._writers = [
+            zstandard.ZstdDecompressor(max_window_size=1 << WINDOW_LOG).stream_writer(
+                cast("IO[bytes]", sink), write_size=max_lane + 1, write_return_read=True
             )
-            for feed in self._feeds
+            for sink in self._sinks
         ]
 
     def decompress(self, chunks: Sequence[tuple[int, memoryview]]) -> bytes:
@@ -126,34 +143,30 @@ class StreamDecoder:
             msg = f"a stream payload has exactly {LANES} chunks, not {len(chunks)}"
             raise EncodingError(msg)
         parts = []
-        for (raw, data), feed, reader in zip(chunks, self._feeds, self._readers, strict=True):
-            if not raw:
-                if len(data):
-                    msg = "an empty stream lane carries data: payload corrupt"
+        for lane, (raw, data) in enumerate(chunks):
+            if not raw or not len(data):
+                if raw or len(data):
+                    msg = "an empty stream lane carries data, or a lane carries none: corrupt"
                     raise EncodingError(msg)
                 continue
-            feed.pending = bytes(data)
-            parts.append(self._read(reader, raw))
-            if feed.pending:
-                msg = "a stream lane did not use all of its bytes: payload corrupt"
-                raise EncodingError(msg)
+            parts.append(self._lane(lane, raw, data))
         return b"".join(parts)
 
-    @staticmethod
-    def _read(reader: zstandard.ZstdDecompressionReader, size: int) -> bytes:
-        parts: list[bytes] = []
-        missing = size
+    def _lane(self, lane: int, raw: int, data: memoryview) -> bytes:
+        sink, writer = self._sinks[lane], self._writers[lane]
+        sink.parts, sink.size, sink.limit = [], 0, raw
         try:
-            while missing:
-                part = reader.read(missing)
-                if not part:
-                    break
-                parts.append(part)
-                missing -= len(part)
+            writer.write(data[:-1])
+            if sink.size >= raw:
+                msg = "a stream lane did not use all of its bytes: payload corrupt"
+                raise EncodingError(msg)
+            writer.write(data[-1:])
         except zstandard.ZstdError as exc:
             msg = f"a stream lane of a DWCP payload is corrupt: {exc}"
             raise EncodingError(msg) from exc
-        if missing:
-            msg = f"a stream lane ended {missing} bytes short of its declared size"
+        if sink.size != raw:
+            msg = f"a stream lane ended {raw - sink.size} bytes short of its declared size"
             raise EncodingError(msg)
-        return b"".join(parts)
+        out = b"".join(sink.parts)
+        sink.parts = []
+        return out

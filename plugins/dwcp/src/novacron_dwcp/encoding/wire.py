@@ -13,7 +13,9 @@ from novacron_sdk.encoding.interface import MAX_BATCH_PAGES
 from novacron_sdk.errors import EncodingError
 
 MAGIC = b"DWCP"
-VERSION = 2
+# Version 3: the header's batch checksum became a hash of the whole payload and of the page
+# fingerprints (see integrity.batch_hash); version 2's was a linear sum over the pages only.
+VERSION = 3
 MAX_CHUNKS = 64
 MIN_PAGE_SIZE = 64
 # Run offsets and lengths are u16 on the wire.
@@ -40,6 +42,16 @@ FLAG_NEW_STREAMS = 1
 
 HEADER = struct.Struct("<4sBBbBQ8s8sIIIIQIIIH")
 CHUNK_ENTRY = struct.Struct("<II")
+# Where the 64-bit batch hash sits in the header: it covers every other byte of the payload.
+CHECKSUM_AT = struct.calcsize("<4sBBbBQ8s8sIIII")
+CHECKSUM_END = CHECKSUM_AT + 8
+
+
+def hashed_spans(payload: bytes | memoryview) -> tuple[memoryview, memoryview]:
+    """The bytes of ``payload`` (or of a packed header) that the batch hash covers: all of
+    them but the hash field itself."""
+    view = memoryview(payload)
+    return view[:CHECKSUM_AT], view[CHECKSUM_END:]
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,12 @@ def parse_header(payload: bytes, page_size: int) -> Header:
     (magic, version, method, level, flags, seq, stream_id, state, size, capacity, length,
      count, checksum, control_raw, control_comp, literal_raw, chunk_count) = fields  # fmt: skip
     if magic != MAGIC or version != VERSION:
-        msg = f"not a DWCP v{VERSION} payload (magic {magic!r}, version {version}): wrong codec?"
+        msg = (
+            f"not a DWCP payload (magic {magic!r}): wrong codec?"
+            if magic != MAGIC
+            else f"DWCP payload of wire format version {version}; this decoder reads version "
+            f"{VERSION} only: give both ends the same novacron-dwcp release"
+        )
         raise EncodingError(msg)
     if size != page_size:
         msg = f"payload carries {size}-byte pages but the decoder was made for {page_size}"
