@@ -81,6 +81,25 @@ async def answer(sock: socket.socket) -> int:
 
 
 @asynccontextmanager
+async def stalled_and_rescuer() -> AsyncIterator[
+    tuple[MultiStreamChannel, socket.socket, socket.socket]
+]:
+    """A listener-side channel (window_frames 16) and two raw client streams of its session:
+    stream 0 plays a stalled stream, stream 1 the one its frames are rescued on."""
+    async with served({"window_frames": 16, "resume_window_s": 0}) as (_, port, accepted):
+        session = os.urandom(16)
+        stalled = dial(port, HelloKind.NEW, session, 0, frames=16)
+        rescuer = dial(port, HelloKind.JOIN, session, 1, frames=16)
+        try:
+            assert await answer(stalled) == Kind.WELCOME
+            assert await answer(rescuer) == Kind.WELCOME
+            yield await asyncio.wait_for(accepted.get(), 5), stalled, rescuer
+        finally:
+            stalled.close()
+            rescuer.close()
+
+
+@asynccontextmanager
 async def callback_errors() -> AsyncIterator[list[BaseException]]:
     """Exceptions raised inside event-loop callbacks (normally only logged) while inside."""
     loop = asyncio.get_running_loop()
@@ -279,27 +298,17 @@ async def test_late_original_after_many_rescues_is_not_a_replay() -> None:
     Once more than window_frames resends had arrived, the receiver forgot those below what
     was taken, and the late original of frame 0 killed the channel as a "replayed frame".
     """
-    async with served({"window_frames": 16, "resume_window_s": 0}) as (_, port, accepted):
-        session = os.urandom(16)
-        stalled = dial(port, HelloKind.NEW, session, 0, frames=16)
-        rescuer = dial(port, HelloKind.JOIN, session, 1, frames=16)
-        try:
-            assert await answer(stalled) == Kind.WELCOME
-            assert await answer(rescuer) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
-            for seq in range(16):  # rescue copies of the stalled stream's frames
-                rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
-            for seq in range(16):
-                assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
-            rescuer.sendall(encode_frame(Kind.DATA, 16, b"f16", FLAG_RETRANSMIT))
-            assert await asyncio.wait_for(server.recv(), 2) == b"f16"
-            for seq in range(17):  # the stalled stream catches up: late originals
-                stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
-            stalled.sendall(encode_frame(Kind.DATA, 17, b"f17"))
-            assert await asyncio.wait_for(server.recv(), 2) == b"f17"
-        finally:
-            stalled.close()
-            rescuer.close()
+    async with stalled_and_rescuer() as (server, stalled, rescuer):
+        for seq in range(16):  # rescue copies of the stalled stream's frames
+            rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
+        for seq in range(16):
+            assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
+        rescuer.sendall(encode_frame(Kind.DATA, 16, b"f16", FLAG_RETRANSMIT))
+        assert await asyncio.wait_for(server.recv(), 2) == b"f16"
+        for seq in range(17):  # the stalled stream catches up: late originals
+            stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
+        stalled.sendall(encode_frame(Kind.DATA, 17, b"f17"))
+        assert await asyncio.wait_for(server.recv(), 2) == b"f17"
 
 
 def test_resent_bookkeeping_still_catches_replays_and_is_bounded() -> None:
@@ -546,28 +555,18 @@ async def test_late_originals_after_more_than_2w_rescues_are_not_replays() -> No
     The FIFO of resent numbers kept only 2 x window_frames, so the late original of frame 0
     was taken for a replay and the healthy channel died with FrameError.
     """
-    async with served({"window_frames": 16, "resume_window_s": 0}) as (_, port, accepted):
-        session = os.urandom(16)
-        stalled = dial(port, HelloKind.NEW, session, 0, frames=16)
-        rescuer = dial(port, HelloKind.JOIN, session, 1, frames=16)
-        try:
-            assert await answer(stalled) == Kind.WELCOME
-            assert await answer(rescuer) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
-            for start in range(0, 48, 16):  # rescue copies, a window at a time
-                for seq in range(start, start + 16):
-                    rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
-                for seq in range(start, start + 16):
-                    assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
-            for seq in range(49):  # the stalled stream catches up: 48 late originals, then new
-                stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
-            assert await asyncio.wait_for(server.recv(), 2) == b"f48"
-            stalled.sendall(encode_frame(Kind.DATA, 20, b"f20"))  # a real replay still fails
-            with pytest.raises(FrameError, match="replayed frame: seq 20"):
-                await asyncio.wait_for(server.recv(), 2)
-        finally:
-            stalled.close()
-            rescuer.close()
+    async with stalled_and_rescuer() as (server, stalled, rescuer):
+        for start in range(0, 48, 16):  # rescue copies, a window at a time
+            for seq in range(start, start + 16):
+                rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
+            for seq in range(start, start + 16):
+                assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
+        for seq in range(49):  # the stalled stream catches up: 48 late originals, then new
+            stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
+        assert await asyncio.wait_for(server.recv(), 2) == b"f48"
+        stalled.sendall(encode_frame(Kind.DATA, 20, b"f20"))  # a real replay still fails
+        with pytest.raises(FrameError, match="replayed frame: seq 20"):
+            await asyncio.wait_for(server.recv(), 2)
 
 
 async def test_stalled_stream_catching_up_after_many_rescues_keeps_the_channel() -> None:
