@@ -120,8 +120,8 @@ XML, is far smaller); a larger one is answered 413 before it is held in memory."
 class RequestSizeLimit:
     """ASGI middleware: bodies over ``max_bytes`` get 413, by Content-Length or as they come.
 
-    Outermost around the control API (security included), so that nothing reads an unbounded
-    body. A body within the limit is read here and handed on unchanged.
+    Around the control API's routes (the security plugin's wrapper, outside it, bounds its
+    own reads). A body within the limit is read here and handed on unchanged.
     """
 
     def __init__(self, app: Any, max_bytes: int = MAX_REQUEST_BYTES) -> None:

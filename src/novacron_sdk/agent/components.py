@@ -109,7 +109,7 @@ class ControlApiComponent(Component):
         """Bind and serve in the background."""
         import uvicorn
 
-        from novacron_sdk.agent.app import RequestSizeLimit, create_app
+        from novacron_sdk.agent.app import create_app
 
         agent = self.context.config.get("agent", AgentSettings)
         service: AgentService = self.context.values["service"]
@@ -118,8 +118,9 @@ class ControlApiComponent(Component):
         security = self.context.values.get("agent.security")
         # With security enabled only enrolled, authenticated peers get past this wrapper;
         # GET /health stays open and reveals nothing.
+        # The app bounds request bodies itself (RequestSizeLimit, in create_app); the
+        # security wrapper bounds what it reads before handing a request on.
         asgi: Any = security.wrap_asgi(app) if security is not None else app
-        asgi = RequestSizeLimit(asgi)  # outermost: nothing reads an unbounded body
         config = uvicorn.Config(
             asgi,
             host=agent.host,

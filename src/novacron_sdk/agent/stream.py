@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -33,7 +33,6 @@ from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.stream_run import StreamMigrationRun
 from novacron_sdk.cluster.ownership import destination_fence, source_fence
 from novacron_sdk.compute.interface import (
-    ComputeDriver,
     IncomingStreamMigration,
     StreamMigrationOffer,
     StreamMigrationTicket,
@@ -41,11 +40,10 @@ from novacron_sdk.compute.interface import (
 from novacron_sdk.errors import InvalidStateError, MigrationError, NovaCronError, TransportError
 from novacron_sdk.migration import protocol
 from novacron_sdk.migration.models import (
-    MigrationPhase,
     MigrationSettings,
 )
 from novacron_sdk.migration.protocol import Msg
-from novacron_sdk.models import VM, DriverFeature, VMState
+from novacron_sdk.models import VM, DriverFeature
 from novacron_sdk.transport.interface import (
     Channel,
     ChannelHandler,
@@ -297,6 +295,11 @@ async def start_outgoing(
         destination_name=str(prepared.get("host", dest_url)),
         migration_id=migration_id,
         on_event=lambda event: service._record_event(migration_id, event),
+        rollback_fence=(
+            source_fence(service.state_store, vm.name, service.name)
+            if service.state_store is not None
+            else None
+        ),
     )
     mig = OutgoingMigration(id=migration_id, vm=vm.id, destination=dest_url, engine=run)
     service.outgoing[migration_id] = mig
@@ -320,20 +323,11 @@ async def _run_outgoing(
     transport: StreamSourceTransport,
 ) -> None:
     succeeded = False
-    driver: ComputeDriver = service.driver
-    fenced: _FencedSource | None = None
-    if service.state_store is not None:
-        fenced = _FencedSource(driver, source_fence(service.state_store, run.vm, service.name))
-        driver = cast("ComputeDriver", fenced)
     try:
-        mig.report = await run.run(driver, mig.vm, ticket, transport)
+        mig.report = await run.run(service.driver, mig.vm, ticket, transport)
         succeeded = True
     except (NovaCronError, OSError) as exc:
         mig.error = str(exc)
-        if fenced is not None and fenced.lost is not None:
-            mig.error = f"{mig.error}; {fenced.lost}"
-            if run.report is not None:
-                run.report.error = f"{run.report.error}; {fenced.lost}"
         service.metrics.migration_failed()
         log.warning("stream migration %s of %s failed: %s", mig.id, mig.vm, mig.error)
     finally:
@@ -367,60 +361,11 @@ async def _run_outgoing(
             mig.changed.notify_all()
 
 
-class _FencedSource:
-    """The source driver as a stream run sees it, in cluster mode.
-
-    After the hypervisor's job ended without success, the run asks ``get_vm`` whether the
-    VM is still here before it reports that it runs at the source. The hypervisor may have
-    switched over meanwhile, so the answer comes only after this host re-claimed the VM's
-    ownership record (:func:`source_fence`), which also fences any destination whose claim
-    is still to come. If another host owns the record, ``get_vm`` raises and the run
-    reports a failure, not a roll-back.
-    """
-
-    def __init__(self, driver: ComputeDriver, fence: Callable[[], Awaitable[bool]]) -> None:
-        self._driver = driver
-        self._fence = fence
-        self._ended = False
-        self.lost: str | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._driver, name)
-
-    async def migrate_stream_out(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await self._driver.migrate_stream_out(*args, **kwargs)
-        finally:
-            self._ended = True
-
-    async def get_vm(self, vm_id: str) -> VM:
-        vm = await self._driver.get_vm(vm_id)
-        if not self._ended or vm.state not in (VMState.RUNNING, VMState.PAUSED):
-            return vm
-        try:
-            owned = await self._fence()
-        except NovaCronError as exc:
-            log.warning("could not re-claim VM %s after its migration failed: %s", vm.name, exc)
-            owned = False
-        if not owned:
-            self.lost = (
-                "another host may own the VM now (its ownership record could not be "
-                "re-claimed), so it does not count as running here: check the ownership "
-                "record (novacron status --cluster)"
-            )
-            raise MigrationError(self.lost)
-        return vm
-
-
 def _refused(run: StreamMigrationRun, mig: OutgoingMigration, reason: str) -> None:
     """The hypervisor completed, but the destination did not take the VM over."""
     mig.error = f"the destination did not take VM {run.vm} over: {reason}"
     log.warning("stream migration %s of %s: %s", mig.id, run.vm, mig.error)
-    if run.report is not None:
-        run.report.outcome = MigrationPhase.FAILED
-        run.report.error = mig.error
-    run._phase = MigrationPhase.FAILED  # the run reported completion before the claim
-    run._emit("failed", message=mig.error)
+    run.refused(mig.error)  # the run reported completion before the destination's claim
 
 
 async def prepare_incoming(

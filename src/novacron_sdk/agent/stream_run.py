@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from novacron_sdk.compute.interface import (
@@ -19,7 +19,7 @@ from novacron_sdk.compute.interface import (
     StreamMigrationProgress,
     StreamMigrationTicket,
 )
-from novacron_sdk.errors import MigrationError
+from novacron_sdk.errors import MigrationError, NovaCronError
 from novacron_sdk.migration.models import (
     MigrationEvent,
     MigrationEventKind,
@@ -54,6 +54,7 @@ class StreamMigrationRun:
         destination_name: str,
         migration_id: str,
         on_event: Callable[[MigrationEvent], None],
+        rollback_fence: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.plugins = plugins
         self.settings = settings
@@ -63,6 +64,10 @@ class StreamMigrationRun:
         self.destination_name = destination_name
         self.migration_id = migration_id
         self._on_event = on_event
+        # Cluster mode: after a failed job, the VM counts as running here (rolled back) only
+        # once this host re-claimed its ownership record; the hypervisor may have switched
+        # over meanwhile, and the claim also fences a destination whose claim is to come.
+        self._rollback_fence = rollback_fence
         self.report: MigrationReport | None = None
         self._phase = MigrationPhase.PLANNING
         self._job: asyncio.Task[StreamMigrationOutcome] | None = None
@@ -127,7 +132,7 @@ class StreamMigrationRun:
             raise MigrationError(msg, report=report) from None
         except Exception as exc:
             await self._failed(driver, vm_id, report, started, str(exc))
-            msg = f"migration {self.migration_id} of {self.vm} failed: {exc}"
+            msg = f"migration {self.migration_id} of {self.vm} failed: {report.error}"
             raise MigrationError(msg, report=report) from exc
         self._fill(report, outcome)
         report.outcome = self._phase = MigrationPhase.COMPLETED
@@ -165,12 +170,39 @@ class StreamMigrationRun:
         with contextlib.suppress(Exception):
             here = await driver.get_vm(vm_id)
             if here.state in (VMState.RUNNING, VMState.PAUSED):
-                report.outcome = self._phase = MigrationPhase.ROLLED_BACK
+                lost = await self._reclaim()
+                if lost is None:
+                    report.outcome = self._phase = MigrationPhase.ROLLED_BACK
+                else:
+                    report.error = f"{error}; {lost}"
         if report.outcome is not MigrationPhase.ROLLED_BACK:
             report.outcome = self._phase = MigrationPhase.FAILED
-        self._emit("failed", message=error)
+        self._emit("failed", message=report.error)
         if report.outcome is MigrationPhase.ROLLED_BACK:
             self._emit("rolled_back", message="the VM runs at the source")
+
+    async def _reclaim(self) -> str | None:
+        """None when the VM seen here may count as running here; else why it may not."""
+        if self._rollback_fence is None:
+            return None
+        try:
+            if await self._rollback_fence():
+                return None
+        except NovaCronError as exc:
+            log.warning("could not re-claim VM %s after its migration failed: %s", self.vm, exc)
+        return (
+            "another host may own the VM now (its ownership record could not be re-claimed), "
+            "so it does not count as running here: check the ownership record "
+            "(novacron status --cluster)"
+        )
+
+    def refused(self, reason: str) -> None:
+        """The hypervisor completed, but the destination did not take the VM over."""
+        if self.report is not None:
+            self.report.outcome = MigrationPhase.FAILED
+            self.report.error = reason
+        self._phase = MigrationPhase.FAILED
+        self._emit("failed", message=reason)
 
     def _progress(self, progress: StreamMigrationProgress) -> None:
         if progress.iteration > self._last.iteration > 0:
