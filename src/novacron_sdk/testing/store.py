@@ -18,24 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from novacron_sdk.consensus.interface import Compare, Op, StateStore, WatchEvent
 from novacron_sdk.errors import StateStoreError
+from novacron_sdk.testing import waiting
 
 DEADLINE_S = 10.0
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
     """Poll ``check`` until it holds; fail naming ``what`` after DEADLINE_S seconds."""
-    deadline = time.monotonic() + DEADLINE_S
-    while not await check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} did not happen within {DEADLINE_S} s")
-        await asyncio.sleep(0.05)
+    await waiting.eventually(check, what, within_s=DEADLINE_S, every_s=0.05)
 
 
 async def collect(

@@ -8,9 +8,10 @@ uses one names it in its docstring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import tempfile
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from novacron_sdk.errors import (
 )
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.models import VMSpec
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, Endpoint
 
 TEST_XML = (
@@ -235,33 +237,41 @@ async def test_prepare_refuses_a_session_that_cannot_name_a_socket(
 
 
 class _FirstChannelDrops(TcpTransport):
-    """The builtin TCP transport whose first channel's ``send`` fails: a stand-in for a link
-    that drops right after connecting (a real drop cannot be timed before the hello here).
-    It records every channel it opened and whether it was closed.
+    """The builtin TCP transport whose channel carrying QEMU's connection 0 fails to send its
+    hello: a stand-in for a link that drops right after connecting (a real drop cannot be
+    timed before the hello here). Which channel that is depends on which of the pre-connected
+    channels finished connecting first, so the drop is chosen by the hello's index. It records
+    every channel it opened, whether it was closed, and which one dropped.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.opened: list[Channel] = []
         self.closed: set[int] = set()
+        self.dropped: int | None = None
 
     async def connect(self, endpoint: Endpoint, *, timeout: float = 10.0) -> Channel:
         channel = await super().connect(endpoint, timeout=timeout)
         number = len(self.opened)
         self.opened.append(channel)
-        real_close = channel.close
+        real_close, real_send = channel.close, channel.send
 
         async def close() -> None:
             self.closed.add(number)
             await real_close()
 
-        channel.close = close  # type: ignore[method-assign]
-        if number == 0:
+        sent = 0
 
-            async def send(_frame: bytes) -> None:
+        async def send(frame: bytes) -> None:
+            nonlocal sent
+            sent += 1
+            if sent == 1 and json.loads(frame[1:]).get("index") == 0:  # the hello
+                self.dropped = number
                 raise TransportError("link dropped")
+            await real_send(frame)
 
-            channel.send = send  # type: ignore[method-assign]
+        channel.close = close  # type: ignore[method-assign]
+        channel.send = send  # type: ignore[method-assign]
         return channel
 
 
@@ -301,54 +311,87 @@ def _other_tasks() -> list[asyncio.Task[Any]]:
     return [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
 
 
+async def _release(
+    writers: list[asyncio.StreamWriter],
+    source: StreamBridgeSource,
+    sink: StreamBridgeSink,
+    qemu: asyncio.Server,
+) -> None:
+    """Close everything a bridge test opened, also when it failed half way (a leaked socket
+    would otherwise be reported as a ResourceWarning in whichever test runs next).
+    """
+    for writer in writers:
+        writer.close()
+    for bridge in (source, sink):
+        with contextlib.suppress(Exception):  # the test's own assertion is what to report
+            await asyncio.wait_for(bridge.close(timeout_s=0.3), 10)
+    qemu.close()
+    await qemu.wait_closed()
+    for writer in writers:
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def test_a_connection_lost_before_its_hello_releases_both_bridges(socket_dir: Path) -> None:
     """Uses the _FirstChannelDrops stand-in transport."""
     sink, source, transport, qemu = await _bridges(socket_dir, turn_timeout_s=0.5)
+    writers: list[asyncio.StreamWriter] = []
     try:
         writers = await _qemu_connects_twice(socket_dir)
-        await asyncio.sleep(1.2)
-        assert any("link dropped" in str(e) for e in source.errors)
-        assert 0 in transport.closed  # the failed connection's channel is closed
+        await eventually(
+            lambda: any("link dropped" in str(e) for e in source.errors),
+            "the source reports the dropped link",
+        )
+        # the failed connection's channel is closed
+        await eventually(
+            lambda: transport.dropped in transport.closed, "the dropped channel closed"
+        )
         # The sink does not wait forever for connection 0: connection 1 is dropped.
-        assert any("connection 0 before it did not" in str(e) for e in sink.errors)
+        await eventually(
+            lambda: any("connection 0 before it did not" in str(e) for e in sink.errors),
+            "the sink gives up on connection 0",
+        )
         for writer in writers:  # QEMU's migration failed: it closes its sockets
             writer.close()
-        started = time.monotonic()
-        await source.close()
-        await sink.close()
-        assert time.monotonic() - started < 3
+        # close() returns although a connection never finished (a hang would hit the bound)
+        await asyncio.wait_for(source.close(), 10)
+        await asyncio.wait_for(sink.close(), 10)
         assert not source._tasks
         assert not sink._active
         assert transport.closed == set(range(len(transport.opened)))
-        await asyncio.sleep(0.1)
-        assert not [t for t in _other_tasks() if "_serve" in t.get_coro().__qualname__]
+        await eventually(
+            lambda: not [t for t in _other_tasks() if "_serve" in t.get_coro().__qualname__],
+            "the bridges' serving tasks end",
+        )
     finally:
-        qemu.close()
+        await _release(writers, source, sink, qemu)
 
 
 async def test_close_cancels_connections_that_do_not_finish(socket_dir: Path) -> None:
-    """Uses the _FirstChannelDrops stand-in transport; the sink's turn wait is long here."""
+    """Uses the _FirstChannelDrops stand-in transport; the sink's turn wait is long here
+    (60 s), so a close() that waited for it instead of cancelling would hit the 10 s bound.
+    """
     sink, source, transport, qemu = await _bridges(socket_dir, turn_timeout_s=60)
+    writers: list[asyncio.StreamWriter] = []
     try:
         writers = await _qemu_connects_twice(socket_dir)
-        await asyncio.sleep(0.5)
-        started = time.monotonic()
-        await source.close(timeout_s=0.3)
-        assert time.monotonic() - started < 2
+        await eventually(lambda: bool(sink._queued), "the sink holds connection 1 for its turn")
+        await asyncio.wait_for(source.close(timeout_s=0.3), 10)
         assert not source._tasks
         assert transport.closed == set(range(len(transport.opened)))
-        started = time.monotonic()
-        await sink.close(timeout_s=0.3)
-        assert time.monotonic() - started < 2
+        await asyncio.wait_for(sink.close(timeout_s=0.3), 10)
         assert not sink._active
         assert not sink._waiting
         for writer in writers:
             writer.close()
-        await asyncio.sleep(0.1)
-        left = [t.get_coro().__qualname__ for t in _other_tasks()]
-        assert not [name for name in left if "bridge" in name.lower() or "pump" in name]
+
+        def bridge_tasks() -> list[str]:
+            left = [t.get_coro().__qualname__ for t in _other_tasks()]
+            return [name for name in left if "bridge" in name.lower() or "pump" in name]
+
+        await eventually(lambda: not bridge_tasks(), "the bridges' tasks end")
     finally:
-        qemu.close()
+        await _release(writers, source, sink, qemu)
 
 
 # -- 5. null and relative migration settings -------------------------------------------------
