@@ -39,7 +39,7 @@ from novacron_sdk.errors import (
     TransportError,
 )
 from novacron_sdk.migration.models import MigrationSettings
-from novacron_sdk.models import VMSpec
+from novacron_sdk.models import VMSpec, VMState
 from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, Endpoint
 
@@ -457,3 +457,21 @@ async def test_tags_are_stored_in_a_given_domain_xml(driver: LibvirtDriver) -> N
         assert (await driver.get_vm("with-xml")).tags == vm.tags
     finally:
         await driver.destroy(vm.id)
+
+
+# -- 7. stopping a domain that is not running ------------------------------------------------
+
+
+async def test_stopping_a_stopped_domain_is_an_invalid_state(driver: LibvirtDriver) -> None:
+    """libvirt's test driver answers VIR_ERR_INTERNAL_ERROR ("domain not running"), which the
+    driver passed on as a DriverError; every other action on a domain in the wrong state is an
+    InvalidStateError, as the sim driver's stop of a stopped VM is.
+    """
+    vm = (await driver.list_vms())[0]
+    stopped = await driver.stop(vm.id)
+    assert stopped.state is VMState.STOPPED
+    with pytest.raises(InvalidStateError, match=r"cannot stop domain .*it is stopped") as caught:
+        await driver.stop(vm.id)
+    assert caught.value.code == "VIR_ERR_OPERATION_INVALID"
+    assert (await driver.get_vm(vm.id)).state is VMState.STOPPED
+    assert (await driver.start(vm.id)).state is VMState.RUNNING

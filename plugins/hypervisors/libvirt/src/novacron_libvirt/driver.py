@@ -293,8 +293,12 @@ class LibvirtDriver(StreamMigrationMixin, HypervisorDriver):
         return await self._get(f"get domain {vm_id!r}", vm_id)
 
     async def stop(self, vm_id: str) -> VM:
-        """Ask the guest to power off; force it off after ``shutdown_timeout_s``."""
-        domain = await self._call(f"find domain {vm_id!r}", self._lookup, vm_id)
+        """Ask the guest to power off; force it off after ``shutdown_timeout_s``.
+
+        A domain that is not running or paused is an InvalidStateError (libvirt's test driver
+        calls that an internal error).
+        """
+        domain = await self._domain_in(vm_id, "stop", {VMState.RUNNING, VMState.PAUSED})
         if self.shutdown_timeout_s > 0:
             await self._call(f"shut down domain {vm_id!r}", domain.shutdown)
             loop = asyncio.get_running_loop()
