@@ -31,6 +31,9 @@ fixture it names; every implementation of a contract must pass its suite:
 - ``placement.PlacementContract`` (``policy``): placement policies.
 - ``store.StateStoreContract`` (``store``): state stores.
 
+``waiting.eventually(check, what)`` waits for a condition in an async test (instead of a fixed
+sleep followed by an assertion, which fails on a slow machine).
+
 For example::
 
     import pytest
