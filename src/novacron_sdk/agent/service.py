@@ -43,7 +43,11 @@ from novacron_sdk.hypervisors.interface import (
     MigrationSourceInfo,
 )
 from novacron_sdk.migration import protocol
-from novacron_sdk.migration.engine import MigrationEngine
+from novacron_sdk.migration.engine import (
+    DESTINATION_CHECK_S,
+    HANDOVER_ANSWER_S,
+    MigrationEngine,
+)
 from novacron_sdk.migration.models import MigrationEvent, MigrationReport, MigrationSettings
 from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
@@ -55,6 +59,11 @@ from novacron_sdk.transport.interface import Channel, Endpoint, Listener, Transp
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+CANCEL_PATIENCE_S = 10.0
+"""On close, how long cancelled migrations get to roll back."""
+HANDOVER_PATIENCE_S = 2 * HANDOVER_ANSWER_S + DESTINATION_CHECK_S + 10.0
+"""On close, how much longer a migration past VERIFY gets: its answers' timeouts, then the
+check of the destination (a hand-over cannot be cancelled, see docs/migration.md)."""
 INCOMING_CONNECT_TIMEOUT_S = 60.0
 MAX_EVENTS_KEPT = 2000
 
@@ -178,9 +187,21 @@ class AgentService:
             self._reaper.cancel()
         for mig in self.outgoing.values():
             mig.engine.cancel()
-        tasks = [m.task for m in self.outgoing.values() if m.task and not m.task.done()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=10)
+        running = {m.task: m for m in self.outgoing.values() if m.task and not m.task.done()}
+        if running:
+            _, pending = await asyncio.wait(running, timeout=CANCEL_PATIENCE_S)
+            if pending:
+                # Past VERIFY a hand-over is not cancellable: it ends with the VM at exactly
+                # one host. Closing the driver under it could leave the VM paused at both.
+                names = ", ".join(sorted(f"{running[t].vm} ({running[t].id})" for t in pending))
+                log.warning(
+                    "waiting up to %.0f s for the hand-over of %s to end before stopping",
+                    HANDOVER_PATIENCE_S,
+                    names,
+                )
+                _, pending = await asyncio.wait(pending, timeout=HANDOVER_PATIENCE_S)
+            for task in pending:
+                log.error("stopping with the migration %s unfinished", running[task].id)
         for incoming in list(self.incoming_streams.values()):
             with contextlib.suppress(NovaCronError, OSError):
                 await stream.finish_incoming(incoming, False, "the destination agent stopped")
