@@ -14,12 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from novacron_sdk.agent import service as service_module
 from novacron_sdk.agent.app import create_app
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.service import AgentService
 from novacron_sdk.builtin.sim.driver import SimDriver
+from novacron_sdk.config.sections import AgentSettings
+from novacron_sdk.errors import NotFoundError
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.testing.waiting import eventually
@@ -128,3 +131,31 @@ async def test_stopping_rolls_back_a_migration_before_its_hand_over(agents) -> N
     assert mig.error is not None
     assert state_at_close == ["running"]
     assert [v.name for v in await destination.driver.list_vms()] == []
+
+
+async def test_finished_migrations_are_forgotten_after_their_retention(agents) -> None:
+    """A long-running agent kept every migration it ever ran (report and up to 2,000 events
+    each) and every incoming one, for good."""
+    source, destination, _ = agents
+    for agent in (source, destination):
+        agent.finished_retention_s = 0.3
+        await agent.start()
+    vm = await source.driver.create_vm(
+        VMSpec(name="vm3", memory_mib=16, extra={"workload": {"pattern": "idle"}})
+    )
+    mig = await source.start_migration(vm.id, DEST_URL, {"transport": "tcp", "codec": "zlib"})
+    await eventually(mig.done.is_set, "the migration ended")
+    assert mig.error is None
+    assert source.get_outgoing(mig.id) is mig  # still there right after
+    await eventually(lambda: not source.outgoing, "the source forgot the migration")
+    await eventually(lambda: not destination.incoming, "the destination forgot it")
+    with pytest.raises(NotFoundError):
+        source.get_outgoing(mig.id)
+    assert not source._finished_at
+    assert not destination._finished_at
+
+
+def test_a_retention_shorter_than_a_hand_over_is_refused() -> None:
+    with pytest.raises(ValidationError, match="finished_retention_s"):
+        AgentSettings.model_validate({"finished_retention_s": 10})
+    assert AgentSettings().finished_retention_s == 3600

@@ -85,6 +85,7 @@ class ServiceComponent(Component):
             migration_defaults=self.context.config.get("migration", MigrationSettings),
             capacity=(agent.vcpus, agent.memory_mib),
             incoming_timeout_s=agent.incoming_timeout_s,
+            finished_retention_s=agent.finished_retention_s,
             transport_settings=transports.settings,
             codec_settings=codecs.settings,
             security=self.context.values.get("agent.security"),

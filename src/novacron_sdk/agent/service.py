@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +59,8 @@ from novacron_sdk.transport.interface import Channel, Endpoint, Listener, Transp
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 10.0
+FINISHED_RETENTION_S = 3600.0
+"""How long a finished migration's entry (report, events, incoming state) is kept."""
 CANCEL_PATIENCE_S = 10.0
 """On close, how long cancelled migrations get to roll back."""
 HANDOVER_PATIENCE_S = 2 * HANDOVER_ANSWER_S + DESTINATION_CHECK_S + 10.0
@@ -139,6 +141,7 @@ class AgentService:
         capacity: tuple[int, int] = (8, 16384),
         security: Any | None = None,
         incoming_timeout_s: float = INCOMING_CONNECT_TIMEOUT_S,
+        finished_retention_s: float = FINISHED_RETENTION_S,
         transport_settings: Mapping[str, Mapping[str, Any]] | None = None,
         codec_settings: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
@@ -152,6 +155,8 @@ class AgentService:
         self.migration_defaults = migration_defaults or MigrationSettings()
         self.capacity = capacity
         self.incoming_timeout_s = incoming_timeout_s
+        self.finished_retention_s = finished_retention_s
+        self._finished_at: dict[tuple[str, str], float] = {}  # (table, id) -> first seen ended
         self.transport_settings = {k: dict(v) for k, v in (transport_settings or {}).items()}
         self.codec_settings = {k: dict(v) for k, v in (codec_settings or {}).items()}
         # An AgentSecurity from the "agent.security" init component, or None. Duck-typed:
@@ -600,11 +605,12 @@ class AgentService:
             await channel.close()
 
     async def _reap_incoming(self) -> None:
-        """Abort prepared migrations whose source never connected."""
+        """Abort prepared migrations whose source never connected; forget finished ones."""
         limit = self.incoming_timeout_s
         while True:
-            await asyncio.sleep(min(5.0, limit / 4))
+            await asyncio.sleep(min(5.0, limit / 4, self.finished_retention_s / 4))
             now = time.monotonic()
+            self._forget_finished(now)
             for inc in list(self.incoming.values()):
                 stale = now - inc.created > limit
                 if not inc.connected and stale and inc.receiver.state == "pending":
@@ -619,6 +625,26 @@ class AgentService:
                 await stream.reap(self.incoming_streams, limit)
             except Exception:
                 log.exception("reaping incoming stream migrations failed; trying again later")
+
+    def _forget_finished(self, now: float) -> None:
+        """Drop the entries of migrations that ended more than ``finished_retention_s`` ago
+        (timed from when this housekeeping first saw them ended)."""
+        tables: list[tuple[str, dict[str, Any], Callable[[Any], bool]]] = [
+            ("outgoing", self.outgoing, lambda mig: mig.done.is_set()),
+            ("incoming", self.incoming, lambda inc: inc.receiver.state in ("active", "aborted")),
+            ("streams", self.incoming_streams, lambda inc: inc.state in ("completed", "aborted")),
+        ]
+        for name, table, ended in tables:
+            for key, entry in list(table.items()):
+                if not ended(entry):
+                    continue
+                seen = self._finished_at.setdefault((name, key), now)
+                if now - seen >= self.finished_retention_s:
+                    del table[key]
+                    del self._finished_at[(name, key)]
+        live = {(name, key) for name, table, _ in tables for key in table}
+        for stale in self._finished_at.keys() - live:
+            del self._finished_at[stale]
 
 
 def _prepared_answer(prepared: Any, dest_url: str) -> tuple[Endpoint, str]:

@@ -36,6 +36,13 @@ class AgentSettings(BaseModel):
         description="A prepared incoming migration whose source never connects, or vanishes "
         "without finishing it, is discarded after this long.",
     )
+    finished_retention_s: float = Field(
+        default=3600.0,
+        ge=300,
+        description="A finished migration (its report and events, or an incoming one's state) "
+        "is forgotten this long after it ended (at least 300 s: a source may still ask about "
+        "a hand-over that long).",
+    )
 
 
 class DriversSettings(BaseModel):
