@@ -22,6 +22,7 @@ from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase
 from novacron_sdk.models import VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.waiting import eventually
 
 URL = "http://agent.test"
 IDLE = {"workload": {"pattern": "idle"}}
@@ -174,12 +175,18 @@ async def test_a_long_poll_answers_at_once_when_the_agent_stops(api) -> None:
     service, _, http = api
     mig = OutgoingMigration(id="m", vm="v", destination="http://b", engine=_Engine())  # type: ignore[arg-type]
     service.outgoing["m"] = mig
-    poll = asyncio.create_task(http.get("/v1/migrations/m/events", params={"after": 0, "wait": 30}))
-    await asyncio.sleep(0.2)
-    assert not poll.done()
-    started = asyncio.get_running_loop().time()
-    await service.stopping()
-    response = await asyncio.wait_for(poll, 5)
-    assert response.status_code == 200
-    assert response.json()["events"] == []
-    assert asyncio.get_running_loop().time() - started < 2
+    # The longest wait the API allows: the bug held the poll (and the shutdown) for all of it.
+    poll = asyncio.create_task(http.get("/v1/migrations/m/events", params={"after": 0, "wait": 60}))
+    try:
+        # Stop only once the poll is parked on the migration's condition: a poll that had not
+        # got there yet would see the stop flag first and answer however stopping() behaves.
+        await eventually(lambda: bool(mig.changed._waiters), "the long-poll waits for events")
+        assert not poll.done()
+        await service.stopping()
+        # Far below the 60 s wait the bug held it for; no bound on how fast it answers.
+        response = await asyncio.wait_for(poll, 20)
+        assert response.status_code == 200
+        assert response.json()["events"] == []
+    finally:
+        poll.cancel()
+        await asyncio.gather(poll, return_exceptions=True)

@@ -29,6 +29,7 @@ from novacron_sdk.errors import (
 from novacron_sdk.migration.models import MigrationEvent, MigrationPhase, MigrationSettings
 from novacron_sdk.migration.remote import migrate_via_agents
 from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Endpoint
 
 pytestmark = pytest.mark.slow
@@ -93,7 +94,18 @@ async def test_downtime_within_limit_for_converging_workload(hosts, clients) -> 
         destination=b.url,
         settings=MigrationSettings(downtime_limit_ms=300),
     )
-    assert report.downtime_ms <= report.downtime_limit_ms == 300
+    assert report.outcome is MigrationPhase.COMPLETED
+    # Pre-copy ran (no stop-and-copy of the whole VM), and the engine paused the VM only when
+    # what was left to send fit the limit: even at the fastest rate a round achieved (the
+    # engine's estimate is at most that), it takes no longer than the limit. The wall-clock
+    # downtime itself (tens of ms here, more on a loaded machine) is measured against the
+    # limit by benchmarks/migration.py, not asserted in a test.
+    assert report.rounds
+    assert report.switchover is not None
+    assert report.switchover.pages < report.rounds[0].pages
+    fastest_bps = max(8 * r.wire_bytes / r.seconds for r in report.rounds if r.seconds > 0)
+    send_ms = 1000 * 8 * report.switchover.wire_bytes / fastest_bps
+    assert send_ms <= report.downtime_limit_ms == 300, (report.switchover, report.rounds)
     await cb.destroy_vm("calm")
 
 
@@ -159,13 +171,13 @@ async def test_killing_destination_leaves_source_running_intact() -> None:
 
 async def assert_discarded(client: AgentClient, name: str) -> None:
     """The destination discards the VM (asynchronously) and never runs it."""
-    for _ in range(100):
+
+    async def discarded() -> bool:
         left = [v for v in await client.list_vms() if v.name == name]
-        assert all(v.state is not VMState.RUNNING for v in left)
-        if not left:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{name} still on the destination: {left}")
+        assert all(v.state is not VMState.RUNNING for v in left), left
+        return not left
+
+    await eventually(discarded, f"{name} is discarded by the destination")
 
 
 class FaultyProxy:
@@ -325,10 +337,14 @@ async def test_garbage_on_migration_endpoint_is_rejected(clients) -> None:
     )
     port = prepared["endpoint"]["port"]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET / HTTP/1.1\r\n\r\n" + os.urandom(4096))
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)  # the agent closes the connection
-    writer.close()
+    try:
+        writer.write(b"GET / HTTP/1.1\r\n\r\n" + os.urandom(4096))
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 20)  # the agent closes the connection
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
     assert isinstance(data, bytes)
     assert (await cb.health())["status"] == "ok"
     state = await cb.incoming_state("probe1")

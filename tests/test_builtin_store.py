@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -231,15 +230,17 @@ async def test_unusable_file_is_a_config_error(tmp_path: Path, make_path, proble
     """A file that cannot be created, opened or written fails at once (no busy retries),
     naming the setting, the path and the reason."""
     path = make_path(tmp_path)
-    store = SqliteStore({"path": path})
-    began = time.monotonic()
-    with pytest.raises(StoreConfigError, match=problem) as info:
-        await store.get("k")
-    assert time.monotonic() - began < 2
+    # Busy retries (the bug) would go on for the whole busy_timeout_s: 60 s here, far past
+    # the bound below, which only an error raised without retrying stays well within.
+    store = SqliteStore({"path": path, "busy_timeout_s": 60})
+    try:
+        with pytest.raises(StoreConfigError, match=problem) as info:
+            await asyncio.wait_for(store.get("k"), 20)
+    finally:
+        await store.close()
     message = str(info.value)
     assert message.startswith("state.settings.path: the sqlite state store")
     assert "set state.settings.path to" in message
-    await store.close()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write read-only files")
@@ -321,7 +322,7 @@ async def test_closed_store_refuses_work_and_ends_watches(store: SqliteStore) ->
     await store.close()
     await store.close()
     with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(anext(stream), 5)
+        await asyncio.wait_for(anext(stream), 20)
     with pytest.raises(StateStoreError, match="closed"):
         await store.get("w")
 
@@ -343,15 +344,18 @@ def test_registered_as_sqlite() -> None:
     assert build_plugin_manager(autoload=False).state_stores.get("sqlite") is SqliteStore
 
 
-def _hold_exclusive(path: Path, seconds: float, held: threading.Event) -> None:
-    """Another connection that keeps every reader and writer out for ``seconds``."""
+def _hold_exclusive(
+    path: Path, held: threading.Event, release: threading.Event, hold_s: float
+) -> None:
+    """Another connection that keeps every reader and writer out until ``release`` is set
+    or ``hold_s`` has passed."""
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("BEGIN EXCLUSIVE")
         db.execute("SELECT count(*) FROM kv").fetchone()
         held.set()
-        time.sleep(seconds)
+        release.wait(hold_s)
         db.execute("COMMIT")
     finally:
         db.close()
@@ -359,27 +363,29 @@ def _hold_exclusive(path: Path, seconds: float, held: threading.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def _locked_out(
-    path: Path, *, hold_s: float, busy_timeout_s: float
+    path: Path, *, busy_timeout_s: float, hold_s: float = 60
 ) -> AsyncIterator[SqliteStore]:
-    """A store on ``path`` (holding key k) while another connection keeps it locked."""
+    """A store on ``path`` (holding key k) while another connection keeps it locked: for
+    ``hold_s``, or until the block ends."""
     first = SqliteStore({"path": path})
     await first.put("k", b"v")
     await first.close()
     store = SqliteStore({"path": path, "busy_timeout_s": busy_timeout_s})
-    held = threading.Event()
-    holder = threading.Thread(target=_hold_exclusive, args=(path, hold_s, held))
+    held, release = threading.Event(), threading.Event()
+    holder = threading.Thread(target=_hold_exclusive, args=(path, held, release, hold_s))
     holder.start()
     try:
-        assert await asyncio.to_thread(held.wait, 5)
+        assert await asyncio.to_thread(held.wait, 20)
         yield store
     finally:
-        holder.join()
+        release.set()
+        await asyncio.to_thread(holder.join)
         await store.close()
 
 
 @pytest.mark.parametrize("op", ["get", "put"])
 async def test_waits_for_another_connections_lock(tmp_path: Path, op: str) -> None:
-    async with _locked_out(tmp_path / "state.db", hold_s=0.5, busy_timeout_s=10) as store:
+    async with _locked_out(tmp_path / "state.db", hold_s=0.5, busy_timeout_s=30) as store:
         if op == "get":
             kv = await store.get("k")
             assert kv is not None
@@ -390,7 +396,7 @@ async def test_waits_for_another_connections_lock(tmp_path: Path, op: str) -> No
 
 async def test_a_lock_held_past_the_busy_timeout_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    async with _locked_out(path, hold_s=1.5, busy_timeout_s=0.2) as store:
+    async with _locked_out(path, busy_timeout_s=0.2) as store:  # held until the block ends
         with pytest.raises(StateStoreError, match=r"write lock > 0\.2 s"):
             await store.get("k")
     reopened = SqliteStore({"path": path})

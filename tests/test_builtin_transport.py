@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import zlib
@@ -14,6 +15,7 @@ from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import FrameError, TransportError
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.testing.transport import TransportContract, channel_pair
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport import framing
 from novacron_sdk.transport.interface import Channel, Endpoint
 
@@ -43,14 +45,19 @@ async def raw_peer() -> AsyncIterator[RawPeer]:
         await accepted.put(channel)
 
     listener = await TcpTransport({"max_frame_bytes": 1 << 20}).listen(Endpoint(), handler)
-    reader, writer = await asyncio.open_connection("127.0.0.1", listener.endpoint.port)
-    server = await asyncio.wait_for(accepted.get(), 5)
     try:
-        yield RawPeer(reader, writer, server)
+        reader, writer = await asyncio.open_connection("127.0.0.1", listener.endpoint.port)
+        try:
+            server = await asyncio.wait_for(accepted.get(), 20)
+            try:
+                yield RawPeer(reader, writer, server)
+            finally:
+                await server.close()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):  # the listener side may have reset it
+                await writer.wait_closed()
     finally:
-        writer.close()
-        await writer.wait_closed()
-        await server.close()
         await listener.close()
 
 
@@ -77,7 +84,7 @@ async def test_corrupted_crc_is_rejected_and_channel_closed(raw_peer: RawPeer) -
     with pytest.raises(TransportError):
         await raw_peer.server.send(b"after the error")
     # The listener side dropped the connection: the raw peer reads end-of-stream.
-    assert await asyncio.wait_for(raw_peer.reader.read(), 5) == b""
+    assert await asyncio.wait_for(raw_peer.reader.read(), 20) == b""
 
 
 async def test_flipped_payload_bit_is_rejected(raw_peer: RawPeer) -> None:
@@ -151,7 +158,7 @@ async def test_huge_declared_length_rejected_from_header_alone(raw_peer: RawPeer
     header = struct.pack("!2sBBQII", b"NC", 1, 0, 0, 0xFFFFFFFF, 0)
     await raw_peer.send(header)  # and no payload: the receiver must not wait for 4 GiB
     with pytest.raises(FrameError, match="exceeds max_frame_bytes"):
-        await asyncio.wait_for(raw_peer.server.recv(), 5)
+        await asyncio.wait_for(raw_peer.server.recv(), 20)
 
 
 async def test_frames_split_at_every_boundary(raw_peer: RawPeer) -> None:
@@ -233,15 +240,23 @@ async def test_back_pressure_bounds_the_write_buffer() -> None:
     )
     async with channel_pair(transport) as (client, server):
         payload = bytes(128 * 1024)
+        buffered = client._transport.get_write_buffer_size  # type: ignore[attr-defined]
         sender = asyncio.create_task(_send_many(client, payload, 200))
-        await asyncio.sleep(0.2)
-        # The receiver reads nothing: the sender must be parked in send(), not done.
-        assert not sender.done()
-        write_buffer = client._transport.get_write_buffer_size()  # type: ignore[attr-defined]
-        assert write_buffer <= 256 * 1024 + len(payload) + framing.HEADER_SIZE
-        for _ in range(200):
-            assert await server.recv() == payload
-        await sender
+        try:
+            # The receiver reads nothing: once the socket buffers are full, the write buffer
+            # reaches its high-water mark (without back-pressure the sender has written all
+            # 25 MiB into it by then, and is done)...
+            await eventually(lambda: buffered() > 256 * 1024, "the write buffer fills up")
+            await asyncio.sleep(0.2)
+            # ...and the sender must be parked in send(), not done, with the buffer bounded.
+            assert not sender.done()
+            assert buffered() <= 256 * 1024 + len(payload) + framing.HEADER_SIZE
+            for _ in range(200):
+                assert await server.recv() == payload
+            await sender
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
 
 
 async def _send_many(channel: Channel, payload: bytes, n: int) -> None:

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -77,7 +76,8 @@ def test_number_arg_accepts_what_it_promises():
 
 
 def test_agent_with_an_unknown_driver_fails_at_once(novacron_subprocess):
-    began = time.monotonic()
+    # No backoff (it used to retry after 0.5 s + 1 s): one attempt, no "retrying" line. What
+    # it costs is not timed here; a hang is bounded by the subprocess runner's timeout.
     result = novacron_subprocess("agent", "--port", "0", "--driver", "foo", env=CORE_ONLY)
     assert result.exit_code == 2
     assert "retrying" not in result.stderr
@@ -86,7 +86,6 @@ def test_agent_with_an_unknown_driver_fails_at_once(novacron_subprocess):
         "UnknownNameError: no hypervisor named 'foo'; known: "
     ) in result.stderr
     assert result.stderr.count("no hypervisor named 'foo'") == 1
-    assert time.monotonic() - began < 30  # no backoff (it used to wait 0.5 s + 1 s)
 
 
 @pytest.mark.slow
@@ -109,13 +108,16 @@ def test_agent_says_where_it_listens_and_when_it_stops(subprocess_env, tmp_path:
         )
         assert found, line + proc.stderr.read() if proc.poll() is not None else line
         url = found.group(1)
-        assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
         proc.send_signal(signal.SIGTERM)
-        stdout, rest = proc.communicate(timeout=30)
+        stdout, rest = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+        for pipe in (proc.stdout, proc.stderr):  # a failed test must not leak them
+            if pipe is not None:
+                pipe.close()
     assert proc.returncode == 0, rest
     assert rest == "agent host-x stopped\n"
     assert stdout == ""

@@ -29,6 +29,10 @@ from novacron_sdk.consensus.interface import TxnResult
 from novacron_sdk.errors import ConfigError, StateStoreError
 from novacron_sdk.testing.store import eventually
 
+KEPT_TTL_S = 3.0
+"""The ttl of a lease that a keep-alive (every ttl/3) must keep: it survives a stall of the
+event loop (a loaded machine) of up to 2 s. Leases that must expire keep a short ttl."""
+
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
@@ -39,48 +43,57 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 async def test_host_registration_lives_with_its_lease(store: SqliteStore) -> None:
     """A registered host is listed while refreshed, and gone soon after refreshing stops."""
-    member = HostMembership(store, HostRecord(name="h1", vcpus=8), ttl_s=0.6)
+    member = HostMembership(store, HostRecord(name="h1", vcpus=8), ttl_s=KEPT_TTL_S)
     await member.start()
-    await asyncio.sleep(1.5)  # well past the ttl: only the keep-alive keeps it
-    assert [h.name for h in await list_hosts(store)] == ["h1"]
-    assert member._task is not None
-    member._task.cancel()  # the agent dies without deregistering
+    try:
+        await asyncio.sleep(KEPT_TTL_S + 1)  # past the ttl: only the keep-alive keeps it
+        assert [h.name for h in await list_hosts(store)] == ["h1"]
+        assert member._task is not None
+        member._task.cancel()  # the agent dies without deregistering
 
-    async def gone() -> bool:
-        return await list_hosts(store) == []
+        async def gone() -> bool:
+            return await list_hosts(store) == []
 
-    await eventually(gone, "expiry of the dead host's lease")
+        await eventually(gone, "expiry of the dead host's lease")
+    finally:
+        await member.stop()
 
 
 async def test_host_reregisters_after_its_lease_expired(store: SqliteStore) -> None:
     """When the lease is lost anyway, the keep-alive registers the host again."""
-    member = HostMembership(store, HostRecord(name="h1"), ttl_s=0.6)
+    member = HostMembership(store, HostRecord(name="h1"), ttl_s=KEPT_TTL_S)
     await member.start()
-    assert member.lease is not None
-    await store.revoke_lease(member.lease)  # as if the store expired it during a pause
+    try:
+        assert member.lease is not None
+        await store.revoke_lease(member.lease)  # as if the store expired it during a pause
 
-    async def back() -> bool:
-        return member.registrations == 2 and [h.name for h in await list_hosts(store)] == ["h1"]
+        async def back() -> bool:
+            registered = [h.name for h in await list_hosts(store)] == ["h1"]
+            return member.registrations == 2 and registered
 
-    await eventually(back, "re-registration")
-    await member.stop()
+        await eventually(back, "re-registration")
+    finally:
+        await member.stop()
     assert await list_hosts(store) == []
 
 
 async def test_a_second_agent_with_the_same_name_is_refused(store: SqliteStore) -> None:
     """It waits out the first one's lease ttl (in case that one had died), then refuses,
     naming the other agent's URL; the first keeps its record."""
-    first = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=0.6)
+    first = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=KEPT_TTL_S)
     await first.start()
-    second = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
-    with pytest.raises(ConfigError) as info:
-        await asyncio.wait_for(second.start(), 10)
-    message = str(info.value)
-    assert "host name 'h1' is taken: another agent at http://127.0.0.1:1 on machine " in message
-    assert message.endswith("give each agent its own agent.name (novacron agent --name)")
-    assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
-    assert second.lease is None
-    await first.stop()
+    try:
+        second = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
+        with pytest.raises(ConfigError) as info:
+            # It gives up after the first one's ttl and a second (4 s); the bound is for a hang.
+            await asyncio.wait_for(second.start(), 30)
+        message = str(info.value)
+        assert "host name 'h1' is taken: another agent at http://127.0.0.1:1 on machine " in message
+        assert message.endswith("give each agent its own agent.name (novacron agent --name)")
+        assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
+        assert second.lease is None
+    finally:
+        await first.stop()
     assert await list_hosts(store) == []
 
 
@@ -91,20 +104,22 @@ async def test_a_restarted_agent_takes_its_name_back(store: SqliteStore) -> None
     await dead.start()
     assert dead._task is not None
     dead._task.cancel()  # killed: no deregistration, the lease lives on for its ttl
-    restarted = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
-    await asyncio.wait_for(restarted.start(), 10)
+    # A long ttl: a run that waited for this lease to expire (the bug) would not register
+    # within the bound below (it gives up after 20 s), one that takes over at once does.
+    restarted = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=30)
+    await asyncio.wait_for(restarted.start(), 30)  # waits out the dead run's 0.6 s lease
     assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:2"]
     assert restarted._task is not None
-    restarted._task.cancel()
+    restarted._task.cancel()  # killed too, with its 30 s lease alive
 
-    loop = asyncio.get_running_loop()
-    began = loop.time()
     same_url = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=30)
-    await same_url.start()
-    assert loop.time() - began < 0.5  # no wait: no live process can share its URL
-    [host] = await list_hosts(store)
-    assert host.instance == same_url.record.instance != restarted.record.instance
-    await same_url.stop()
+    try:
+        # No wait for the 30 s lease: no live process can share its URL.
+        await asyncio.wait_for(same_url.start(), 10)
+        [host] = await list_hosts(store)
+        assert host.instance == same_url.record.instance != restarted.record.instance
+    finally:
+        await same_url.stop()
 
 
 async def test_reregistration_does_not_take_a_name_another_agent_took(
@@ -112,25 +127,32 @@ async def test_reregistration_does_not_take_a_name_another_agent_took(
 ) -> None:
     """A paused agent whose lease expired finds its name taken: it warns, and keeps off."""
     caplog.set_level(logging.WARNING, logger="novacron_sdk.cluster.hosts")
-    paused = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=0.6)
+    # Both kept alive: the other agent must keep the name while the paused one looks, and
+    # the paused one must not look again (every ttl/3) before the other has taken it.
+    paused = HostMembership(
+        store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=KEPT_TTL_S
+    )
+    other = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=KEPT_TTL_S)
     await paused.start()
-    assert paused.lease is not None
-    await store.revoke_lease(paused.lease)  # as if its lease expired during a pause
-    other = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:2"), ttl_s=0.6)
-    await other.start()
+    try:
+        assert paused.lease is not None
+        await store.revoke_lease(paused.lease)  # as if its lease expired during a pause
+        await other.start()
 
-    async def warned() -> bool:
-        return "another agent (at http://127.0.0.1:2" in caplog.text
+        async def warned() -> bool:
+            return "another agent (at http://127.0.0.1:2" in caplog.text
 
-    await eventually(warned, "the paused agent's warning")
-    assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:2"]
-    await other.stop()
+        await eventually(warned, "the paused agent's warning")
+        assert [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:2"]
+        await other.stop()
 
-    async def back() -> bool:  # the name is free again: the paused agent registers
-        return [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
+        async def back() -> bool:  # the name is free again: the paused agent registers
+            return [h.url for h in await list_hosts(store)] == ["http://127.0.0.1:1"]
 
-    await eventually(back, "re-registration once the name is free")
-    await paused.stop()
+        await eventually(back, "re-registration once the name is free")
+    finally:
+        await other.stop()
+        await paused.stop()
 
 
 async def test_one_controller_and_failover(store: SqliteStore) -> None:
@@ -142,33 +164,33 @@ async def test_one_controller_and_failover(store: SqliteStore) -> None:
             elected.append(name)
             await asyncio.Event().wait()
 
-        return ClusterController(store, name, ttl_s=1.0, on_elected=on_elected)
+        # Kept alive: a leader must not lose its lease to a stall (a third election).
+        return ClusterController(store, name, ttl_s=KEPT_TTL_S, on_elected=on_elected)
 
     controllers = [work(f"agent-{i}") for i in range(3)]
     for controller in controllers:
         controller.start()
-    await asyncio.wait_for(
-        asyncio.wait(
-            [asyncio.create_task(c.wait_leading()) for c in controllers],
-            return_when=asyncio.FIRST_COMPLETED,
-        ),
-        10,
-    )
-    leaders = [c for c in controllers if c.is_leader]
-    assert len(leaders) == 1
-    assert await current_controller(store) == leaders[0].candidate_id
-    await leaders[0].stop()
-    rest = [c for c in controllers if c is not leaders[0]]
+    waiting = [asyncio.create_task(c.wait_leading()) for c in controllers]
+    try:
+        await asyncio.wait_for(asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED), 20)
+        leaders = [c for c in controllers if c.is_leader]
+        assert len(leaders) == 1
+        assert await current_controller(store) == leaders[0].candidate_id
+        await leaders[0].stop()
+        rest = [c for c in controllers if c is not leaders[0]]
 
-    async def taken_over() -> bool:
-        return sum(c.is_leader for c in rest) == 1
+        async def taken_over() -> bool:
+            return sum(c.is_leader for c in rest) == 1 and len(elected) == 2
 
-    await eventually(taken_over, "controller failover")
-    assert await current_controller(store) in {c.candidate_id for c in rest}
-    assert elected[0] == leaders[0].candidate_id
-    assert len(elected) == 2
-    for controller in rest:
-        await controller.stop()
+        await eventually(taken_over, "controller failover")
+        assert await current_controller(store) in {c.candidate_id for c in rest}
+        assert elected[0] == leaders[0].candidate_id
+        assert len(elected) == 2
+    finally:
+        for task in waiting:
+            task.cancel()
+        for controller in controllers:
+            await controller.stop()
     assert await current_controller(store) is None
 
 
@@ -202,20 +224,22 @@ async def test_claim_needs_the_current_owner(store: SqliteStore) -> None:
 async def test_cluster_status_reads_the_store(store: SqliteStore) -> None:
     """Status lists live hosts, the controller, owners and VMs whose owner is gone."""
     member = HostMembership(store, HostRecord(name="h1", url="http://127.0.0.1:1"), ttl_s=5)
-    await member.start()
     controller = ClusterController(store, "h1", ttl_s=5)
-    controller.start()
-    await asyncio.wait_for(controller.wait_leading(), 10)
-    await record_owner(store, "vm-a", "h1")
-    await record_owner(store, "vm-b", "h-dead")
-    status = await cluster_status(store)
-    assert status.store == "sqlite"
-    assert status.controller == "h1"
-    assert [h.name for h in status.hosts] == ["h1"]
-    assert [(v.vm, v.host) for v in status.vms] == [("vm-a", "h1"), ("vm-b", "h-dead")]
-    assert status.orphaned_vms == ["vm-b"]
-    await controller.stop()
-    await member.stop()
+    await member.start()
+    try:
+        controller.start()
+        await asyncio.wait_for(controller.wait_leading(), 20)
+        await record_owner(store, "vm-a", "h1")
+        await record_owner(store, "vm-b", "h-dead")
+        status = await cluster_status(store)
+        assert status.store == "sqlite"
+        assert status.controller == "h1"
+        assert [h.name for h in status.hosts] == ["h1"]
+        assert [(v.vm, v.host) for v in status.vms] == [("vm-a", "h1"), ("vm-b", "h-dead")]
+        assert status.orphaned_vms == ["vm-b"]
+    finally:
+        await controller.stop()
+        await member.stop()
 
 
 class FlakyAfterCommitStore(SqliteStore):

@@ -45,7 +45,7 @@ def _context(
     enabled: bool,
     sim: str = "sim.json",
     state: str | None = None,
-    lease_ttl_s: float = 2.0,
+    lease_ttl_s: float = 3.0,  # kept alive every ttl/3: a stall of up to 2 s loses no lease
 ) -> InitContext:
     plugins = build_plugin_manager(autoload=False, plugins=[("cluster", ClusterPlugin())])
     config = load_config(
@@ -110,19 +110,21 @@ async def test_status_report_prints_the_cluster(
     context = _context(tmp_path, enabled=True)
     store = SqliteStore({"path": tmp_path / "state.db"})
     membership = HostMembership(store, HostRecord(name="host-a", vcpus=4), ttl_s=30)
-    await membership.start()
-    await record_owner(store, "web", "host-a")
-    await record_owner(store, "db", "host-gone")
-    await asyncio.to_thread(cluster_report, context.config, context.plugins, as_json=True)
-    data = json.loads(capsys.readouterr().out)
-    assert [h["name"] for h in data["hosts"]] == ["host-a"]
-    assert data["orphaned_vms"] == ["db"]
-    await asyncio.to_thread(cluster_report, context.config, context.plugins, as_json=False)
-    text = capsys.readouterr()
-    assert "host-a" in text.out
-    assert "host-gone" in text.out
-    await membership.stop()
-    await store.close()
+    try:
+        await membership.start()
+        await record_owner(store, "web", "host-a")
+        await record_owner(store, "db", "host-gone")
+        await asyncio.to_thread(cluster_report, context.config, context.plugins, as_json=True)
+        data = json.loads(capsys.readouterr().out)
+        assert [h["name"] for h in data["hosts"]] == ["host-a"]
+        assert data["orphaned_vms"] == ["db"]
+        await asyncio.to_thread(cluster_report, context.config, context.plugins, as_json=False)
+        text = capsys.readouterr()
+        assert "host-a" in text.out
+        assert "host-gone" in text.out
+    finally:
+        await membership.stop()
+        await store.close()
 
 
 async def test_agent_owns_vms_created_after_it_started(

@@ -15,6 +15,10 @@ from novacron_sdk.builtin.sqlite_store import SqliteStore
 from novacron_sdk.consensus.election import Election
 from novacron_sdk.errors import StateStoreError
 
+KEPT_TTL_S = 3.0
+"""The ttl of a lease that the keep-alive (every ttl/3) must keep: leadership survives a stall
+of the event loop (a loaded machine) of well over a second."""
+
 
 def leading(election: Election) -> bool:
     return election.is_leader
@@ -45,28 +49,39 @@ async def test_second_candidate_waits_for_resignation(store: SqliteStore) -> Non
     b = Election(store, "scheduler", "node-b", ttl_s=5)
     await a.campaign()
     waiting = asyncio.create_task(b.campaign())
-    await asyncio.sleep(0.3)
-    assert not waiting.done()
-    assert await b.leader() == "node-a"
-    await a.resign()
-    await asyncio.wait_for(waiting, 10)
-    assert b.is_leader
-    assert await a.leader() == "node-b"
-    await b.resign()
+    try:
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        assert await b.leader() == "node-a"
+        await a.resign()
+        await asyncio.wait_for(waiting, 20)
+        assert b.is_leader
+        assert await a.leader() == "node-b"
+    finally:
+        waiting.cancel()
+        await a.resign()
+        await b.resign()
 
 
 async def test_racing_candidates_one_leader_at_a_time(store: SqliteStore) -> None:
     candidates = [Election(store, "race", f"node-{i}", ttl_s=5) for i in range(4)]
     tasks = {asyncio.create_task(c.campaign()): c for c in candidates}
     order = []
-    while tasks:
-        done, _ = await asyncio.wait(tasks, timeout=10, return_when=asyncio.FIRST_COMPLETED)
-        assert len(done) == 1, "two candidates won at once"
-        leader = tasks.pop(done.pop())
-        assert sum(c.is_leader for c in candidates) == 1
-        order.append(leader.candidate_id)
-        assert await leader.leader() == leader.candidate_id
-        await leader.resign()
+    try:
+        while tasks:
+            done, _ = await asyncio.wait(tasks, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+            assert done, "no candidate won within 20 s"
+            assert len(done) == 1, "two candidates won at once"
+            leader = tasks.pop(done.pop())
+            assert sum(c.is_leader for c in candidates) == 1
+            order.append(leader.candidate_id)
+            assert await leader.leader() == leader.candidate_id
+            await leader.resign()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for candidate in candidates:
+            await candidate.resign()
     assert sorted(order) == [f"node-{i}" for i in range(4)]
 
 
@@ -81,12 +96,15 @@ async def test_elections_with_different_names_are_independent(store: SqliteStore
 
 
 async def test_keep_alive_holds_leadership_past_the_ttl(store: SqliteStore) -> None:
-    election = Election(store, "kept", "node-a", ttl_s=1.5)
+    election = Election(store, "kept", "node-a", ttl_s=KEPT_TTL_S)
     await election.campaign()
-    await asyncio.sleep(2.5)  # past the ttl: only the keep-alive explains the key's survival
-    assert election.is_leader
-    assert await election.leader() == "node-a"
-    await election.resign()
+    try:
+        # Past the ttl: only the keep-alive explains the key's survival.
+        await asyncio.sleep(KEPT_TTL_S + 1)
+        assert election.is_leader
+        assert await election.leader() == "node-a"
+    finally:
+        await election.resign()
 
 
 async def test_lost_lease_is_noticed(store: SqliteStore) -> None:
@@ -109,7 +127,7 @@ LEADER = textwrap.dedent(
 
     async def main():
         store = SqliteStore({"path": sys.argv[1]})
-        await Election(store, "crash", "doomed", ttl_s=0.6).campaign()
+        await Election(store, "crash", "doomed", ttl_s=float(sys.argv[2])).campaign()
         print("leading", flush=True)
         await asyncio.sleep(3600)
 
@@ -120,17 +138,24 @@ LEADER = textwrap.dedent(
 
 @pytest.mark.slow
 async def test_crashed_leader_is_replaced_after_its_ttl(store: SqliteStore) -> None:
+    # The leader keeps its lease alive until it is killed (through a stall of its process
+    # of up to 2 s); then the successor waits one ttl, 3 s.
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", LEADER, str(store.path), stdout=asyncio.subprocess.PIPE
+        sys.executable,
+        "-c",
+        LEADER,
+        str(store.path),
+        str(KEPT_TTL_S),
+        stdout=asyncio.subprocess.PIPE,
     )
+    successor = Election(store, "crash", "successor", ttl_s=5)
     try:
         assert proc.stdout is not None
         assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"leading\n"
-        successor = Election(store, "crash", "successor", ttl_s=5)
         assert await successor.leader() == "doomed"
         proc.send_signal(signal.SIGKILL)  # no resign, no revoke: only the ttl can free it
         await proc.wait()
-        await asyncio.wait_for(successor.campaign(), 15)
+        await asyncio.wait_for(successor.campaign(), 30)
         assert await successor.leader() == "successor"
         await successor.resign()
     finally:

@@ -29,7 +29,7 @@ class Recorded(Component):
 
     fail_times: ClassVar[int] = 0
     fail_with: ClassVar[type[Exception]] = RuntimeError
-    timeout_s: ClassVar[float] = 5.0
+    timeout_s: ClassVar[float] = 30.0  # only a hang reaches it, not a loaded machine
 
     @property
     def events(self) -> list[str]:
@@ -98,7 +98,7 @@ async def test_components_of_a_level_start_concurrently(context: InitContext) ->
     class Meet(Recorded):
         mine: ClassVar[str]
         other: ClassVar[str]
-        timeout_s: ClassVar[float] = 10.0
+        timeout_s: ClassVar[float] = 30.0
 
         async def starting(self) -> None:
             self.context.values[self.mine].set()

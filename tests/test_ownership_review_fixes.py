@@ -77,13 +77,17 @@ async def _start(tmp_path: Path, name: str, store: SqliteStore) -> Agent:
 @pytest.fixture
 async def agents(tmp_path: Path) -> AsyncIterator[tuple[Agent, Agent]]:
     store = SqliteStore({"path": tmp_path / "state.db"})
-    a = await _start(tmp_path, "host-a", store)
-    b = await _start(tmp_path, "host-b", store)
     try:
-        yield a, b
+        a = await _start(tmp_path, "host-a", store)
+        try:
+            b = await _start(tmp_path, "host-b", store)
+            try:
+                yield a, b
+            finally:
+                await b.orchestrator.stop()
+        finally:
+            await a.orchestrator.stop()
     finally:
-        await b.orchestrator.stop()
-        await a.orchestrator.stop()
         await store.close()
 
 

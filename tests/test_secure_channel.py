@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
@@ -47,15 +48,21 @@ def provider(nodes: dict[str, tuple[Any, Any]], name: str, **settings: Any) -> A
     return provider_mod.PqcSecurityProvider({"identity": ident, "enrolled": enrolled, **settings})
 
 
+@contextlib.asynccontextmanager
 async def connected(
-    transport: Transport, serve: Callable[[Channel], Any]
+    transport: Transport, serve: Callable[[Channel], Any], *, listening: Transport | None = None
 ) -> AsyncIterator[Channel]:
-    listener = await transport.listen(Endpoint(), serve)
-    channel = await transport.connect(listener.endpoint)
+    """A channel of ``transport`` to a listener (of ``listening``, by default the same) that
+    serves with ``serve``; both closed when the block ends (also when it fails, so that a
+    failed test leaks no socket into the next one)."""
+    listener = await (listening or transport).listen(Endpoint(), serve)
     try:
-        yield channel
+        channel = await transport.connect(listener.endpoint)
+        try:
+            yield channel
+        finally:
+            await channel.close()
     finally:
-        await channel.close()
         await listener.close()
 
 
@@ -95,7 +102,7 @@ async def test_sealed_echo_over_transport(plugins, nodes, transport_name: str) -
         def stats(self):
             return self.inner.stats()
 
-    async for raw in connected(cls(), serve):
+    async with connected(cls(), serve) as raw:
         sealed = await secure_channel(
             plugins, Spy(raw), "initiator", provider(nodes, "a", rotate_bytes=1 << 20)
         )
@@ -124,10 +131,10 @@ async def test_default_provider_comes_from_the_registry(plugins, nodes, tmp_path
         sealed = await secure_channel(plugins, raw, "responder", settings=settings_b)
         done.set_result(sealed.peer_id)
 
-    async for raw in connected(plugins.transports.get("tcp")(), serve):
+    async with connected(plugins.transports.get("tcp")(), serve) as raw:
         sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
         assert sealed.peer_id == "b"
-        assert await done == "a"
+        assert await asyncio.wait_for(done, 20) == "a"
 
 
 async def handshake_pair(plugins, initiator: Any, responder: Any) -> tuple[Any, Any]:
@@ -140,12 +147,12 @@ async def handshake_pair(plugins, initiator: Any, responder: Any) -> tuple[Any, 
             results.put_nowait(exc)
 
     mine: Any
-    async for raw in connected(plugins.transports.get("tcp")(), serve):
+    async with connected(plugins.transports.get("tcp")(), serve) as raw:
         try:
             mine = await secure_channel(plugins, raw, "initiator", initiator)
         except SecurityError as exc:
             mine = exc
-        theirs = await asyncio.wait_for(results.get(), 10)
+        theirs = await asyncio.wait_for(results.get(), 20)
     return mine, theirs
 
 
@@ -192,26 +199,26 @@ async def test_tampered_replayed_frames_on_a_live_channel(plugins, nodes) -> Non
             except SecurityError as exc:
                 received.put_nowait(exc)
 
-    async for raw in connected(plugins.transports.get("tcp")(), serve):
+    async with connected(plugins.transports.get("tcp")(), serve) as raw:
         sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
         assert sealed.session.peer_accepts_unchecked_frames  # only the AEAD guards the frames
         frame = bytes(sealed.session.seal(b"genuine"))
         await raw.send(frame)
         await raw.send(frame)  # replay
-        assert await received.get() == b"genuine"
-        replayed = await received.get()
+        assert await asyncio.wait_for(received.get(), 20) == b"genuine"
+        replayed = await asyncio.wait_for(received.get(), 20)
         assert isinstance(replayed, SecurityError)
         assert "replayed frame" in str(replayed)
 
-    async for raw in connected(plugins.transports.get("tcp")(), serve):
+    async with connected(plugins.transports.get("tcp")(), serve) as raw:
         sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
         tampered = bytearray(sealed.session.seal(b"genuine"))
         tampered[-1] ^= 1
         await raw.send(bytes(tampered))
-        error = await received.get()
+        error = await asyncio.wait_for(received.get(), 20)
         assert isinstance(error, SecurityError)
         assert "altered in transit" in str(error)
-        after = await received.get()  # the channel stays failed
+        after = await asyncio.wait_for(received.get(), 20)  # the channel stays failed
         assert isinstance(after, SecurityError)
 
 
@@ -246,13 +253,13 @@ async def test_sealed_tcp_channels_agree_to_skip_the_crc(plugins, nodes) -> None
         await sealed.send(await sealed.recv())
         await sealed.drain()
 
-    async for raw in connected(plugins.transports.get("tcp")(), serve):
+    async with connected(plugins.transports.get("tcp")(), serve) as raw:
         sealed = await secure_channel(plugins, raw, "initiator", provider(nodes, "a"))
         frame = os.urandom(300_000)
         await sealed.send(frame)
         assert await sealed.recv() == frame
         assert sealed.session.peer_accepts_unchecked_frames
-        assert (await sessions.get()).peer_accepts_unchecked_frames
+        assert (await asyncio.wait_for(sessions.get(), 20)).peer_accepts_unchecked_frames
 
 
 async def unchecked_pair(
@@ -273,14 +280,11 @@ async def unchecked_pair(
             error.set_result(exc)
 
     tcp = TcpTransport(sender_settings)
-    listener = await TcpTransport().listen(Endpoint(), serve)
-    channel = await tcp.connect(listener.endpoint)
-    channel.ex_send_unchecked()
-    for size in (10, 70_000, 1 << 20):
-        await channel.send(bytes([size % 251]) * size)
-    failure = await asyncio.wait_for(error, 10)
-    await channel.close()
-    await listener.close()
+    async with connected(tcp, serve, listening=TcpTransport()) as channel:
+        channel.ex_send_unchecked()  # type: ignore[attr-defined]
+        for size in (10, 70_000, 1 << 20):
+            await channel.send(bytes([size % 251]) * size)
+        failure = await asyncio.wait_for(error, 20)
     return got, failure
 
 
