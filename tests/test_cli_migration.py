@@ -17,6 +17,7 @@ import pytest
 from novacron_sdk.agent.client import AgentClient
 from novacron_sdk.agent.local import LocalAgent
 from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.testing.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -162,8 +163,8 @@ async def test_cancel_through_the_api_rolls_back() -> None:
             assert "cancelled" in final["error"]
             assert (await ca.get_vm("stay")).state is VMState.RUNNING
             assert await ca.vm_digest(vm.id) == before
-            for _ in range(100):
-                if not await cb.list_vms():
-                    break
-                await asyncio.sleep(0.05)
-            assert await cb.list_vms() == []
+
+            async def destination_empty() -> bool:
+                return await cb.list_vms() == []
+
+            await eventually(destination_empty, "the destination discards the incoming VM")

@@ -7,6 +7,8 @@ and the faulty codec is a deliberate fault injector, said where it is used.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -29,6 +31,7 @@ from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.prediction.interface import BandwidthEstimate
 from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Endpoint
 
 MIB = 1024 * 1024
@@ -44,27 +47,35 @@ def busy_spec(name: str = "vm1", *, memory_mib: int = 64, **workload: Any) -> VM
     return VMSpec(name=name, memory_mib=memory_mib, extra={"fill": "mixed", "workload": work})
 
 
-async def wait_for_writes(workload: Any, timeout: float = 5.0) -> None:
+async def wait_for_writes(workload: Any) -> None:
     """The workload thread writes in bursts; wait until it has written more pages."""
     start = workload.pages_written
-    for _ in range(int(timeout / 0.05)):
-        if workload.pages_written > start:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the workload wrote nothing: the guest is not running")
+    await eventually(lambda: workload.pages_written > start, "the workload writes (the guest runs)")
 
 
 def tcp_settings(**kwargs: Any) -> MigrationSettings:
     return MigrationSettings(transport="tcp", codec="zlib", predictor="ewma", **kwargs)
 
 
+@contextlib.asynccontextmanager
+async def running(migration: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    """The migration as a task; when the test fails half way, it is cancelled and waited for
+    (its sockets closed) before the drivers close."""
+    task = asyncio.create_task(migration)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
+
+
 async def test_migration_completes_and_memory_matches(plugins, drivers) -> None:
     """The VM moves while its workload dirties pages; memory at pause equals memory at resume."""
     src, dst = drivers
     vm = await src.create_vm(busy_spec())
-    await asyncio.sleep(0.3)
-    written_before = (await src.ex_workload(vm.id)).pages_written
-    assert written_before > 0
+    source_workload = await src.ex_workload(vm.id)
+    await eventually(lambda: source_workload.pages_written > 0, "the guest writes at the source")
+    written_before = source_workload.pages_written
     digests: dict[str, str] = {}
     open_source, open_sink = src.open_migration_source, dst.open_migration_sink
 
@@ -184,20 +195,19 @@ async def test_cancel_rolls_back(plugins, drivers) -> None:
         if event.kind == "progress":
             sending.set()
 
-    task = asyncio.create_task(
-        migrate_between(
-            src,
-            dst,
-            vm.id,
-            plugins=plugins,
-            settings=tcp_settings(max_bandwidth_bps=40e6),
-            on_event=on_event,
-        )
+    migration = migrate_between(
+        src,
+        dst,
+        vm.id,
+        plugins=plugins,
+        settings=tcp_settings(max_bandwidth_bps=40e6),
+        on_event=on_event,
     )
-    await asyncio.wait_for(sending.wait(), 30)
-    task.cancel()  # the engine rolls back on cancellation too
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(migration) as task:
+        await asyncio.wait_for(sending.wait(), 30)
+        task.cancel()  # the engine rolls back on cancellation too
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert (await src.get_vm(vm.id)).state is VMState.RUNNING
     assert await src.ex_memory_digest(vm.id) == before
     assert await dst.list_vms() == []
@@ -325,13 +335,17 @@ async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> 
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
     open_sink = dst.open_migration_sink
+    activating, cancelled = asyncio.Event(), asyncio.Event()
 
     async def slow_sink(info: Any) -> Any:
         sink = await open_sink(info)
         real = sink.activate
 
         async def activate() -> Any:
-            await asyncio.sleep(0.5)  # the cancel below lands while the destination resumes
+            # The destination resumes only once the cancel below was issued: it lands while
+            # the destination resumes, however slow the machine.
+            activating.set()
+            await cancelled.wait()
             return await real()
 
         sink.activate = activate  # type: ignore[method-assign]
@@ -344,16 +358,19 @@ async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> 
         if event.kind == "verified":
             committed.set()
 
-    task = asyncio.create_task(
-        migrate_between(
-            src, dst, vm.id, plugins=plugins, settings=tcp_settings(), on_event=on_event
-        )
+    migration = migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=tcp_settings(), on_event=on_event
     )
-    await asyncio.wait_for(committed.wait(), 30)
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    async with running(migration) as task:
+        try:
+            await asyncio.wait_for(committed.wait(), 30)
+            await asyncio.wait_for(activating.wait(), 30)
+            task.cancel()
+            await asyncio.sleep(0.1)  # the cancel reaches the engine while the destination waits
+        finally:
+            cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert (await dst.get_vm("vm1")).state is VMState.RUNNING
     assert [v for v in await src.list_vms() if v.name == "vm1"] == []
 
@@ -366,7 +383,7 @@ async def test_cancel_while_the_destination_verifies_completes_the_hand_over(
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
     open_sink = dst.open_migration_sink
-    checking = asyncio.Event()
+    checking, cancelled = asyncio.Event(), asyncio.Event()
 
     async def slow_sink(info: Any) -> Any:
         sink = await open_sink(info)
@@ -374,20 +391,23 @@ async def test_cancel_while_the_destination_verifies_completes_the_hand_over(
 
         async def page_digests(indices: Any) -> Any:
             checking.set()  # VERIFY has arrived: the source sent it
-            await asyncio.sleep(0.5)
+            await cancelled.wait()  # the check goes on once the cancel below was issued
             return await real(indices)
 
         sink.page_digests = page_digests  # type: ignore[method-assign]
         return sink
 
     dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
-    task = asyncio.create_task(
-        migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
-    )
-    await asyncio.wait_for(checking.wait(), 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
+    async with running(migration) as task:
+        try:
+            await asyncio.wait_for(checking.wait(), 30)
+            task.cancel()
+            await asyncio.sleep(0.1)  # the cancel reaches the engine while the destination checks
+        finally:
+            cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert (await dst.get_vm("vm1")).state is VMState.RUNNING
     assert [v for v in await src.list_vms() if v.name == "vm1"] == []
 
@@ -420,7 +440,7 @@ async def test_switchover_rule_gets_full_size_after_round_one_and_the_round_trip
     report = await migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
     assert len(report.rounds) >= 3
     assert report.rtt_ms is not None
-    assert 0 < report.rtt_ms < 1000
+    assert 0 < report.rtt_ms < 60_000  # a duration in ms (loopback: well under one)
     assert [rtt for _, rtt in recorder.calls] == pytest.approx(
         [report.rtt_ms / 1000] * len(recorder.calls)
     )

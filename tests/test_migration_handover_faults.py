@@ -9,7 +9,8 @@ that answers ``prepare`` without an endpoint. Each test failed before its fix.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, ChannelStats, Endpoint
 
 Hook = Callable[["_Faulty", bytes], Awaitable[bool]]
@@ -83,6 +85,18 @@ def _plan(
     return plugins, chosen, plan
 
 
+@contextlib.asynccontextmanager
+async def _running(migration: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
+    """The migration as a task; when the test fails half way, it is cancelled and waited for
+    (its sockets closed) before the drivers close."""
+    task = asyncio.create_task(migration)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
+
+
 def _engines(monkeypatch: pytest.MonkeyPatch) -> list[MigrationEngine]:
     """Every engine made from now on in this test (to call its cancel())."""
     made: list[MigrationEngine] = []
@@ -126,14 +140,21 @@ async def _where(src: SimDriver, dst: SimDriver) -> tuple[str, str]:
     return await state(src), await state(dst)
 
 
-def _spec() -> VMSpec:
+def _spec(memory_mib: int = 16) -> VMSpec:
     work = {"pattern": "hot-set", "rate_mbps": 20, "hot_fraction": 0.05, "seed": 7}
-    return VMSpec(name="vm1", memory_mib=16, extra={"fill": "mixed", "workload": work})
+    return VMSpec(name="vm1", memory_mib=memory_mib, extra={"fill": "mixed", "workload": work})
 
 
-def _slow_check(driver: SimDriver, started: asyncio.Event, *, corrupt: bool = False) -> None:
-    """The destination's check of the pages takes 0.5 s (VERIFY has arrived when ``started``
-    is set); with ``corrupt`` the sink reports a page stored wrongly (a deliberate fault)."""
+def _slow_check(
+    driver: SimDriver,
+    started: asyncio.Event,
+    *,
+    corrupt: bool = False,
+    release: asyncio.Event | None = None,
+) -> None:
+    """The destination's check of the pages takes 0.5 s, or lasts until ``release`` is set
+    (VERIFY has arrived when ``started`` is set); with ``corrupt`` the sink reports a page
+    stored wrongly (a deliberate fault)."""
     open_sink = driver.open_migration_sink
 
     async def slow_sink(info: Any) -> Any:
@@ -142,7 +163,10 @@ def _slow_check(driver: SimDriver, started: asyncio.Event, *, corrupt: bool = Fa
 
         async def page_digests(indices: Any) -> Any:
             started.set()
-            await asyncio.sleep(0.5)
+            if release is None:
+                await asyncio.sleep(0.5)
+            else:
+                await release.wait()
             digests = await real(indices)
             if corrupt:
                 digests[0] = bytes(16)
@@ -180,24 +204,26 @@ async def test_a_second_cancel_waits_for_the_hand_over_too(drivers, corrupt: boo
     half way: the source stayed paused and the destination discarded the VM."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    checking = asyncio.Event()
-    _slow_check(dst, checking, corrupt=corrupt)
+    checking, cancelled = asyncio.Event(), asyncio.Event()
+    # The check lasts until both cancels were issued, however slow the machine.
+    _slow_check(dst, checking, corrupt=corrupt, release=cancelled)
     plugins, settings, plan = _plan()
-    task = asyncio.create_task(
-        migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
-    )
-    await asyncio.wait_for(checking.wait(), 30)
-    task.cancel()
-    await asyncio.sleep(0.05)
-    task.cancel()
+    migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    async with _running(migration) as task:
+        try:
+            await asyncio.wait_for(checking.wait(), 30)
+            task.cancel()
+            await asyncio.sleep(0.05)  # the first cancel reaches the engine
+            task.cancel()
+            await asyncio.sleep(0.05)  # and the second one
+        finally:
+            cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     if corrupt:
         # The caller's cancellation propagates as such; the failed check still rolls back.
-        with pytest.raises(asyncio.CancelledError):
-            await task
         assert await _where(src, dst) == ("running", "absent")
     else:
-        with pytest.raises(asyncio.CancelledError):
-            await task
         assert await _where(src, dst) == ("absent", "running")
 
 
@@ -208,7 +234,7 @@ async def test_a_cancel_while_verify_is_sent_finishes_the_hand_over(drivers, que
     the source paused with nobody reading the answers, and the VM ran nowhere."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    sending = asyncio.Event()
+    sending, cancelled = asyncio.Event(), asyncio.Event()
 
     async def slow_verify(channel: _Faulty, frame: bytes) -> bool:
         if not _is(frame, Msg.VERIFY):
@@ -216,23 +242,25 @@ async def test_a_cancel_while_verify_is_sent_finishes_the_hand_over(drivers, que
         if queued:
             await channel.inner.send(frame)
         sending.set()
-        await asyncio.sleep(0.5)
+        await cancelled.wait()  # the send completes once the cancel below was issued
         if not queued:
             await channel.inner.send(frame)
         return True
 
     events: list[MigrationEvent] = []
     plugins, settings, plan = _plan(source_send=slow_verify)
-    task = asyncio.create_task(
-        migrate_between(
-            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan,
-            on_event=events.append,
-        )
-    )  # fmt: skip
-    await asyncio.wait_for(sending.wait(), 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    migration = migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=events.append
+    )
+    async with _running(migration) as task:
+        try:
+            await asyncio.wait_for(sending.wait(), 30)
+            task.cancel()
+            await asyncio.sleep(0.05)  # the cancel reaches the engine while VERIFY's send waits
+        finally:
+            cancelled.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
     assert await _where(src, dst) == ("absent", "running")
     assert events[-1].kind == "completed"
     assert "the VM moved" in events[-1].message
@@ -243,7 +271,7 @@ async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers, monk
     before VERIFY); it used to be ignored and the VM moved."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
-    paused = asyncio.Event()
+    paused, sending_device, cancelled = asyncio.Event(), asyncio.Event(), asyncio.Event()
 
     def on_event(event: MigrationEvent) -> None:
         if event.kind == "switchover":
@@ -251,20 +279,26 @@ async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers, monk
 
     async def slow_device_state(channel: _Faulty, frame: bytes) -> bool:
         if _is(frame, Msg.DEVICE):
-            await asyncio.sleep(0.5)  # a slow link: the cancel lands meanwhile
+            # A slow link: the send lasts until the cancel below was issued (it lands meanwhile).
+            sending_device.set()
+            await cancelled.wait()
         return False
 
     plugins, settings, plan = _plan(source_send=slow_device_state)
     engines = _engines(monkeypatch)
-    task = asyncio.create_task(
-        migrate_between(
-            src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=on_event
-        )
+    migration = migrate_between(
+        src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=on_event
     )
-    await asyncio.wait_for(paused.wait(), 30)
-    engines[0].cancel()
-    with pytest.raises(MigrationAbortedError, match="cancelled"):
-        await task
+    async with _running(migration) as task:
+        try:
+            await asyncio.wait_for(sending_device.wait(), 30)
+            assert paused.is_set()
+            engines[0].cancel()
+            await asyncio.sleep(0.05)  # the cancel reaches the engine while DEVICE is sent
+        finally:
+            cancelled.set()
+        with pytest.raises(MigrationAbortedError, match="cancelled"):
+            await task
     assert await _where(src, dst) == ("running", "absent")
 
 
@@ -276,7 +310,9 @@ async def test_a_silent_destination_does_not_hold_the_source(
     partition without a reset). cancel() and timeout_s used to be checked only between
     batches, so the source stayed migrating for as long as the silence lasted."""
     src, dst = drivers
-    vm = await src.create_vm(_spec())
+    # A small VM: its first round ends (and the destination falls silent) well within the
+    # 3 s of timeout_s even on a slow machine; the silence is what timeout_s must cut short.
+    vm = await src.create_vm(_spec(memory_mib=4))
     silent = asyncio.Event()
 
     async def stall(channel: _Faulty, frame: bytes) -> bool:
@@ -286,27 +322,27 @@ async def test_a_silent_destination_does_not_hold_the_source(
         return False
 
     plugins, settings, plan = _plan(
-        destination_recv=stall, timeout_s=2 if how == "timeout_s" else 600
+        destination_recv=stall, timeout_s=3 if how == "timeout_s" else 600
     )
     engines = _engines(monkeypatch)
-    task = asyncio.create_task(
-        migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
-    )
-    await asyncio.wait_for(silent.wait(), 30)
-    engine = engines[0]
-    if how == "cancel":
-        engine.cancel()
-    for _ in range(100):  # 5 s: well within the 600 s timeout of the cancel case
-        if engine.phase in (MigrationPhase.CANCELLED, MigrationPhase.ROLLED_BACK):
-            break
-        await asyncio.sleep(0.05)
-    assert engine.phase is (
-        MigrationPhase.CANCELLED if how == "cancel" else MigrationPhase.ROLLED_BACK
-    )
-    assert (await _where(src, dst))[0] == "running"
-    task.cancel()  # the in-process helper also waits for its stalled receiver: no need
-    with pytest.raises((asyncio.CancelledError, MigrationAbortedError)):
-        await task
+    migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+    async with _running(migration) as task:
+        await asyncio.wait_for(silent.wait(), 30)
+        engine = engines[0]
+        if how == "cancel":
+            engine.cancel()
+        # Within 20 s: far within the 600 s timeout of the cancel case.
+        await eventually(
+            lambda: engine.phase in (MigrationPhase.CANCELLED, MigrationPhase.ROLLED_BACK),
+            "the source rolls back",
+        )
+        assert engine.phase is (
+            MigrationPhase.CANCELLED if how == "cancel" else MigrationPhase.ROLLED_BACK
+        )
+        assert (await _where(src, dst))[0] == "running"
+        task.cancel()  # the in-process helper also waits for its stalled receiver: no need
+        with pytest.raises((asyncio.CancelledError, MigrationAbortedError)):
+            await task
     assert await _where(src, dst) == ("running", "absent")
     assert engine.report is not None
     assert "cancelled" in (engine.report.error or "") or "timeout_s" in (engine.report.error or "")
@@ -436,25 +472,39 @@ async def test_prepared_migrations_whose_source_never_connects_are_discarded(dri
     agent = AgentService(
         plugins=build_plugin_manager(autoload=False), driver=dst, name="b", incoming_timeout_s=0.2
     )
+    passes = 0  # the reaper's passes (each begins by forgetting long-finished entries)
+    forget_finished = agent._forget_finished
+
+    def counting_pass(now: float) -> None:
+        nonlocal passes
+        passes += 1
+        forget_finished(now)
+
+    agent._forget_finished = counting_pass  # type: ignore[method-assign]
     await agent.start()
     try:
         for number, info in enumerate(infos):
             await agent.prepare_incoming(
                 migration_id=f"m{number}", info=info, transport="tcp", codec="zlib", verify="pages"
             )
-        for _ in range(40):
-            if all(inc.receiver.state == "aborted" for inc in agent.incoming.values()):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(
+            lambda: all(inc.receiver.state == "aborted" for inc in agent.incoming.values()),
+            "both prepared migrations are discarded",
+        )
         assert [inc.receiver.state for inc in agent.incoming.values()] == ["aborted"] * 2
         assert agent._reaper is not None
         assert not agent._reaper.done()
-        await asyncio.sleep(0.2)  # another pass after the failed abort: still alive
-        assert not agent._reaper.done()
+        after_the_abort = passes
+        await eventually(
+            lambda: passes > after_the_abort or agent._reaper.done(),  # type: ignore[union-attr]
+            "another pass of the reaper after the failed abort",
+        )
+        assert not agent._reaper.done()  # still alive
         assert [vm.name for vm in await dst.list_vms()] == ["vm1"]  # vm2 discarded
     finally:
         if agent._reaper is not None:
             agent._reaper.cancel()
+            await asyncio.gather(agent._reaper, return_exceptions=True)
         for listener in agent._listeners.values():
             await listener.close()
 
@@ -485,22 +535,46 @@ async def test_a_cancel_from_an_event_callback_rolls_back(drivers, monkeypatch) 
     assert engines[0].phase is MigrationPhase.CANCELLED
 
 
-async def test_a_callers_timeout_during_the_rollback_waits_for_it(drivers) -> None:
+async def test_a_callers_timeout_during_the_rollback_waits_for_it(drivers, monkeypatch) -> None:
     """The link stalls once the guest is paused; timeout_s (1 s) rolls back, and the caller's
-    own timeout (1.5 s) expires while the ABORT send waits: it used to cut the rollback short
-    and leave the paused VM running nowhere. Now it waits for the rollback, then propagates."""
+    own timeout expires while the ABORT send waits (up to 2 s): it used to cut the rollback
+    short and leave the paused VM running nowhere. Now it waits for the rollback, then
+    propagates."""
     src, dst = drivers
     vm = await src.create_vm(_spec())
+    aborting = asyncio.Event()
 
     async def stall(channel: _Faulty, frame: bytes) -> bool:
+        if _is(frame, Msg.ABORT):
+            aborting.set()
         if _is(frame, Msg.DEVICE) or _is(frame, Msg.ABORT):
             await asyncio.sleep(3600)
         return False
 
     plugins, settings, plan = _plan(source_send=stall, timeout_s=1)
+    engines = _engines(monkeypatch)
+
+    async def caller() -> None:
+        """Migrates under its own timeout, which expires 50 ms after the ABORT send began (or
+        after 60 s: a timeout_s that never fires fails the checks below)."""
+        async with asyncio.timeout(60) as deadline:
+
+            async def arm() -> None:
+                await aborting.wait()
+                deadline.reschedule(asyncio.get_running_loop().time() + 0.05)
+
+            arming = asyncio.create_task(arm())
+            try:
+                await migrate_between(
+                    src, dst, vm.id, plugins=plugins, settings=settings, plan=plan
+                )
+            finally:
+                arming.cancel()
+
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(1.5):
-            await migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
+        await caller()
+    assert aborting.is_set()
+    assert "timeout_s" in (engines[0].report.error or "")  # type: ignore[union-attr]
     assert (await _where(src, dst))[0] == "running"
 
 

@@ -24,6 +24,7 @@ from novacron_sdk.errors import (
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import DriverFeature, VMEvent, VMSpec, VMState
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.waiting import eventually
 
 MIB = 1024 * 1024
 IDLE = {"fill": "zero"}
@@ -40,15 +41,6 @@ async def sim():
     driver = SimDriver({"host_name": "test-host", "vcpus": 8, "memory_mib": 1024})
     yield driver
     await driver.close()
-
-
-async def wait_for(condition, patience_s=10.0):
-    deadline = asyncio.get_running_loop().time() + patience_s
-    while not await condition():
-        if asyncio.get_running_loop().time() > deadline:
-            return False
-        await asyncio.sleep(0.01)
-    return True
 
 
 def test_registered_lazily_and_labelled_as_a_simulator():
@@ -152,10 +144,7 @@ async def test_stop_keeps_memory_and_ends_the_workload_thread(sim):
     assert workload.running
     assert await sim.ex_memory(vm.id) is memory
 
-    async def progressed():
-        return workload.pages_written > written
-
-    assert await wait_for(progressed), "the workload did not continue after start"
+    await eventually(lambda: workload.pages_written > written, "the workload continues after start")
 
 
 async def test_reboot_keeps_memory(sim):
@@ -297,10 +286,7 @@ async def test_set_workload(sim):
     workload = await sim.ex_workload(vm.id)
     assert workload.running
 
-    async def written():
-        return workload.pages_written > 0
-
-    assert await wait_for(written)
+    await eventually(lambda: workload.pages_written > 0, "the new workload writes")
     await sim.ex_set_workload(vm.id, {"pattern": "idle"})
     assert not workload.running
     with pytest.raises(DriverError, match=r"extra\.workload\.pattern"):
@@ -395,8 +381,11 @@ async def test_corrupt_state_file_is_reported(tmp_path):
     path = tmp_path / "sim.json"
     path.write_text('{"vms": [{"id": 1}]}')
     driver = SimDriver({"state_path": str(path)})
-    with pytest.raises(DriverError, match=r"corrupt.*move it away"):
-        await driver.list_vms()
+    try:
+        with pytest.raises(DriverError, match=r"corrupt.*move it away"):
+            await driver.list_vms()
+    finally:
+        await driver.close()
 
 
 def test_unknown_settings_are_refused_with_the_closest_key() -> None:

@@ -64,8 +64,10 @@ def test_geometry(memory):
     assert memory.page_count == 64 * MIB // PAGE
     assert memory.size_bytes == 64 * MIB
     small = GuestMemory(PAGE)
-    assert small.page_count == 1
-    small.close()
+    try:
+        assert small.page_count == 1
+    finally:
+        small.close()
 
 
 def test_write_then_read_pages_in_requested_order(memory):

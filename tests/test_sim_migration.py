@@ -12,6 +12,7 @@ from novacron_sdk.errors import DriverError, InvalidStateError, QuotaExceededErr
 from novacron_sdk.hypervisors.interface import MigrationSourceInfo
 from novacron_sdk.models import VMEvent, VMSpec, VMState
 from novacron_sdk.testing.compute import copy_pages, wait_for_dirty_pages
+from novacron_sdk.testing.waiting import WITHIN_S
 
 PAGES_64_MIB = 64 * 256
 BUSY = {"workload": {"pattern": "hot-set", "rate_mbps": 20, "seed": 1}, "fill": "mixed"}
@@ -39,7 +40,7 @@ async def migrate(source, sink) -> None:
     """Pre-copy two rounds, pause, copy the rest, hand over the device state."""
     await source.start_tracking()
     await copy_pages(source, sink, await source.collect_dirty())
-    await copy_pages(source, sink, await wait_for_dirty_pages(source))
+    await copy_pages(source, sink, await wait_for_dirty_pages(source, WITHIN_S))
     await source.pause()
     await copy_pages(source, sink, await source.collect_dirty())
     await sink.set_device_state(await source.device_state())
@@ -52,7 +53,9 @@ async def test_guest_keeps_running_while_migrating(source_host, sink_host):
     assert (await source_host.get_vm(vm.id)).state == VMState.MIGRATING
     await source.start_tracking()
     await source.collect_dirty()
-    assert await wait_for_dirty_pages(source), "the guest stopped writing during migration"
+    assert await wait_for_dirty_pages(source, WITHIN_S), (
+        "the guest stopped writing during migration"
+    )
     assert workload.running
     assert not workload.paused
     await source.rollback()

@@ -32,7 +32,9 @@ def pages_per_second(spec: WorkloadSpec, memory: GuestMemory) -> float:
     return spec.rate_mbps * 1e6 / memory.page_size
 
 
-def wait_until(condition, patience_s=10.0):
+def wait_until(condition, patience_s=20.0):
+    """Poll ``condition`` until it holds; False after ``patience_s`` (a hang, not a slow
+    machine)."""
     deadline = time.monotonic() + patience_s
     while not condition():
         if time.monotonic() > deadline:
