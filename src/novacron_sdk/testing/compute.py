@@ -281,7 +281,7 @@ async def source_digests(
     return out
 
 
-async def wait_for_dirty_pages(source: MigrationSource, patience_s: float = 10.0) -> list[int]:
+async def wait_for_dirty_pages(source: MigrationSource, patience_s: float = 20.0) -> list[int]:
     """Poll ``collect_dirty`` until the guest has written something (or ``patience_s`` passes)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s

@@ -136,13 +136,16 @@ def run(  # noqa: PLR0912, PLR0915 -- one hot loop, kept in one frame for speed
             # packet finds it free (it used to wait behind the lost backlog).
             scheduler.link_free_at = min(scheduler.link_free_at, monotonic() - started)
             switch.publish()
-        now = monotonic() - started
         if events:
             for _ in range(_READ_BATCH):
                 try:
                     packet = read(in_fd, 65536)
                 except BlockingIOError:
                     break
+                # Stamped after its read: a packet that arrived while this batch was read
+                # (or while the forwarder was preempted) must not count as arrived earlier,
+                # or it leaves before its delay is over.
+                now = monotonic() - started
                 size = len(packet)
                 counters[0] += 1
                 counters[1] += size
