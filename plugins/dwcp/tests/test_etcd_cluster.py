@@ -40,39 +40,44 @@ async def test_two_destinations_racing_for_one_vm_exactly_one_wins(
 async def test_controller_election_over_etcd(etcd_store_factory: Callable[..., EtcdStore]) -> None:
     """One controller among three agents; it hands over when it stops."""
     controllers = [
-        ClusterController(etcd_store_factory("grpc"), f"agent-{i}", ttl_s=2.0) for i in range(3)
+        ClusterController(etcd_store_factory("grpc"), f"agent-{i}", ttl_s=3.0) for i in range(3)
     ]
-    for controller in controllers:
-        controller.start()
+    try:
+        for controller in controllers:
+            controller.start()
 
-    async def one_leads() -> bool:
-        return sum(c.is_leader for c in controllers) == 1
+        async def one_leads() -> bool:
+            return sum(c.is_leader for c in controllers) == 1
 
-    await eventually(one_leads, "a controller election")
-    first = next(c for c in controllers if c.is_leader)
-    await first.stop()
-    rest = [c for c in controllers if c is not first]
+        await eventually(one_leads, "a controller election")
+        first = next(c for c in controllers if c.is_leader)
+        await first.stop()
+        rest = [c for c in controllers if c is not first]
 
-    async def handed_over() -> bool:
-        return sum(c.is_leader for c in rest) == 1
+        async def handed_over() -> bool:
+            return sum(c.is_leader for c in rest) == 1
 
-    await eventually(handed_over, "controller hand-over")
-    status = await cluster_status(rest[0].store)
-    assert status.controller in {c.candidate_id for c in rest}
-    for controller in rest:
-        await controller.stop()
+        await eventually(handed_over, "controller hand-over")
+        status = await cluster_status(rest[0].store)
+        assert status.controller in {c.candidate_id for c in rest}
+    finally:
+        for controller in controllers:
+            await controller.stop()
 
 
 async def test_host_lease_expires_on_etcd(etcd_store_factory: Callable[..., EtcdStore]) -> None:
     """A host that stops refreshing disappears from the cluster when etcd expires its lease."""
     store = etcd_store_factory("grpc")
-    member = HostMembership(store, HostRecord(name="h1"), ttl_s=1.0)
+    member = HostMembership(store, HostRecord(name="h1"), ttl_s=2.0)
     await member.start()
-    assert [h.name for h in await list_hosts(store)] == ["h1"]
-    assert member._task is not None
-    member._task.cancel()
+    try:
+        assert [h.name for h in await list_hosts(store)] == ["h1"]
+        assert member._task is not None
+        member._task.cancel()
 
-    async def gone() -> bool:
-        return await list_hosts(store) == []
+        async def gone() -> bool:
+            return await list_hosts(store) == []
 
-    await eventually(gone, "expiry of the host lease")
+        await eventually(gone, "expiry of the host lease")
+    finally:
+        await member.stop()

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import httpx
@@ -22,7 +21,8 @@ from novacron_dwcp.consensus.etcd_common import EtcdOutcomeUnknownError
 from novacron_dwcp.consensus.etcd_store import EtcdStore
 from novacron_dwcp.consensus.local_cluster import LocalEtcdCluster
 from novacron_sdk.consensus.election import Election
-from novacron_sdk.consensus.interface import Compare, Op
+from novacron_sdk.consensus.interface import Compare, Op, WatchEvent
+from novacron_sdk.testing.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -51,21 +51,41 @@ async def test_one_hung_member_of_three_does_not_stop_the_client(
     """Fault injector: hung (member 0, the one the client uses first). Reads move on to the
     next member after one attempt's timeout; a transaction sent to the hung member is an
     error saying its outcome is unknown, and the next call goes elsewhere."""
-    settings = {"cluster": etcd_fresh_cluster, "timeout_s": 4.0, "attempt_timeout_s": 1.0}
-    reader = etcd_store_factory(client, **settings)
-    writer = etcd_store_factory(client, **settings)
+    # An attempt on the hung member waits attempt_s, a call to a live one milliseconds: a
+    # read that went back to the hung member would wait attempt_s again, twice back_s.
+    attempt_s = 6.0
+    back_s = attempt_s / 2
+    reader = etcd_store_factory(
+        client, cluster=etcd_fresh_cluster, timeout_s=30.0, attempt_timeout_s=attempt_s
+    )
+    # A transaction gets one attempt of all of timeout_s: it waits that long on the hung member.
+    writer = etcd_store_factory(client, cluster=etcd_fresh_cluster, timeout_s=attempt_s)
     await reader.put("/k", b"v")
     with hung(etcd_fresh_cluster, 0):
-        for attempt in range(3):
-            started = time.monotonic()
+
+        async def unknown_outcome() -> None:
+            compare = [Compare(key="/k", target="value", value=b"v")]
+            with pytest.raises(EtcdOutcomeUnknownError, match="may or may not have applied"):
+                await writer.txn(compare, [Op(kind="put", key="/k", value=b"w")])
+
+        # The writer waits out the hung member meanwhile (its own client: independent).
+        first_txn = asyncio.create_task(unknown_outcome())
+        try:
+            # The first read waits out one attempt on the hung member (within timeout_s).
             kv = await reader.get("/k")
             assert kv is not None
             assert kv.value == b"v"
-            budget = 3.5 if attempt == 0 else 1.0  # the first one waits out one attempt
-            assert time.monotonic() - started < budget, f"get {attempt} was slow"
-        compare = [Compare(key="/k", target="value", value=b"v")]
-        with pytest.raises(EtcdOutcomeUnknownError, match="may or may not have applied"):
-            await writer.txn(compare, [Op(kind="put", key="/k", value=b"w")])
+            for attempt in (1, 2):
+                try:
+                    kv = await asyncio.wait_for(reader.get("/k"), back_s)
+                except TimeoutError:
+                    pytest.fail(f"get {attempt} went back to the hung member")
+                assert kv is not None
+                assert kv.value == b"v"
+            await first_txn
+        finally:
+            first_txn.cancel()
+            await asyncio.gather(first_txn, return_exceptions=True)
         result = await writer.txn([], [Op(kind="get", key="/k")])
         assert result.succeeded
 
@@ -120,6 +140,20 @@ async def blackhole(etcd_cluster: LocalEtcdCluster) -> AsyncIterator[Blackhole]:
     await proxy.close()
 
 
+def watches(store: EtcdStore) -> list[str]:
+    """The prefixes of the watches ``store`` starts from now on (a standby waiting for the
+    leader's key watches it): a test waits for one instead of sleeping."""
+    started: list[str] = []
+    watch = store.watch
+
+    def counted(prefix: str, *, start_revision: int | None = None) -> AsyncIterator[WatchEvent]:
+        started.append(prefix)
+        return watch(prefix, start_revision=start_revision)
+
+    store.watch = counted  # type: ignore[method-assign]
+    return started
+
+
 @pytest.mark.parametrize("client", CLIENTS)
 async def test_partitioned_leader_stops_leading_before_another_is_elected(
     client: str, blackhole: Blackhole, etcd_store_factory: Callable[..., EtcdStore]
@@ -128,16 +162,25 @@ async def test_partitioned_leader_stops_leading_before_another_is_elected(
     elected, the cut-off leader must already have stopped leading (its lease deadline)."""
     cut_off = etcd_store_factory(client, endpoints=[f"http://127.0.0.1:{blackhole.port}"])
     other = etcd_store_factory(client)
+    standby_watches = watches(other)
     a = Election(cut_off, "controller", "host-a", ttl_s=3)
     b = Election(other, "controller", "host-b", ttl_s=3)
     await a.campaign()
     waiting = asyncio.create_task(b.campaign())
-    await asyncio.sleep(0.2)
-    blackhole.drop = True
-    await asyncio.wait_for(waiting, 15)
-    assert not a.is_leader, "two leaders: the partitioned one still believes it leads"
-    await asyncio.wait_for(a.wait_lost(), 0.5)
-    await b.resign()
+    lost = False
+    try:
+        await eventually(lambda: bool(standby_watches), "host-b waits for the leader's key")
+        blackhole.drop = True
+        await asyncio.wait_for(waiting, 15)
+        assert not a.is_leader, "two leaders: the partitioned one still believes it leads"
+        await asyncio.wait_for(a.wait_lost(), 10)
+        lost = True
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await b.resign()
+        if not lost:  # its keep-alive still runs (resigning waits out the store's timeout)
+            await a.resign()
 
 
 @pytest.mark.parametrize("client", CLIENTS)
@@ -160,11 +203,20 @@ async def test_standby_waits_although_the_holders_revision_was_compacted(
             json={"revision": str(revision)},
         )
         assert response.status_code == httpx.codes.OK
+    standby_watches = watches(store)
     b = Election(store, "controller", "host-b", ttl_s=10)
     waiting = asyncio.create_task(b.campaign())
-    await asyncio.sleep(0.5)
-    assert not waiting.done(), waiting.exception() if waiting.done() else None
-    await a.resign()
-    await asyncio.wait_for(waiting, 5)
-    assert b.is_leader
-    await b.resign()
+    try:
+        # A watch from the compacted revision failed at once and ended the campaign: give
+        # the standby's watch time to fail (or not) once it started.
+        await eventually(lambda: bool(standby_watches), "host-b watches the leader's key")
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), waiting.exception() if waiting.done() else None
+        await a.resign()
+        await asyncio.wait_for(waiting, 20)
+        assert b.is_leader
+    finally:
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await a.resign()
+        await b.resign()

@@ -34,6 +34,7 @@ from novacron_sdk.errors import ConfigError
 from novacron_sdk.init.interface import InitContext
 from novacron_sdk.models import Host
 from novacron_sdk.placement.interface import HostUsage, PlacementRequest
+from novacron_sdk.testing import waiting
 from novacron_sdk.testing.store import eventually
 
 # --- bug 6: bad remote sync input ---------------------------------------------------------
@@ -50,8 +51,13 @@ async def _serve_bad_peer() -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     task = asyncio.get_running_loop().create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.01)
+    try:
+        await waiting.eventually(lambda: server.started or task.done(), "the bad peer serves")
+        assert server.started, task.exception()
+    except BaseException:
+        server.should_exit = True
+        await asyncio.gather(task, return_exceptions=True)
+        raise
     port = server.servers[0].sockets[0].getsockname()[1]
     return server, task, f"http://127.0.0.1:{port}"
 
@@ -60,7 +66,8 @@ async def test_bad_reply_is_a_failed_exchange_and_the_peer_loop_goes_on() -> Non
     """A malformed reply counts as a failure (nothing merged); the loop keeps running and
     close() shuts everything down without raising."""
     server, task, url = await _serve_bad_peer()
-    node = SyncNode("a", {"evil": url}, interval_s=0.05, timeout_s=2)
+    # A timeout would fail the exchange too: it must be the reply that fails it.
+    node = SyncNode("a", {"evil": url}, interval_s=0.05, timeout_s=20)
     try:
         assert await node.exchange_with("evil") is False
         assert node.failures == {"evil": 1}
@@ -169,8 +176,10 @@ async def test_vm_deleted_while_agent_down_leaves_every_region() -> None:
         async def both_at_peer() -> bool:
             return set(peer.replica.map("vms").items()) == {"vm1", "vm2"}
 
-        await eventually(both_at_peer, "first publication")
-        await component.stop()
+        try:
+            await eventually(both_at_peer, "first publication")
+        finally:
+            await component.stop()
         driver.ids = ["vm1"]  # vm2 deleted while the agent was down
         component = _component(settings, driver)
         await component.start()

@@ -66,7 +66,11 @@ async def test_partition_write_both_sides_heal_converge(
 
     await eventually(majority_synced, "sync within the majority side")
     assert c.map("vms").get("a-only-0") is None  # the partition really held
-    assert sum(regions.nodes[2].failures.values()) > sum(failures_before.values())
+
+    async def cut_off_side_failed() -> bool:
+        return sum(regions.nodes[2].failures.values()) > sum(failures_before.values())
+
+    await eventually(cut_off_side_failed, "failed exchanges from the cut-off region")
 
     regions.partition(2, down=False)
     await eventually(lambda: _converged(regions), "convergence after healing")

@@ -12,6 +12,7 @@ import pytest
 from novacron_dwcp.transport.channel import MultiStreamChannel
 from novacron_dwcp.transport.multistream import MultiStreamTransport
 from novacron_sdk.errors import TransportError
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, Endpoint
 
 TOTAL = 48 * 1024 * 1024
@@ -62,11 +63,14 @@ async def _transfer(
     receiver = Receiver()
     receiver.channel, receiver.done = loop.create_future(), loop.create_future()
     listener = await transport.listen(Endpoint(host="127.0.0.1"), receiver)
-    relay = await relay_factory(listener.endpoint.port)
-    frames = _frames(seed=7)
+    channels: list[Channel] = []
+    sender: asyncio.Task[None] | None = None
     try:
+        relay = await relay_factory(listener.endpoint.port)
+        frames = _frames(seed=7)
         channel = await transport.connect(Endpoint(host="127.0.0.1", port=relay.port))  # type: ignore[attr-defined]
         assert isinstance(channel, MultiStreamChannel)
+        channels.append(channel)
 
         async def send_all() -> None:
             for frame in frames:
@@ -81,12 +85,30 @@ async def _transfer(
         accepted = relay.accepted  # type: ignore[attr-defined]
     finally:
         await listener.close()
+        if sender is not None:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        served = receiver.channel
+        if served is not None and served.done() and not served.cancelled():
+            channels.append(served.result())
+        _end(*channels)
     return channel, frames, result, accepted
 
 
+def _end(*channels: Channel) -> None:
+    """Close what a test is done with at once, also when it failed half-way."""
+    for channel in channels:
+        if isinstance(channel, MultiStreamChannel) and not channel.finished:
+            channel.fail(TransportError("the test is over"))
+
+
 async def _wait_progress(receiver: Receiver, fraction: float) -> None:
-    while receiver.progress < TOTAL * fraction:
-        await asyncio.sleep(0.005)
+    await eventually(
+        lambda: receiver.progress >= TOTAL * fraction,
+        f"{fraction:.0%} of the transfer received",
+        within_s=60,
+        every_s=0.005,
+    )
 
 
 def _expected(frames: list[bytes]) -> tuple[int, str]:
@@ -135,7 +157,7 @@ async def test_whole_connection_loss_inside_the_window_is_resumed(
         await _wait_progress(receiver, 0.6)
         relay.cut_all()  # type: ignore[attr-defined]
 
-    settings = {**STRIPED, "resume_window_s": 10.0}
+    settings = {**STRIPED, "resume_window_s": 30.0}
     channel, frames, (count, digest, _), accepted = await _transfer(
         settings, transport_relay, fault
     )
@@ -158,24 +180,26 @@ async def test_connection_loss_beyond_the_window_fails_cleanly(
             pass
 
     listener = await transport.listen(Endpoint(host="127.0.0.1"), handler)
-    relay = await transport_relay(listener.endpoint.port)
-    channel = await transport.connect(Endpoint(host="127.0.0.1", port=relay.port))  # type: ignore[attr-defined]
     try:
-        await channel.send(b"before")
-        while not received:
-            await asyncio.sleep(0.01)
-        await listener.close()
-        relay._server.close()  # type: ignore[attr-defined]  # nobody to reconnect to
-        relay.cut_all()  # type: ignore[attr-defined]
+        relay = await transport_relay(listener.endpoint.port)
+        channel = await transport.connect(Endpoint(host="127.0.0.1", port=relay.port))  # type: ignore[attr-defined]
+        try:
+            await channel.send(b"before")
+            await eventually(lambda: bool(received), "the first frame arrives")
+            await listener.close()
+            relay._server.close()  # type: ignore[attr-defined]  # nobody to reconnect to
+            relay.cut_all()  # type: ignore[attr-defined]
 
-        async def keep_sending() -> None:
-            for _ in range(1000):
-                await asyncio.wait_for(channel.send(b"x" * 65536), timeout=5)
+            async def keep_sending() -> None:
+                for _ in range(1000):
+                    await asyncio.wait_for(channel.send(b"x" * 65536), timeout=20)
 
-        with pytest.raises(TransportError, match="resume window"):
-            await keep_sending()
+            with pytest.raises(TransportError, match="resume window"):
+                await keep_sending()
+        finally:
+            await channel.close()
     finally:
-        await channel.close()
+        await listener.close()
     assert received[:1] == [b"before"]
 
 
@@ -189,13 +213,16 @@ async def test_streams_retired_by_adaptation_lose_nothing() -> None:
     try:
         channel = await transport.connect(listener.endpoint)
         assert isinstance(channel, MultiStreamChannel)
-        for i, frame in enumerate(frames):
-            await channel.send(frame)
-            if i % 10 == 5 and len(channel.live_streams()) > 1:
-                channel.retire(channel.live_streams()[-1])
-        await channel.drain()
-        await channel.close()
-        count, digest, _ = await asyncio.wait_for(receiver.done, timeout=30)
+        try:
+            for i, frame in enumerate(frames):
+                await channel.send(frame)
+                if i % 10 == 5 and len(channel.live_streams()) > 1:
+                    channel.retire(channel.live_streams()[-1])
+            await channel.drain()
+            await channel.close()
+            count, digest, _ = await asyncio.wait_for(receiver.done, timeout=30)
+        finally:
+            _end(channel)
     finally:
         await listener.close()
     assert (count, digest) == _expected(frames)

@@ -28,6 +28,8 @@ from novacron_sdk.errors import FrameError, TransportError
 from novacron_sdk.transport.interface import Channel, Endpoint
 
 SERVER = {"window_bytes": 65536, "max_frame_bytes": 65536, "window_frames": 64}
+WAIT_S = 20
+"""The bound of a wait for something that happens at once: only a hang reaches it."""
 
 
 def raw_header(kind: int, seq: int, length: int, payload: bytes = b"", flags: int = 0) -> bytes:
@@ -57,18 +59,21 @@ async def raw_pair(settings: dict[str, Any]) -> AsyncIterator[RawPeer]:
         await accepted.put(channel)
 
     listener = await transport.listen(Endpoint(host="127.0.0.1"), handler)
-    sock = socket.create_connection(("127.0.0.1", listener.endpoint.port))
-    hello = Hello(HelloKind.NEW, os.urandom(16), 0, 1 << 20, 0, 1 << 20, 1024)
-    sock.sendall(encode_frame(Kind.HELLO, 0, hello.encode()))
-    loop = asyncio.get_running_loop()
-    reply = await loop.run_in_executor(None, sock.recv, HEADER_SIZE)
-    assert decode_header(reply, 4096).kind == Kind.WELCOME
-    server = await asyncio.wait_for(accepted.get(), 5)
     try:
-        yield RawPeer(sock, server)
+        with socket.create_connection(("127.0.0.1", listener.endpoint.port)) as sock:
+            sock.settimeout(WAIT_S)
+            hello = Hello(HelloKind.NEW, os.urandom(16), 0, 1 << 20, 0, 1 << 20, 1024)
+            sock.sendall(encode_frame(Kind.HELLO, 0, hello.encode()))
+            loop = asyncio.get_running_loop()
+            reply = await loop.run_in_executor(None, sock.recv, HEADER_SIZE)
+            assert decode_header(reply, 4096).kind == Kind.WELCOME
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
+            try:
+                yield RawPeer(sock, server)
+            finally:
+                sock.close()
+                await server.close()
     finally:
-        sock.close()
-        await server.close()
         await listener.close()
 
 
@@ -80,9 +85,9 @@ async def raw_peer() -> AsyncIterator[RawPeer]:
 
 async def _rejected(peer: RawPeer, match: str) -> None:
     with pytest.raises(FrameError, match=match):
-        await asyncio.wait_for(peer.server.recv(), 5)
+        await asyncio.wait_for(peer.server.recv(), WAIT_S)
     with pytest.raises(TransportError):  # the channel stays failed
-        await asyncio.wait_for(peer.server.recv(), 5)
+        await asyncio.wait_for(peer.server.recv(), WAIT_S)
 
 
 async def test_valid_frames_arrive(raw_peer: RawPeer) -> None:
@@ -168,7 +173,7 @@ async def test_truncated_frame_then_eof_is_a_lost_connection() -> None:
         peer.sock.sendall(frame[:500])
         peer.sock.close()
         with pytest.raises(TransportError, match="connection lost"):
-            await asyncio.wait_for(peer.server.recv(), 5)
+            await asyncio.wait_for(peer.server.recv(), WAIT_S)
 
 
 async def test_corrupted_large_frame_is_rejected() -> None:

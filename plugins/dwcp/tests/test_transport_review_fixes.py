@@ -31,9 +31,12 @@ from novacron_dwcp.transport.wire import (
     encode_frame,
 )
 from novacron_sdk.errors import FrameError, TransportError
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, Endpoint
 
 DATACENTER = {"mode": "datacenter", "adapt": False, "resume_window_s": 0}
+WAIT_S = 20
+"""The bound of a wait for something that happens at once: only a hang reaches it."""
 
 
 @asynccontextmanager
@@ -43,9 +46,11 @@ async def served(
     """A listener on loopback: (transport, port, queue of accepted channels)."""
     transport = MultiStreamTransport(settings)
     accepted: asyncio.Queue[MultiStreamChannel] = asyncio.Queue()
+    channels: list[MultiStreamChannel] = []
 
     async def keep(channel: Channel) -> None:
         assert isinstance(channel, MultiStreamChannel)
+        channels.append(channel)
         await accepted.put(channel)
         if handler is not None:
             await handler(channel)
@@ -55,6 +60,14 @@ async def served(
         yield transport, listener.endpoint.port, accepted
     finally:
         await listener.close()
+        end_now(*channels)
+
+
+def end_now(*channels: MultiStreamChannel) -> None:
+    """Close the sockets of channels a test is done with (at once, even when it failed)."""
+    for channel in channels:
+        if not channel.finished:
+            channel.fail(TransportError("the test is over"))
 
 
 def dial(port: int, kind: int, session: bytes, stream_id: int, **hello: int) -> socket.socket:
@@ -75,7 +88,7 @@ def dial(port: int, kind: int, session: bytes, stream_id: int, **hello: int) -> 
 
 async def answer(sock: socket.socket) -> int:
     """The kind of the listener's answer to a HELLO (WELCOME or REJECT)."""
-    sock.settimeout(5)
+    sock.settimeout(WAIT_S)
     raw = await asyncio.get_running_loop().run_in_executor(None, sock.recv, HEADER_SIZE)
     return decode_header(raw[:HEADER_SIZE], 4096).kind
 
@@ -89,14 +102,17 @@ async def stalled_and_rescuer() -> AsyncIterator[
     async with served({"window_frames": 16, "resume_window_s": 0}) as (_, port, accepted):
         session = os.urandom(16)
         stalled = dial(port, HelloKind.NEW, session, 0, frames=16)
-        rescuer = dial(port, HelloKind.JOIN, session, 1, frames=16)
+        socks = [stalled]
         try:
+            # The JOIN only once the NEW was welcomed: the listener may take two HELLOs that
+            # arrive together in either order, and a JOIN before its session is refused.
             assert await answer(stalled) == Kind.WELCOME
+            socks.append(rescuer := dial(port, HelloKind.JOIN, session, 1, frames=16))
             assert await answer(rescuer) == Kind.WELCOME
-            yield await asyncio.wait_for(accepted.get(), 5), stalled, rescuer
+            yield await asyncio.wait_for(accepted.get(), WAIT_S), stalled, rescuer
         finally:
-            stalled.close()
-            rescuer.close()
+            for sock in socks:
+                sock.close()
 
 
 @asynccontextmanager
@@ -143,7 +159,7 @@ async def test_backlog_of_small_frames_drains_without_recursion() -> None:
             await channel.send(big)  # still being written: the small ones queue behind it
             for i in range(count):
                 await channel.send(b"%d" % i)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(WAIT_S):
                 while not done.is_set() and not errors:
                     await asyncio.sleep(0.01)
         finally:
@@ -172,13 +188,13 @@ async def test_frames_queued_on_a_stream_the_peer_retires_are_resent() -> None:
         endpoint = Endpoint(host="127.0.0.1", port=port, options={"streams": "2"})
         channel = await transport.connect(endpoint)
         try:
-            server = await asyncio.wait_for(accepted.get(), 5)
-            got = [await asyncio.wait_for(channel.recv(), 5)]
-            async with asyncio.timeout(5):  # a stream whose sender has a frame queued on it
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
+            got = [await asyncio.wait_for(channel.recv(), WAIT_S)]
+            async with asyncio.timeout(WAIT_S):  # a stream whose sender has a frame queued on it
                 while not (busy := [s for s in server.streams.values() if s.out_bytes]):
                     got.append(await channel.recv())
             channel.retire(channel.streams[busy[0].stream_id])
-            async with asyncio.timeout(3):
+            async with asyncio.timeout(WAIT_S):  # the bug: the rest never came
                 while len(got) < len(frames):
                     got.append(await channel.recv())
         finally:
@@ -198,7 +214,7 @@ async def stuck_peer(settings: dict[str, Any]) -> AsyncIterator[MultiStreamChann
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         try:
             assert await answer(sock) == Kind.WELCOME
-            yield await asyncio.wait_for(accepted.get(), 5)
+            yield await asyncio.wait_for(accepted.get(), WAIT_S)
         finally:
             sock.close()
 
@@ -209,7 +225,7 @@ async def test_close_warns_when_the_linger_runs_out_with_frames_undelivered(capl
     async with stuck_peer({"close_linger_s": 0.2}) as server:
         for _ in range(3):
             await server.send(os.urandom(1 << 20))
-        await asyncio.wait_for(server.close(), 2)
+        await asyncio.wait_for(server.close(), WAIT_S)
         assert "3 of 3 frames not delivered" in caplog.text
         assert "close_linger_s" in caplog.text
         assert server.finished
@@ -222,13 +238,13 @@ async def test_recv_fails_when_the_peer_closed_before_its_frames_arrived() -> No
         sock = dial(port, HelloKind.NEW, os.urandom(16), 0)
         try:
             assert await answer(sock) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
             sock.sendall(encode_frame(Kind.DATA, 0, b"first"))
             sock.sendall(encode_frame(Kind.CLOSE, 3))
             sock.shutdown(socket.SHUT_WR)
-            assert await asyncio.wait_for(server.recv(), 2) == b"first"
+            assert await asyncio.wait_for(server.recv(), WAIT_S) == b"first"
             with pytest.raises(TransportError, match="2 of its 3 frames undelivered"):
-                await asyncio.wait_for(server.recv(), 2)
+                await asyncio.wait_for(server.recv(), WAIT_S)
         finally:
             sock.close()
 
@@ -252,11 +268,14 @@ async def test_receiver_does_not_hang_when_the_senders_linger_runs_out() -> None
 
     async with served(settings, handler) as (transport, port, _):
         channel = await transport.connect(Endpoint(host="127.0.0.1", port=port))
-        frame = os.urandom(1 << 20)
-        for _ in range(200):
-            await channel.send(frame)
-        await channel.close()  # warns that frames were not delivered (see the test above)
-        failure = await asyncio.wait_for(ended, 3)
+        try:
+            frame = os.urandom(1 << 20)
+            for _ in range(200):
+                await channel.send(frame)
+            await channel.close()  # warns that frames were not delivered (see the test above)
+            failure = await asyncio.wait_for(ended, WAIT_S)
+        finally:
+            end_now(channel)
     assert isinstance(failure, TransportError)
     assert "undelivered" in str(failure)
 
@@ -269,7 +288,7 @@ async def test_close_linger_zero_does_not_wait(caplog) -> None:
     async with stuck_peer({"close_linger_s": 0}) as server:
         for _ in range(3):
             await server.send(os.urandom(1 << 20))
-        await asyncio.wait_for(server.close(), 1)
+        await asyncio.wait_for(server.close(), WAIT_S)  # the bug: forever
         assert "not delivered" in caplog.text
         assert server.finished
         assert not server.streams
@@ -281,12 +300,12 @@ async def test_cancelled_close_still_closes_every_stream() -> None:
         for _ in range(3):
             await server.send(os.urandom(1 << 20))
         streams = list(server.streams.values())
-        with pytest.raises(TimeoutError):
+        with pytest.raises(TimeoutError):  # cancelled while it lingers (for 30 s)
             await asyncio.wait_for(server.close(), 0.2)
         assert server.finished
         assert not server.streams
         assert all(stream.sock.fileno() == -1 for stream in streams)
-        await asyncio.wait_for(server.close(), 1)  # a second close() is a no-op
+        await asyncio.wait_for(server.close(), WAIT_S)  # a second close() is a no-op
 
 
 # -- r5: late originals of rescued frames -----------------------------------------------------
@@ -302,13 +321,13 @@ async def test_late_original_after_many_rescues_is_not_a_replay() -> None:
         for seq in range(16):  # rescue copies of the stalled stream's frames
             rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
         for seq in range(16):
-            assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
+            assert await asyncio.wait_for(server.recv(), WAIT_S) == b"f%d" % seq
         rescuer.sendall(encode_frame(Kind.DATA, 16, b"f16", FLAG_RETRANSMIT))
-        assert await asyncio.wait_for(server.recv(), 2) == b"f16"
+        assert await asyncio.wait_for(server.recv(), WAIT_S) == b"f16"
         for seq in range(17):  # the stalled stream catches up: late originals
             stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
         stalled.sendall(encode_frame(Kind.DATA, 17, b"f17"))
-        assert await asyncio.wait_for(server.recv(), 2) == b"f17"
+        assert await asyncio.wait_for(server.recv(), WAIT_S) == b"f17"
 
 
 def test_resent_bookkeeping_still_catches_replays_and_is_bounded() -> None:
@@ -336,7 +355,7 @@ async def test_listener_refuses_joins_beyond_max_streams() -> None:
         socks = [dial(port, HelloKind.NEW, session, 0)]
         try:
             assert await answer(socks[0]) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
             for stream_id in range(1, 4):
                 socks.append(dial(port, HelloKind.JOIN, session, stream_id))
                 assert await answer(socks[-1]) == Kind.WELCOME
@@ -357,12 +376,12 @@ async def test_listener_refuses_a_duplicate_stream_id_and_leaks_no_socket() -> N
         socks = [first]
         try:
             assert await answer(first) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
             socks.append(duplicate := dial(port, HelloKind.JOIN, session, 0))
             assert await answer(duplicate) == Kind.REJECT
             assert b"already attached" in duplicate.recv(600)
             await server.close()
-            first.settimeout(2)  # the server's close() must end the first stream: EOF
+            first.settimeout(WAIT_S)  # the server's close() must end the first stream: EOF
             loop = asyncio.get_running_loop()
             while await loop.run_in_executor(None, first.recv, 4096):
                 pass
@@ -390,7 +409,12 @@ async def test_cancelled_connect_leaks_no_stream_and_ends_the_listeners_channel(
     """
     held: list[asyncio.StreamWriter] = []
 
-    async with served({"mode": "datacenter"}) as (transport, port, accepted):
+    # The listener would keep a channel whose client went away for its resume window.
+    async with served({"mode": "datacenter", "resume_window_s": 60}) as (
+        transport,
+        port,
+        accepted,
+    ):
 
         async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             first = not held
@@ -407,11 +431,17 @@ async def test_cancelled_connect_leaks_no_stream_and_ends_the_listeners_channel(
                 port=proxy.sockets[0].getsockname()[1],
                 options={"streams": "4"},
             )
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(transport.connect(endpoint), 0.5)
-            server = await asyncio.wait_for(accepted.get(), 2)
+            connecting = asyncio.create_task(transport.connect(endpoint))
+            try:
+                # The first stream is up and its JOINs are opening (they hang): cancel now.
+                await eventually(lambda: len(held) > 1, "connect() opens its extra streams")
+            finally:
+                connecting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connecting
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
             with pytest.raises(TransportError):  # the listener's channel ends, no resume wait
-                await asyncio.wait_for(server.recv(), 2)
+                await asyncio.wait_for(server.recv(), 10)
             gc.collect()
             leaked = [
                 obj
@@ -437,21 +467,17 @@ async def test_a_frame_header_alone_reserves_no_payload_memory() -> None:
         sock = dial(port, HelloKind.NEW, os.urandom(16), 0)
         try:
             assert await answer(sock) == Kind.WELCOME
-            server = await asyncio.wait_for(accepted.get(), 5)
+            server = await asyncio.wait_for(accepted.get(), WAIT_S)
             payload = os.urandom(48 << 20)
             frame = encode_frame(Kind.DATA, 0, payload)
             sock.sendall(frame[: HEADER_SIZE + 10])
             (stream,) = server.streams.values()
-            for _ in range(50):
-                if stream._body is not None:
-                    break
-                await asyncio.sleep(0.01)
-            assert stream._body is not None  # the frame's body is being received
+            await eventually(lambda: stream._body is not None, "the frame's body is received")
             assert len(stream._body_buffer) <= 2 << 20  # not the announced 48 MiB
             await asyncio.get_running_loop().run_in_executor(
                 None, sock.sendall, frame[HEADER_SIZE + 10 :]
             )
-            assert await asyncio.wait_for(server.recv(), 10) == payload
+            assert await asyncio.wait_for(server.recv(), WAIT_S) == payload
         finally:
             sock.close()
 
@@ -478,28 +504,35 @@ async def test_stream_lost_while_close_lingers_has_its_frames_resent(kill: bool,
         except Exception as exc:  # the test looks at which one
             ended.set_result(exc)
 
-    settings = {**DATACENTER, "socket_buffer_bytes": 65536, "close_linger_s": 3}
+    # The bug let the linger run out (a warning, frames lost): make that 30 s, far beyond
+    # the delivery it waits for.
+    settings = {**DATACENTER, "socket_buffer_bytes": 65536, "close_linger_s": 30}
     async with served(settings, handler) as (transport, port, _):
         endpoint = Endpoint(host="127.0.0.1", port=port, options={"streams": "2"})
         channel = await transport.connect(endpoint)
         assert isinstance(channel, MultiStreamChannel)
-        for frame in frames:
-            await channel.send(frame)
-        closing = asyncio.ensure_future(channel.close())
-        await asyncio.sleep(0)  # close() is lingering now
-        assert channel._closing  # and CLOSE is not queued yet
-        if kill:
-            window = channel._window
-            victim = max(  # the stream with most frames the peer has not received yet
-                channel.streams.values(),
-                key=lambda s: sum(
-                    p.seq >= window.peer_received for p in window.on_stream(s.stream_id)
-                ),
-            )
-            assert any(p.seq >= window.peer_received for p in window.on_stream(victim.stream_id))
-            victim.abort()
-        await asyncio.wait_for(closing, 2.5)  # well within the linger
-        failure = await asyncio.wait_for(ended, 2)
+        try:
+            for frame in frames:
+                await channel.send(frame)
+            closing = asyncio.ensure_future(channel.close())
+            await asyncio.sleep(0)  # close() is lingering now
+            assert channel._closing  # and CLOSE is not queued yet
+            if kill:
+                window = channel._window
+                victim = max(  # the stream with most frames the peer has not received yet
+                    channel.streams.values(),
+                    key=lambda s: sum(
+                        p.seq >= window.peer_received for p in window.on_stream(s.stream_id)
+                    ),
+                )
+                assert any(
+                    p.seq >= window.peer_received for p in window.on_stream(victim.stream_id)
+                )
+                victim.abort()
+            await asyncio.wait_for(closing, WAIT_S)  # well within the linger
+            failure = await asyncio.wait_for(ended, WAIT_S)
+        finally:
+            end_now(channel)
     assert len(got) == len(frames)
     assert got == frames
     assert isinstance(failure, TransportError)
@@ -510,19 +543,23 @@ async def test_stream_lost_while_close_lingers_has_its_frames_resent(kill: bool,
 
 async def test_all_streams_lost_while_close_lingers_starts_no_resume() -> None:
     """r8: resending during close()'s linger must not start the resume machinery."""
-    settings = {**DATACENTER, "resume_window_s": 30, "close_linger_s": 5}
+    # The bug waited for the linger or a resume: both far longer than the close() it allows.
+    settings = {**DATACENTER, "resume_window_s": 60, "close_linger_s": 60}
     async with served(settings) as (transport, port, accepted):
         channel = await transport.connect(Endpoint(host="127.0.0.1", port=port))
         assert isinstance(channel, MultiStreamChannel)
-        await asyncio.wait_for(accepted.get(), 5)  # it never reads: frames stay unreceived
-        resumed: list[bool] = []
-        channel.on_connection_lost = lambda: resumed.append(True)
-        for _ in range(8):
-            await channel.send(os.urandom(1 << 20))
-        closing = asyncio.ensure_future(channel.close())
-        await asyncio.sleep(0)
-        channel.ex_kill_all_streams()
-        await asyncio.wait_for(closing, 1)  # no stream left: close() ends at once
+        try:
+            await asyncio.wait_for(accepted.get(), WAIT_S)  # it never reads: frames stay
+            resumed: list[bool] = []
+            channel.on_connection_lost = lambda: resumed.append(True)
+            for _ in range(8):
+                await channel.send(os.urandom(1 << 20))
+            closing = asyncio.ensure_future(channel.close())
+            await asyncio.sleep(0)
+            channel.ex_kill_all_streams()
+            await asyncio.wait_for(closing, 10)  # no stream left: close() ends at once
+        finally:
+            end_now(channel)
     assert resumed == []
     assert channel.finished
     assert channel.resumes == 0
@@ -560,13 +597,13 @@ async def test_late_originals_after_more_than_2w_rescues_are_not_replays() -> No
             for seq in range(start, start + 16):
                 rescuer.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq, FLAG_RETRANSMIT))
             for seq in range(start, start + 16):
-                assert await asyncio.wait_for(server.recv(), 2) == b"f%d" % seq
+                assert await asyncio.wait_for(server.recv(), WAIT_S) == b"f%d" % seq
         for seq in range(49):  # the stalled stream catches up: 48 late originals, then new
             stalled.sendall(encode_frame(Kind.DATA, seq, b"f%d" % seq))
-        assert await asyncio.wait_for(server.recv(), 2) == b"f48"
+        assert await asyncio.wait_for(server.recv(), WAIT_S) == b"f48"
         stalled.sendall(encode_frame(Kind.DATA, 20, b"f20"))  # a real replay still fails
         with pytest.raises(FrameError, match="replayed frame: seq 20"):
-            await asyncio.wait_for(server.recv(), 2)
+            await asyncio.wait_for(server.recv(), WAIT_S)
 
 
 async def test_stalled_stream_catching_up_after_many_rescues_keeps_the_channel() -> None:
@@ -620,15 +657,18 @@ async def test_stalled_stream_catching_up_after_many_rescues_keeps_the_channel()
                 options={"streams": "3"},
             )
             channel = await transport.connect(endpoint)
-            frames = [b"frame %d" % i for i in range(3000)]
-            flowing.clear()  # stream 0's path stalls ...
-            asyncio.get_running_loop().call_later(0.8, flowing.set)  # ... and recovers
-            async with asyncio.timeout(10):
-                for frame in frames:
-                    await channel.send(frame)
-                while len(got) < len(frames) and not ended.done():
-                    await asyncio.sleep(0.01)
-            await channel.close()
+            try:
+                frames = [b"frame %d" % i for i in range(3000)]
+                flowing.clear()  # stream 0's path stalls ...
+                asyncio.get_running_loop().call_later(0.8, flowing.set)  # ... and recovers
+                async with asyncio.timeout(WAIT_S):
+                    for frame in frames:
+                        await channel.send(frame)
+                    while len(got) < len(frames) and not ended.done():
+                        await asyncio.sleep(0.01)
+                await channel.close()
+            finally:
+                end_now(channel)
         finally:
             for writer in relayed:
                 writer.close()

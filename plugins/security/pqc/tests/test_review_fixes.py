@@ -31,6 +31,7 @@ from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import NovaCronError, SecurityError
 from novacron_sdk.plugin.manager import NovaCronPluginManager
 from novacron_sdk.security.channel import secure_channel
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport import framing
 from novacron_sdk.transport.interface import Channel, Endpoint
 
@@ -59,10 +60,10 @@ async def serve(app: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve())
-    while not srv.started:
-        await asyncio.sleep(0.01)
-    port = srv.servers[0].sockets[0].getsockname()[1]
     try:
+        await eventually(lambda: srv.started or task.done(), "uvicorn serves")
+        assert srv.started, task.exception()
+        port = srv.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}"
     finally:
         srv.should_exit = True
@@ -172,12 +173,15 @@ async def test_forged_401_on_a_get_is_retried_once(pair) -> None:
 async def test_session_is_renewed_before_it_expires(pair) -> None:
     """The client handshakes again before the announced lifetime ends: never a 401."""
     a, b = pair
-    async with serve(AuthMiddleware(make_app([]), b.provider(), session_seconds=0.5)) as url:
+    # Long enough that a request right after a handshake is well inside the session (the
+    # client renews a tenth of it early) on a slow machine; the sleep outlives it.
+    lifetime = 2.0
+    async with serve(AuthMiddleware(make_app([]), b.provider(), session_seconds=lifetime)) as url:
         recorder = Recorder()
         auth = PqcHttpAuth(a.provider())
         async with httpx.AsyncClient(base_url=url, auth=auth, transport=recorder) as http:
             assert (await http.get("/v1/status")).status_code == 200
-            await asyncio.sleep(0.55)
+            await asyncio.sleep(lifetime + 0.05)  # the agent's session has expired now
             assert (await http.post("/v1/vms", json={"name": "vm1"})).status_code == 201
     assert [s for s in recorder.seen if s[2] == 401] == []
     assert [p for _, p, _ in recorder.seen].count(HELLO_PATH) == 2
@@ -383,7 +387,8 @@ async def test_malformed_hello_settings_are_refused_cleanly(pair, settings: byte
 async def test_one_address_cannot_lock_out_the_others(pair) -> None:
     """Fault injector: 64 HELLOs from 192.0.2.66 with node-a's public key, never finished."""
     a, b = pair
-    app = AuthMiddleware(make_app([]), b.provider())
+    # No slot may free itself while the 64 HELLOs are answered (slowly, on a busy machine).
+    app = AuthMiddleware(make_app([]), b.provider(), pending_seconds=60)
     try:
         async with asgi(app, client=("192.0.2.66", 4000)) as raw:
             answers = await asyncio.gather(
@@ -405,18 +410,16 @@ async def test_one_address_cannot_lock_out_the_others(pair) -> None:
 async def test_unfinished_handshakes_expire_quickly(pair) -> None:
     """Fault injector: HELLOs never finished; their slots free after pending_seconds."""
     a, b = pair
-    app = AuthMiddleware(make_app([]), b.provider(), pending_seconds=1.0)
+    # The slots must stay taken while the HELLOs that fill them are sent (a handshake each,
+    # slow on a busy machine), and free themselves after that.
+    app = AuthMiddleware(make_app([]), b.provider(), pending_seconds=3.0)
     try:
         async with asgi(app, client=("192.0.2.66", 4000)) as raw:
             for _ in range(http_auth.MAX_PENDING_PER_CLIENT):
                 assert (await raw.post(HELLO_PATH, content=hello_from(a.identity))).is_success
             assert (await raw.post(HELLO_PATH, content=hello_from(a.identity))).status_code == 429
             assert app.pending_handshakes == http_auth.MAX_PENDING_PER_CLIENT
-            for _ in range(100):
-                if not app.pending_handshakes:
-                    break
-                await asyncio.sleep(0.05)
-            assert app.pending_handshakes == 0
+            await eventually(lambda: not app.pending_handshakes, "the unfinished handshakes expire")
             assert (await raw.post(HELLO_PATH, content=hello_from(a.identity))).is_success
     finally:
         await app.aclose()
