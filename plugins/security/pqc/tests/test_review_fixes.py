@@ -407,6 +407,31 @@ async def test_one_address_cannot_lock_out_the_others(pair) -> None:
         await app.aclose()
 
 
+async def test_many_addresses_cannot_lock_out_the_others(pair) -> None:
+    """Fault injector: 8 HELLOs (the per-address limit) from each of 10 addresses, never
+    finished: 80 in all, beyond the 64 the agent holds. The 65th used to be refused (429) and
+    every genuine client with it until the flood's handshakes expired; now each new HELLO
+    drops the oldest unfinished one."""
+    a, b = pair
+    app = AuthMiddleware(make_app([]), b.provider(), pending_seconds=60)
+    try:
+        statuses = []
+        for host in range(10):
+            async with asgi(app, client=(f"192.0.2.{100 + host}", 4000)) as raw:
+                for _ in range(http_auth.MAX_PENDING_PER_CLIENT):
+                    reply = await raw.post(HELLO_PATH, content=hello_from(a.identity))
+                    statuses.append(reply.status_code)
+                    assert app.pending_handshakes <= http_auth.MAX_PENDING_HANDSHAKES
+        assert statuses == [200] * 80
+        assert app.pending_handshakes == http_auth.MAX_PENDING_HANDSHAKES
+        async with asgi(app, client=("192.0.2.10", 5000)) as http:
+            http.auth = PqcHttpAuth(a.provider())
+            assert (await http.get("/v1/status")).json() == {"peer": "node-a"}
+        assert app.pending_handshakes <= http_auth.MAX_PENDING_HANDSHAKES
+    finally:
+        await app.aclose()
+
+
 async def test_unfinished_handshakes_expire_quickly(pair) -> None:
     """Fault injector: HELLOs never finished; their slots free after pending_seconds."""
     a, b = pair

@@ -11,8 +11,9 @@ a captured request cannot be replayed. Bodies are authenticated, not encrypted.
 Before authentication the middleware holds little for anyone: a handshake body is read up to
 the handshake frame limit; any other request's body is read (up to ``max_body_bytes``) only
 once its Authorization header names a known, unexpired session of a still-enrolled peer; an
-unfinished handshake is dropped after ``pending_seconds``, and one client address holds at
-most :data:`MAX_PENDING_PER_CLIENT` of them.
+unfinished handshake is dropped after ``pending_seconds``, one client address holds at most
+:data:`MAX_PENDING_PER_CLIENT` of them, and when :data:`MAX_PENDING_HANDSHAKES` are held a new
+HELLO drops the oldest.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ SESSION_SECONDS_HEADER = "x-novacron-session-seconds"
 """On the answer to /v1/auth/finish: the API session's lifetime, so the client renews it in time."""
 REPLAY_WINDOW = 4096
 MAX_PENDING_HANDSHAKES = 64
-"""Unfinished handshakes held at once, from all clients together."""
+"""Unfinished handshakes held at once, from all clients together (a new HELLO beyond it drops
+the oldest)."""
 MAX_PENDING_PER_CLIENT = 8
 """Unfinished handshakes held at once for one client address (``scope["client"]``)."""
 PENDING_HANDSHAKE_SECONDS = 3.0
@@ -235,8 +237,14 @@ class AuthMiddleware:
             )
             raise _RefusedError(429, msg)
         if len(self._pending) >= MAX_PENDING_HANDSHAKES:
-            msg = "too many handshakes in progress; retry in a few seconds"
-            raise _RefusedError(429, msg)
+            # Full (HELLOs from many addresses): make room by dropping the oldest unfinished
+            # handshake, as a SYN cache does. A genuine client finishes within a round trip,
+            # so it is not the oldest; refusing the new HELLO instead would let a flood from
+            # a few addresses lock every client out for ``pending_seconds``.
+            oldest_id = next(iter(self._pending))
+            oldest = self._pending.pop(oldest_id)
+            oldest.task.cancel()
+            log.info("handshake table full: dropped the oldest unfinished one (%s)", oldest.client)
         mine, theirs = FrameQueueChannel.pair()
         task = asyncio.create_task(self.provider.handshake(mine, role="responder"))
         handshake_id = secrets.token_hex(16)
