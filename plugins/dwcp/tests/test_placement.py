@@ -188,6 +188,17 @@ def test_alternates_follow_the_ranking_and_their_count_is_a_setting():
     )
 
 
+def test_a_grouped_reason_shows_each_hosts_figures_as_a_range():
+    """Hosts with 2, 3 and 4 free vCPUs for an 8-vCPU request: the grouped reason used to
+    print the first host's figures for all three ("needs 8 vCPUs, 2 free")."""
+    hosts = [host("h2", vcpus=2), host("h3", vcpus=3), host("h4", vcpus=4), host("h4b", vcpus=4)]
+    message = explain(NovaScheduler().place(PlacementRequest(name="big", vcpus=8), hosts))
+    assert "4 host(s): needs 8 vCPUs, 2-4 free" in message
+    same = [host(f"s{i}", vcpus=2) for i in range(3)]
+    message = explain(NovaScheduler().place(PlacementRequest(name="big", vcpus=8), same))
+    assert "3 host(s): needs 8 vCPUs, 2 free" in message
+
+
 def test_infeasible_request_gets_a_grouped_reason():
     hosts = [host(f"small{i}", vcpus=2) for i in range(3)] + [host("src")]
     request = PlacementRequest(name="big", vcpus=4, exclude_hosts=["src"])

@@ -34,17 +34,33 @@ def explain(decision: PlacementDecision) -> str:
         return f"{decision.request} -> {decision.host_id}"
     if not decision.rejected:
         return f"no host fits {decision.request}: the cluster has no hosts"
-    # Group identical reasons so a 1,000-host cluster gives a readable line.
+    # Group reasons that differ only in their numbers, so a 1,000-host cluster gives a
+    # readable line; a number that differs between the hosts of a group shows as a range.
     kinds = Counter(_reason_kind(r) for r in decision.rejected.values())
     parts = []
     for kind, count in kinds.most_common():
-        example = next(r for r in decision.rejected.values() if _reason_kind(r) == kind)
-        parts.append(f"{count} host(s): {example}")
+        group = [r for r in decision.rejected.values() if _reason_kind(r) == kind]
+        parts.append(f"{count} host(s): {_merge_numbers(group)}")
     return f"no host fits {decision.request}: " + "; ".join(parts)
 
 
 def _reason_kind(reason: str) -> str:
     return " ".join(w for w in reason.split() if not w.isdigit())
+
+
+def _merge_numbers(reasons: list[str]) -> str:
+    """``reasons`` (one kind) as one: each number that differs between them as ``min-max``."""
+    split = [reason.split() for reason in reasons]
+    if len({len(words) for words in split}) != 1:
+        return reasons[0]
+    merged = []
+    for words in zip(*split, strict=True):
+        if words[0].isdigit() and len(set(words)) > 1:
+            values = [int(word) for word in words]
+            merged.append(f"{min(values)}-{max(values)}")
+        else:
+            merged.append(words[0])
+    return " ".join(merged)
 
 
 def require_host(decision: PlacementDecision) -> str:
