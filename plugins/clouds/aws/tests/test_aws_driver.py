@@ -49,13 +49,20 @@ def proxy(fault_proxy: Any) -> Any:
 
 
 @pytest.fixture
-def proxied_driver(proxy: Any, aws_settings: dict[str, Any]) -> Any:
-    """Builds drivers that reach moto through the fault proxy."""
+async def proxied_driver(proxy: Any, aws_settings: dict[str, Any]) -> AsyncIterator[Any]:
+    """Builds drivers that reach moto through the fault proxy; closes them after the test,
+    also when it failed (an open connection would be reported in whichever test runs next).
+    """
+    made: list[AwsDriver] = []
 
     def build(**settings: object) -> AwsDriver:
-        return AwsDriver({**aws_settings, **KEYS, "endpoint_url": proxy.url, **settings})
+        driver = AwsDriver({**aws_settings, **KEYS, "endpoint_url": proxy.url, **settings})
+        made.append(driver)
+        return driver
 
-    return build
+    yield build
+    for driver in made:
+        await driver.close()
 
 
 # -- registration ----------------------------------------------------------------------------

@@ -81,7 +81,7 @@ async def test_vm_terminated_while_waiting_reports_the_state_reason(
     )
     ec2.terminate_instances(InstanceIds=[vm.id])
     with pytest.raises(DriverError) as caught:
-        await driver.wait_for_state(vm.id, VMState.RUNNING, timeout=5, interval=0)
+        await driver.wait_for_state(vm.id, VMState.RUNNING, timeout=30, interval=0)
     assert not isinstance(caught.value, NotFoundError)
     assert "terminated" in str(caught.value)
     assert "shutdown" in str(caught.value).lower()  # EC2's StateReason message

@@ -208,9 +208,11 @@ async def test_no_credential_is_one_short_message(
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("PATH", str(tmp_path))
     driver = AzureDriver(azure_settings, transport=FakeArmTransport(arm.url))
-    with caplog.at_level(logging.WARNING), pytest.raises(DriverError) as caught:
-        await driver.list_vms()
-    await driver.close()
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(DriverError) as caught:
+            await driver.list_vms()
+    finally:
+        await driver.close()
     text = str(caught.value)
     assert caught.value.code == "ClientAuthenticationError"
     assert "\n" not in text

@@ -3,6 +3,7 @@ sizes, Retry-After), against the real ComputeManagementClient and the local Fake
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,14 +14,23 @@ from novacron_azure.driver import AzureDriver
 from novacron_azure.testing import FakeArm, Fault
 from novacron_sdk.errors import DriverError, InvalidStateError, QuotaExceededError
 from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.testing.waiting import eventually
 
 
-def _release_operations(arm: FakeArm) -> None:
-    """Let every pending operation of the fake finish (its poller threads then stop)."""
+def _pollers() -> list[threading.Thread]:
+    """azure-core's polling threads (one per long-running operation still followed)."""
+    return [t for t in threading.enumerate() if t.name.startswith("LROPoller(")]
+
+
+async def _release_operations(arm: FakeArm) -> None:
+    """Let every pending operation of the fake finish, and wait for the poller threads to
+    stop (one still polling when the fake closes would fail in whichever test runs next).
+    """
     with arm.state.lock:
         arm.state.polls_per_operation = 0
         for op in arm.state.operations.values():
             op.polls_left = 0
+    await eventually(lambda: not _pollers(), "the operations' poller threads stop")
 
 
 # -- 4: a wait that times out is an error, not a silent success ------------------------------
@@ -28,30 +38,32 @@ async def test_destroy_that_outlives_wait_timeout_raises(
     arm: FakeArm, make_driver: Callable[..., AzureDriver]
 ) -> None:
     """Fault: the fake's delete operation never finishes (polls_per_operation is huge)."""
+    # Created with the default wait: the 1 s limit is for the delete only.
+    vm = await make_driver().create_vm(VMSpec(name="slowdelete"))
     driver = make_driver(wait_timeout=1)
-    vm = await driver.create_vm(VMSpec(name="slowdelete"))
     arm.state.polls_per_operation = 10**9
     try:
         with pytest.raises(DriverError, match="still running after 1s") as caught:
             await driver.destroy(vm.id)
         assert caught.value.code == "OperationTimeout"
     finally:
-        _release_operations(arm)
+        await _release_operations(arm)
 
 
 async def test_power_action_that_outlives_wait_timeout_raises(
     arm: FakeArm, make_driver: Callable[..., AzureDriver]
 ) -> None:
     """Fault: the fake's deallocate operation never finishes (polls_per_operation is huge)."""
+    # Created with the default wait: the 1 s limit is for the deallocate only.
+    vm = await make_driver().create_vm(VMSpec(name="slowstop"))
     driver = make_driver(wait_timeout=1)
-    vm = await driver.create_vm(VMSpec(name="slowstop"))
     arm.state.polls_per_operation = 10**9
     try:
         with pytest.raises(DriverError, match="still running") as caught:
             await driver.stop(vm.id)
         assert caught.value.code == "OperationTimeout"
     finally:
-        _release_operations(arm)
+        await _release_operations(arm)
 
 
 # -- 7: create_vm refuses an existing name (the PUT is an upsert) ---------------------------

@@ -61,15 +61,20 @@ async def test_prepared_migration_of_a_vanished_source_is_discarded(
     )
     incoming = stream.IncomingStream(id="m-reap", token="t", transport="tcp", handle=handle)
     streams = {incoming.id: incoming}
-    assert guest.vm.name in {vm.name for vm in await destination_driver.list_vms()}
+    try:
+        assert guest.vm.name in {vm.name for vm in await destination_driver.list_vms()}
 
-    await stream.reap(streams, max_age_s=60)  # younger than the limit: left alone
-    assert incoming.state == "pending"
-    assert guest.vm.name in {vm.name for vm in await destination_driver.list_vms()}
+        await stream.reap(streams, max_age_s=60)  # younger than the limit: left alone
+        assert incoming.state == "pending"
+        assert guest.vm.name in {vm.name for vm in await destination_driver.list_vms()}
 
-    incoming.created -= 120  # as if the source had been gone for two minutes
-    await stream.reap(streams, max_age_s=60)
-    assert incoming.state == "aborted"
-    assert incoming.error == "the source never finished the migration"
-    assert guest.vm.name not in {vm.name for vm in await destination_driver.list_vms()}
-    assert (await source_driver.get_vm(guest.vm.id)).state == VMState.RUNNING
+        incoming.created -= 120  # as if the source had been gone for two minutes
+        await stream.reap(streams, max_age_s=60)
+        assert incoming.state == "aborted"
+        assert incoming.error == "the source never finished the migration"
+        assert guest.vm.name not in {vm.name for vm in await destination_driver.list_vms()}
+        assert (await source_driver.get_vm(guest.vm.id)).state == VMState.RUNNING
+    finally:
+        # When the test failed before the reaper did it: close the sink (its listening socket
+        # would leak into the next test) and undefine the domain. A second finish is a no-op.
+        await handle.finish(False)

@@ -8,6 +8,7 @@ FrameError before they reach QEMU, and the sink then closes that connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import tempfile
@@ -35,6 +36,7 @@ from novacron_sdk.builtin.tcp_transport import TcpTransport
 from novacron_sdk.errors import FrameError, TransportError
 from novacron_sdk.migration.models import MigrationSettings
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.waiting import eventually
 from novacron_sdk.transport.interface import Channel, Endpoint, Transport
 
 
@@ -60,6 +62,32 @@ def socket_dir() -> Iterator[Path]:
     """A short directory for unix sockets (their paths are limited to 108 bytes)."""
     with tempfile.TemporaryDirectory(prefix="ncb-") as path:
         yield Path(path)
+
+
+async def release(
+    writers: list[asyncio.StreamWriter],
+    source: StreamBridgeSource | None,
+    sink: StreamBridgeSink,
+    server: asyncio.Server | None = None,
+) -> None:
+    """Close everything a bridge test opened, also when it failed half way (a leaked socket
+    would otherwise be reported as a ResourceWarning in whichever test runs next).
+    """
+    for writer in writers:
+        writer.close()
+    try:
+        if source is not None:
+            await source.close()
+    finally:
+        try:
+            await sink.close()
+        finally:
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+            for writer in writers:
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
 
 
 async def test_connections_arrive_in_order_with_their_bytes_both_ways(socket_dir: Path) -> None:
@@ -92,21 +120,16 @@ async def test_connections_arrive_in_order_with_their_bytes_both_ways(socket_dir
     try:
         for n in range(4):  # like QEMU: main channel first, then multifd channels
             reader, writer = await asyncio.open_unix_connection(str(socket_dir / "src.sock"))
+            connections.append((reader, writer))
             writer.write(f"conn-{n:03d}".encode())
             await writer.drain()
-            connections.append((reader, writer))
-        await asyncio.wait_for(all_in.wait(), timeout=10)
+        await asyncio.wait_for(all_in.wait(), timeout=20)
         for _reader, writer in connections:
             writer.write(payload)
             writer.write_eof()
         replies = [await reader.read() for reader, _writer in connections]
     finally:
-        for _reader, writer in connections:
-            writer.close()
-        await source.close()
-        await sink.close()
-        server.close()
-        await server.wait_closed()
+        await release([writer for _reader, writer in connections], source, sink, server)
     assert accepted == [f"conn-{n:03d}".encode() for n in range(4)]
     assert replies == [f"ack:conn-{n:03d}{len(payload)}".encode() for n in range(4)]
     assert source.stats.connections == sink.stats.connections == 4
@@ -122,15 +145,15 @@ async def test_a_foreign_session_is_refused(socket_dir: Path) -> None:
     await sink.start()
     source = StreamBridgeSource(transport, sink.endpoint, socket_dir / "src.sock", "other")
     await source.start()
+    writers: list[asyncio.StreamWriter] = []
     try:
         reader, writer = await asyncio.open_unix_connection(str(socket_dir / "src.sock"))
+        writers.append(writer)
         writer.write(b"data")
         await writer.drain()
-        assert await asyncio.wait_for(reader.read(), timeout=10) == b""
-        writer.close()
+        assert await asyncio.wait_for(reader.read(), timeout=20) == b""
     finally:
-        await source.close()
-        await sink.close()
+        await release(writers, source, sink)
     assert any("session" in str(error) for error in sink.errors)
 
 
@@ -165,25 +188,20 @@ async def test_compressed_connections_keep_order_and_bytes(
     )
     await source.start()
     payloads = [stream_like_qemu(600, seed) for seed in range(3)]
+    connections = []
     try:
-        connections = []
         for n in range(3):  # main channel, then two multifd channels, opened in order
             reader, writer = await asyncio.open_unix_connection(str(socket_dir / "src.sock"))
+            connections.append((reader, writer))
             writer.write(f"conn-{n:03d}".encode())
             await writer.drain()
-            connections.append((reader, writer))
         for (_reader, writer), payload in zip(connections, payloads, strict=True):
             writer.write(payload)
             writer.write_eof()
         replies = [await reader.read() for reader, _writer in connections]
         await asyncio.wait_for(all_in.wait(), timeout=20)
-        for _reader, writer in connections:
-            writer.close()
     finally:
-        await source.close()
-        await sink.close()
-        server.close()
-        await server.wait_closed()
+        await release([writer for _reader, writer in connections], source, sink, server)
     tags = [f"conn-{n:03d}".encode() for n in range(3)]
     assert order == tags
     assert [received[tag] for tag in tags] == payloads
@@ -262,7 +280,7 @@ async def hostile_source(sink: StreamBridgeSink, hello: dict[str, object], frame
         await channel.send(b"H" + json.dumps(hello).encode())
         await channel.send(frame)
         # The sink closes the channel once it refused the frame: recv ends with an error.
-        refused = await asyncio.wait_for(_recv_until_error(channel), timeout=10)
+        refused = await asyncio.wait_for(_recv_until_error(channel), timeout=20)
         assert isinstance(refused, TransportError)
     finally:
         await channel.close()
@@ -301,11 +319,9 @@ async def test_the_sink_refuses_a_bad_channel_before_qemu_gets_its_bytes(
     try:
         await hostile_source(sink, hello, frame)
         if got or sink.stats.connections:  # connected before the frame was refused
-            await asyncio.wait_for(closed.wait(), timeout=10)
+            await asyncio.wait_for(closed.wait(), timeout=20)
     finally:
-        await sink.close()
-        server.close()
-        await server.wait_closed()
+        await release([], None, sink, server)
     assert got in ([], [b""]), "QEMU received none of the hostile bytes"
     assert len(sink.errors) == 1
     assert isinstance(sink.errors[0], FrameError)
@@ -316,11 +332,15 @@ async def test_an_unused_spare_channel_is_no_error(socket_dir: Path) -> None:
     sink = StreamBridgeSink(TcpTransport(), Endpoint(), socket_dir / "none.sock", "s")
     await sink.start()
     source = StreamBridgeSource(TcpTransport(), sink.endpoint, socket_dir / "src.sock", "s")
-    await source.start()
-    await asyncio.sleep(0.1)  # the spare connects meanwhile
-    await source.close()
-    await asyncio.sleep(0.1)
-    await sink.close()
+    try:
+        await source.start()
+        # The spare connects (the sink then waits for its hello) ...
+        await eventually(lambda: bool(sink._waiting), "the spare channel reaches the sink")
+        await source.close()
+        # ... and is closed unused: the sink drops it by itself (not cancelled by its close).
+        await eventually(lambda: not sink._waiting, "the sink drops the closed spare")
+    finally:
+        await release([], source, sink)
     assert not source.errors
     assert not sink.errors
     assert sink.stats.connections == 0

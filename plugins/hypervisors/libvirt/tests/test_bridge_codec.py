@@ -126,8 +126,9 @@ async def bridged_migration(
     host = SinkHost()
     source = LibvirtDriver({"uri": lab.source.uri, "events": False})
     destination = LibvirtDriver({"uri": lab.destination.uri, "events": False})
+    sink = StreamBridgeSink(dwcp(), Endpoint(), destination_socket, session)
+    bridge: StreamBridgeSource | None = None
     try:
-        sink = StreamBridgeSink(dwcp(), Endpoint(), destination_socket, session)
         await host.run(sink.start())
         bridge = StreamBridgeSource(
             source_transport, sink.endpoint, source_socket, session, codec="zstd"
@@ -146,14 +147,20 @@ async def bridged_migration(
             await asyncio.to_thread(domain.migrate3, destination.ex_connection, params, flags)
         except libvirt.libvirtError as exc:
             error = exc
-        finally:
-            await bridge.close()
-            await host.run(sink.close())
         return bridge, sink, error
     finally:
-        host.stop()
-        await source.close()
-        await destination.close()
+        # Also when the test failed before the migration: the bridges' sockets must not leak
+        # into the next test (as ResourceWarnings), nor the sink's loop outlive it.
+        try:
+            if bridge is not None:
+                await bridge.close()
+        finally:
+            try:
+                await host.run(sink.close())
+            finally:
+                host.stop()
+                await source.close()
+                await destination.close()
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ offsets, like a bzImage's payload in guest memory. Hostile reference frames are 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import struct
 import tempfile
@@ -138,19 +139,31 @@ async def test_the_bridge_carries_references_end_to_end(workdir: Path) -> None:
         codec="zstd",
         reference_files=[workdir / "src-kernel"],
     )
-    await source.start()
+    writers: list[asyncio.StreamWriter] = []
     try:
+        await source.start()
         reader, writer = await asyncio.open_unix_connection(str(workdir / "src.sock"))
+        writers.append(writer)
         writer.write(stream)
         writer.write_eof()
         await asyncio.wait_for(done.wait(), timeout=20)
         await reader.read()
-        writer.close()
     finally:
-        await source.close()
-        await sink.close()
-        server.close()
-        await server.wait_closed()
+        # Also when the test failed half way: a leaked socket would be reported as a
+        # ResourceWarning in whichever test runs next.
+        for writer in writers:
+            writer.close()
+        try:
+            await source.close()
+        finally:
+            try:
+                await sink.close()
+            finally:
+                server.close()
+                await server.wait_closed()
+                for writer in writers:
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
     assert received == [stream]
     # Half the pages are random and go as they are; the other half as references.
     assert source.stats.frame_bytes_to_destination < 0.6 * len(stream)

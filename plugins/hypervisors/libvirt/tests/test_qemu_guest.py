@@ -65,6 +65,9 @@ async def test_pause_stops_the_guest_and_resume_continues_it(
         assert paused.state == VMState.PAUSED
         with pytest.raises(InvalidStateError):
             await source_driver.pause(booted_guest.vm.id)
+        # What the guest printed before the pause may still be on its way to the console:
+        # let it arrive (two heartbeat periods) before the window in which nothing may.
+        await asyncio.sleep(0.4)
         frozen = console.last_heartbeat()
         await asyncio.sleep(1.0)  # five heartbeat periods
         assert console.last_heartbeat() == frozen, "a paused guest printed a heartbeat"
@@ -73,12 +76,15 @@ async def test_pause_stops_the_guest_and_resume_continues_it(
         assert await console.next_heartbeat(frozen) > frozen
         states = []
         while VMState.RUNNING not in states:
-            event = await asyncio.wait_for(events.get(), timeout=10)
+            event = await asyncio.wait_for(events.get(), timeout=30)
             if event.vm_id == booted_guest.vm.id:
                 states.append(event.state)
         assert states == [VMState.PAUSED, VMState.RUNNING]
     finally:
         await console.close()
+        # A guest left paused by a failure here would fail the session's later tests too.
+        if (await source_driver.get_vm(booted_guest.vm.id)).state == VMState.PAUSED:
+            await source_driver.resume(booted_guest.vm.id)
 
 
 async def test_save_and_restore_keep_guest_memory(

@@ -240,8 +240,10 @@ async def test_postcopy_migration(
 async def test_timeout_aborts_and_the_guest_runs_on_at_the_source(
     lab: Lab, guest: BootedGuest, source_driver: LibvirtDriver, destination_driver: LibvirtDriver
 ) -> None:
-    # 8 Mbit/s cannot move 128 MiB within a second: the job is aborted before switch-over.
-    settings = MigrationSettings(max_bandwidth_bps=8e6, timeout_s=1.0)
+    # 8 Mbit/s cannot move 128 MiB within 3 s: the job is aborted before switch-over. (Not
+    # 1 s: on a loaded machine libvirt may not have started the job by then, and an abort
+    # before that is refused, so the migration would run to its end.)
+    settings = MigrationSettings(max_bandwidth_bps=8e6, timeout_s=3.0)
     with pytest.raises(MigrationAbortedError, match="runs at the source"):
         await migrate(
             lab, guest, source_driver, destination_driver, transport_named("tcp"), settings
