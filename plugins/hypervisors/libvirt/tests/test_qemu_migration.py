@@ -16,7 +16,9 @@ counter's latest writes may be among those lost.)
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -235,6 +237,32 @@ async def test_postcopy_migration(
         await assert_heartbeat_goes_on(moved)
     finally:
         await moved.close()
+
+
+async def test_a_timeout_before_libvirt_started_the_job_still_aborts_it(
+    lab: Lab,
+    guest: BootedGuest,
+    source_driver: LibvirtDriver,
+    destination_driver: LibvirtDriver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fault injector: ``virDomain.migrate3`` starts 2 s late (as on a busy host). The timeout
+    (1 s) fired before libvirt had a job to abort; the refused abort was ignored, and the
+    migration ran to its end: the VM moved although its timeout had expired."""
+    real_migrate3 = libvirt.virDomain.migrate3
+
+    def late_migrate3(self: Any, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(2.0)  # in libvirt's worker thread, as a slow job start would be
+        return real_migrate3(self, *args, **kwargs)
+
+    monkeypatch.setattr(libvirt.virDomain, "migrate3", late_migrate3)
+    settings = MigrationSettings(max_bandwidth_bps=8e6, timeout_s=1.0)
+    with pytest.raises(MigrationAbortedError, match="runs at the source"):
+        await migrate(
+            lab, guest, source_driver, destination_driver, transport_named("tcp"), settings
+        )
+    assert (await source_driver.get_vm(guest.vm.id)).state == VMState.RUNNING
+    assert guest.vm.name not in {vm.name for vm in await destination_driver.list_vms()}
 
 
 async def test_timeout_aborts_and_the_guest_runs_on_at_the_source(

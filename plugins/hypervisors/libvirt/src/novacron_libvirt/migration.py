@@ -400,9 +400,13 @@ async def _abort_and_settle(domain: Any, job: asyncio.Task[Any], name: str, why:
 
     libvirt refuses ``abortJob`` once post-copy runs, and the job may finish between the
     decision and the abort: then the guest runs at the destination and the caller must
-    report the migration's result, not a rollback.
+    report the migration's result, not a rollback. It also refuses it before the job has
+    started (``migrate3`` is still preparing it, slow on a busy host): the abort is repeated
+    until the job ends, or the migration would run to its end after the timeout or cancel.
     """
-    await asyncio.to_thread(_abort_quietly, domain)
+    while not job.done():
+        await asyncio.to_thread(_abort_quietly, domain)
+        await asyncio.wait({job}, timeout=_ABORT_RETRY_S)
     await asyncio.gather(job, return_exceptions=True)
     if job.cancelled() or job.exception() is not None:
         return False
@@ -413,6 +417,10 @@ async def _abort_and_settle(domain: Any, job: asyncio.Task[Any], name: str, why:
         why,
     )
     return True
+
+
+_ABORT_RETRY_S = 0.2
+"""How often an abort is repeated while libvirt's migration job has not ended."""
 
 
 def _abort_quietly(domain: Any) -> None:
