@@ -53,7 +53,7 @@ def clean_env(tmp: Path, extra: Mapping[str, str] | None = None) -> dict[str, st
 
 
 def run_python(
-    args: list[str], *, env: Mapping[str, str], cwd: Path, timeout: float = 60
+    args: list[str], *, env: Mapping[str, str], cwd: Path, timeout: float = 120
 ) -> Completed:
     """Run ``python <args>`` with ``env`` and return what it printed."""
     proc = subprocess.run(
