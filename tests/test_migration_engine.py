@@ -7,8 +7,6 @@ and the faulty codec is a deliberate fault injector, said where it is used.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import pytest
@@ -31,7 +29,7 @@ from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.prediction.interface import BandwidthEstimate
 from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
-from novacron_sdk.testing.waiting import eventually
+from novacron_sdk.testing.waiting import eventually, running
 from novacron_sdk.transport.interface import Endpoint
 
 MIB = 1024 * 1024
@@ -55,18 +53,6 @@ async def wait_for_writes(workload: Any) -> None:
 
 def tcp_settings(**kwargs: Any) -> MigrationSettings:
     return MigrationSettings(transport="tcp", codec="zlib", predictor="ewma", **kwargs)
-
-
-@contextlib.asynccontextmanager
-async def running(migration: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
-    """The migration as a task; when the test fails half way, it is cancelled and waited for
-    (its sockets closed) before the drivers close."""
-    task = asyncio.create_task(migration)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
 
 
 async def test_migration_completes_and_memory_matches(plugins, drivers) -> None:

@@ -9,8 +9,7 @@ that answers ``prepare`` without an endpoint. Each test failed before its fix.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -25,7 +24,7 @@ from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
-from novacron_sdk.testing.waiting import eventually
+from novacron_sdk.testing.waiting import eventually, running
 from novacron_sdk.transport.interface import Channel, ChannelStats, Endpoint
 
 Hook = Callable[["_Faulty", bytes], Awaitable[bool]]
@@ -83,18 +82,6 @@ def _plan(
     plan.transport.listen = faulty_listen  # type: ignore[method-assign]
     plan.transport.connect = faulty_connect  # type: ignore[method-assign]
     return plugins, chosen, plan
-
-
-@contextlib.asynccontextmanager
-async def _running(migration: Coroutine[Any, Any, Any]) -> AsyncIterator[asyncio.Task[Any]]:
-    """The migration as a task; when the test fails half way, it is cancelled and waited for
-    (its sockets closed) before the drivers close."""
-    task = asyncio.create_task(migration)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 60)
 
 
 def _engines(monkeypatch: pytest.MonkeyPatch) -> list[MigrationEngine]:
@@ -209,7 +196,7 @@ async def test_a_second_cancel_waits_for_the_hand_over_too(drivers, corrupt: boo
     _slow_check(dst, checking, corrupt=corrupt, release=cancelled)
     plugins, settings, plan = _plan()
     migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
-    async with _running(migration) as task:
+    async with running(migration) as task:
         try:
             await asyncio.wait_for(checking.wait(), 30)
             task.cancel()
@@ -252,7 +239,7 @@ async def test_a_cancel_while_verify_is_sent_finishes_the_hand_over(drivers, que
     migration = migrate_between(
         src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=events.append
     )
-    async with _running(migration) as task:
+    async with running(migration) as task:
         try:
             await asyncio.wait_for(sending.wait(), 30)
             task.cancel()
@@ -289,7 +276,7 @@ async def test_a_cancel_before_verify_rolls_back_even_while_paused(drivers, monk
     migration = migrate_between(
         src, dst, vm.id, plugins=plugins, settings=settings, plan=plan, on_event=on_event
     )
-    async with _running(migration) as task:
+    async with running(migration) as task:
         try:
             await asyncio.wait_for(sending_device.wait(), 30)
             assert paused.is_set()
@@ -326,7 +313,7 @@ async def test_a_silent_destination_does_not_hold_the_source(
     )
     engines = _engines(monkeypatch)
     migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=settings, plan=plan)
-    async with _running(migration) as task:
+    async with running(migration) as task:
         await asyncio.wait_for(silent.wait(), 30)
         engine = engines[0]
         if how == "cancel":

@@ -32,7 +32,9 @@ fixture it names; every implementation of a contract must pass its suite:
 - ``store.StateStoreContract`` (``store``): state stores.
 
 ``waiting.eventually(check, what)`` waits for a condition in an async test (instead of a fixed
-sleep followed by an assertion, which fails on a slow machine).
+sleep followed by an assertion, which fails on a slow machine); ``waiting.running(coro)`` runs a
+coroutine as a task for a block and cancels and awaits it on the way out, even when the test
+fails half way.
 
 For example::
 

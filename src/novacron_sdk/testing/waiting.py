@@ -17,13 +17,17 @@ it, never to assert how fast something is (speed is measured by ``benchmarks/``)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
-__all__ = ["WITHIN_S", "eventually"]
+__all__ = ["WITHIN_S", "eventually", "running"]
+
+T = TypeVar("T")
 
 WITHIN_S = 20.0
 """The default bound of :func:`eventually`: a hang, not a slow machine."""
@@ -50,3 +54,25 @@ async def eventually(
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {within_s} s")
         await asyncio.sleep(every_s)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    work: Coroutine[Any, Any, T], *, within_s: float = 60.0
+) -> AsyncIterator[asyncio.Task[T]]:
+    """``work`` as a task for the block; on leaving it (also when the test fails half way) the
+    task is cancelled and waited for, up to ``within_s``, so that its sockets are closed before
+    the test's fixtures close what it uses::
+
+        async with running(migrate(...)) as task:
+            await eventually(lambda: engine.phase is Phase.PRECOPY, "pre-copy started")
+            engine.cancel()
+            with pytest.raises(MigrationAbortedError):
+                await task
+    """
+    task = asyncio.create_task(work)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), within_s)
