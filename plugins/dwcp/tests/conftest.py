@@ -136,14 +136,6 @@ def placement_openb_dir():
     return _prediction_shared_data("cluster", "alibaba-openb-2023")
 
 
-# NOTE for the consensus (etcd_*) and sync (sync_*) fixture owners: at 05:11 UTC an edit of the
-# prediction/placement section rewrote the end of this file and dropped the etcd_store_factory,
-# etcd_fresh_cluster and sync_regions fixtures that had been appended after it. Please re-add
-# them here; sorry. A later ruff --fix also dropped the imports they used: uuid, Iterator, Any,
-# TYPE_CHECKING, novacron_dwcp.consensus.local_cluster (LocalEtcdCluster, etcd_binary) and,
-# for type checking, EtcdStore, SyncNode and LinkRelay. Remove this note when done.
-
-
 # etcd_* and sync_* fixtures (the consensus and sync work): real etcd clusters and sync regions.
 from novacron_dwcp.consensus.testing import (  # noqa: E402, F401 - fixtures, by name
     etcd_cluster,

@@ -220,3 +220,69 @@ async def test_standby_waits_although_the_holders_revision_was_compacted(
         await asyncio.gather(waiting, return_exceptions=True)
         await a.resign()
         await b.resign()
+
+
+async def _follow(store: EtcdStore, start: int, received: list[str], count: int) -> None:
+    async for event in store.watch("w/", start_revision=start):
+        received.append(event.key)
+        if len(received) == count:
+            return
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_watch_whose_member_hangs_resumes_on_another(
+    client: str,
+    etcd_fresh_cluster: LocalEtcdCluster,
+    etcd_store_factory: Callable[..., EtcdStore],
+) -> None:
+    """Fault injector: hung (member 0, serving an idle watch). The watch must notice within
+    its idle check and resume elsewhere with every event once, in order. The gateway client
+    waited for the hung member's next line for ever; the gRPC client's pings timed out only after
+    gRPC's own ping timeout (60 s by default), not the 5 s its keep-alive setting says."""
+    cluster = etcd_fresh_cluster
+    watcher = etcd_store_factory(client, cluster=cluster)
+    writer = etcd_store_factory(
+        "gateway", cluster=cluster, endpoints=cluster.client_urls[1:], timeout_s=15.0
+    )
+    start = await writer.put("w/00", b"0")
+    received: list[str] = []
+    task = asyncio.create_task(_follow(watcher, start, received, 10))
+    try:
+        await eventually(lambda: received == ["w/00"], "the watch delivers the first event")
+        with hung(cluster, 0):
+            for i in range(1, 10):
+                await writer.put(f"w/{i:02d}", b"x")
+            await asyncio.wait_for(task, 60)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert received == [f"w/{i:02d}" for i in range(10)]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+async def test_a_watch_started_on_a_hung_member_resumes_on_another(
+    client: str,
+    etcd_fresh_cluster: LocalEtcdCluster,
+    etcd_store_factory: Callable[..., EtcdStore],
+) -> None:
+    """Fault injector: hung (member 0, the watcher's first endpoint, before the watch starts).
+    The gateway client waited for the hung member's response headers for ever (the gRPC
+    client already gave up when its connection attempt timed out)."""
+    cluster = etcd_fresh_cluster
+    watcher = etcd_store_factory(client, cluster=cluster)
+    writer = etcd_store_factory(
+        "gateway", cluster=cluster, endpoints=cluster.client_urls[1:], timeout_s=15.0
+    )
+    start = await writer.put("w/00", b"0")
+    received: list[str] = []
+    with hung(cluster, 0):
+        # From a known revision, so that the watch itself is the first call to member 0.
+        task = asyncio.create_task(_follow(watcher, start, received, 5))
+        try:
+            for i in range(1, 5):
+                await writer.put(f"w/{i:02d}", b"x")
+            await asyncio.wait_for(task, 60)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert received == [f"w/{i:02d}" for i in range(5)]

@@ -9,6 +9,7 @@ retries reads on the next member; a transaction whose outcome is unknown stays a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Sequence
@@ -29,6 +30,10 @@ _TARGETS = {
 _RESULTS = {"==": "EQUAL", "!=": "NOT_EQUAL", ">": "GREATER", "<": "LESS"}
 _GRPC_UNAVAILABLE = 14
 _GRPC_DEADLINE = 4
+# A quiet watch checks its member this often; a member that does not answer a new watch or a
+# check in WATCH_CHECK_TIMEOUT_S is given up on (the gRPC client's pings: every 10 s, 5 s).
+WATCH_IDLE_CHECK_S = 10.0
+WATCH_CHECK_TIMEOUT_S = 5.0
 # A member without a leader refuses at once instead of waiting out its own request timeout.
 _HEADERS = {"Grpc-Metadata-hasleader": "true"}
 
@@ -210,28 +215,81 @@ class GatewayClient:
     async def watch(
         self, key: str, *, prefix: bool, start_revision: int | None
     ) -> AsyncIterator[list[WatchEvent]]:
-        """Batches of events, streamed as one JSON object per line."""
+        """Batches of events, streamed as one JSON object per line.
+
+        A hung member accepts the connection and never answers, and a quiet watch has nothing
+        to say either: the watch waits at most ``WATCH_CHECK_TIMEOUT_S`` for the member's first
+        answer (etcd answers a new watch at once), and while no line comes it asks the member
+        for its revision every ``WATCH_IDLE_CHECK_S`` on another connection, giving up on it
+        (``EtcdUnavailableError``: the store resumes elsewhere) when that goes unanswered for
+        ``WATCH_CHECK_TIMEOUT_S`` — about what the gRPC client's pings take.
+        """
         create: dict[str, Any] = _range_fields(key, prefix)
         if start_revision is not None:
             create["start_revision"] = str(start_revision)
         index = self._current
         url = self.endpoints[index] + "/v3/watch"
-        timeout = httpx.Timeout(10.0, read=None)
+        request = self._http.build_request(
+            "POST", url, json={"create_request": create}, timeout=httpx.Timeout(10.0, read=None)
+        )
         try:
-            async with self._http.stream(
-                "POST", url, json={"create_request": create}, timeout=timeout
-            ) as response:
+            try:
+                response = await asyncio.wait_for(
+                    self._http.send(request, stream=True), WATCH_CHECK_TIMEOUT_S
+                )
+            except TimeoutError:
+                self._rotate(index)
+                msg = f"watch on {url}: the member did not answer in {WATCH_CHECK_TIMEOUT_S} s"
+                raise unavailable(msg) from None
+            try:
                 if response.status_code != httpx.codes.OK:
                     self._rotate(index)
                     raise unavailable(f"watch on {url} answered {response.status_code}")
-                async for line in response.aiter_lines():
+                async for line in self._lines(index, response):
                     if line.strip():
                         yield self._watch_batch(index, url, json.loads(line))
+            finally:
+                await response.aclose()
         except httpx.TransportError as exc:
             self._rotate(index)
             raise unavailable(f"watch on {url}: {exc!r}") from exc
         self._rotate(index)
         raise EtcdUnavailableError(f"watch on {url} ended", applied_unknown=False)
+
+    async def _lines(self, index: int, response: httpx.Response) -> AsyncIterator[str]:
+        """The lines of a watch response; checks the member while none comes."""
+        lines = response.aiter_lines()
+        pending: asyncio.Future[str] | None = None
+        try:
+            while True:
+                pending = asyncio.ensure_future(anext(lines))
+                while not (await asyncio.wait({pending}, timeout=WATCH_IDLE_CHECK_S))[0]:
+                    await self._check_member(index)
+                try:
+                    line = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield line
+        finally:
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+
+    async def _check_member(self, index: int) -> None:
+        """EtcdUnavailableError unless member ``index`` answers a range within the check time."""
+        url = self.endpoints[index] + "/v3/kv/range"
+        body = {"key": _b64(b"\0"), "count_only": True}
+        try:
+            response = await self._http.post(url, json=body, timeout=WATCH_CHECK_TIMEOUT_S)
+        except httpx.TransportError as exc:
+            self._rotate(index)
+            msg = f"watch at {self.endpoints[index]}: the member did not answer a check: {exc!r}"
+            raise unavailable(msg) from exc
+        if response.status_code != httpx.codes.OK:
+            self._rotate(index)
+            msg = f"watch at {self.endpoints[index]}: a check answered {response.status_code}"
+            raise unavailable(msg)
 
     def _watch_batch(self, index: int, url: str, message: dict[str, Any]) -> list[WatchEvent]:
         if "error" in message:

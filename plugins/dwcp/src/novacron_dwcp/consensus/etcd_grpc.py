@@ -35,9 +35,16 @@ _RESULTS = {
     "<": rpc.Compare.LESS,
 }
 _OPTIONS = (
-    # Pings find a silently dead member; etcd refuses pings more often than every 5 s.
+    # Pings find a silently dead (or hung) member under a call, a watch above all: a ping
+    # every 10 s (etcd refuses pings more often than every 5 s, and pings without a call),
+    # unanswered for 5 s, closes the connection. gRPC 1.5x+ times a ping out after
+    # ping_timeout_ms (60 s by default) whatever keepalive_timeout_ms says (seen with its
+    # http2_ping trace), and by default allows only two pings while the client sends no data
+    # (max_pings_without_data), which is all an idle watch does.
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
