@@ -3,17 +3,19 @@ sizes, Retry-After), against the real ComputeManagementClient and the local Fake
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from novacron_azure.driver import AzureDriver
 from novacron_azure.testing import FakeArm, Fault
 from novacron_sdk.errors import DriverError, InvalidStateError, QuotaExceededError
-from novacron_sdk.models import VMSpec, VMState
+from novacron_sdk.models import VM, VMSpec, VMState
 from novacron_sdk.testing.waiting import eventually
 
 
@@ -90,6 +92,45 @@ async def test_create_retried_after_a_lost_put_response_succeeds(
     assert vm.state == VMState.RUNNING
     assert arm.count("PUT", "/virtualMachines/retried") == 2
     assert [v.name for v in await driver.list_vms()] == ["retried"]
+
+
+async def test_two_creates_racing_for_one_name_do_not_both_succeed(
+    arm: FakeArm, make_driver: Callable[..., AzureDriver], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No fault in the fake; the race is forced: both creates are held after their existence
+    check (a real GET, both 404) until both have checked, then send their real PUTs. The
+    check and the PUT are separate requests, so without ``If-None-Match: *`` on the PUT the
+    second create updated the first one's VM and both reported success."""
+    checked = asyncio.Event()
+    waiting = 0
+    find = AzureDriver._find
+
+    async def find_then_wait(self: AzureDriver, group: str, name: str) -> dict[str, Any] | None:
+        nonlocal waiting
+        found = await find(self, group, name)
+        waiting += 1
+        if waiting == 2:
+            checked.set()
+        await asyncio.wait_for(checked.wait(), 20)
+        return found
+
+    monkeypatch.setattr(AzureDriver, "_find", find_then_wait)
+    alice, bob = make_driver(), make_driver()
+    results = await asyncio.gather(
+        alice.create_vm(VMSpec(name="web", tags={"owner": "alice"})),
+        bob.create_vm(VMSpec(name="web", tags={"owner": "bob"})),
+        return_exceptions=True,
+    )
+    monkeypatch.undo()
+    created = [r for r in results if isinstance(r, VM)]
+    refused = [r for r in results if isinstance(r, InvalidStateError)]
+    assert len(created) == 1, results
+    assert len(refused) == 1, results
+    assert refused[0].code == "VMAlreadyExists"
+    assert "already exists" in str(refused[0])
+    (vm,) = await make_driver().list_vms()
+    assert vm.tags == created[0].tags  # the winner's VM, not updated by the loser
+    assert vm.tags in ({"owner": "alice"}, {"owner": "bob"})  # the create token is not shown
 
 
 # -- 6: a failed create does not leave its VM behind silently -------------------------------

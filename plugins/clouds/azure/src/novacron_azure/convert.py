@@ -11,6 +11,10 @@ from novacron_sdk.errors import DriverError
 from novacron_sdk.models import VM, Image, Size, VMSpec, VMState
 
 DRIVER = "azure"
+# A tag create_vm puts on the VM it creates: a random token per create_vm call, so that a
+# retried PUT refused by If-None-Match can tell its own earlier attempt's VM from another's.
+# Not shown in VM.tags.
+CREATE_TAG = "novacron-create-request"
 POWER_STATES = {
     "starting": VMState.PENDING,
     "running": VMState.RUNNING,
@@ -109,7 +113,7 @@ def vm_from_arm(vm: dict[str, Any], shape: tuple[int, int] | None = None) -> VM:
         size=size_of(vm),
         location=vm.get("location"),
         created_at=datetime.fromisoformat(created) if isinstance(created, str) else created,
-        tags=dict(vm.get("tags") or {}),
+        tags={k: v for k, v in (vm.get("tags") or {}).items() if k != CREATE_TAG},
         extra={
             "resource_group": resource_group_of(str(vm["id"])),
             "vm_id": props.get("vmId"),

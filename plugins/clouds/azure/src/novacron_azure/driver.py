@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -25,6 +26,7 @@ from azure.mgmt.compute import ComputeManagementClient
 from azure.mgmt.compute.models import VirtualMachine, VirtualMachineUpdate
 
 from novacron_azure.convert import (
+    CREATE_TAG,
     VM_ID,
     create_body,
     custom_image_from_arm,
@@ -50,6 +52,16 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 LOCATIONS_API_VERSION = "2022-12-01"
+
+
+def _already_exists(name: str, group: str, existing: Mapping[str, Any] | None) -> InvalidStateError:
+    """The error for a create whose name is taken (``existing``: the VM, when still there)."""
+    where = f" ({existing['id']})" if existing is not None else ""
+    msg = (
+        f"a VM named {name!r} already exists in resource group {group!r}{where}; choose "
+        "another name, or destroy that VM first"
+    )
+    return InvalidStateError(msg, code="VMAlreadyExists")
 
 
 class AzureDriver(CloudDriver):
@@ -259,23 +271,26 @@ class AzureDriver(CloudDriver):
         self.require(DriverFeature.CREATE)
         group, body = create_body(spec, self.config)
         wait = self.config.wait
-        # The PUT is an upsert: without this check it would silently update an existing VM.
-        # The check runs once, before the retried PUT, so that a retry of our own PUT (its
-        # first attempt may have created the VM) goes through.
+        # The PUT is an upsert. The check gives the clear error before anything is sent;
+        # If-None-Match: * makes the PUT itself refuse (412) a VM created since the check by
+        # someone else. A retry of our own PUT whose first attempt created the VM is refused
+        # too: the token tag says whether the VM is ours.
         existing = await self._find(group, spec.name)
         if existing is not None:
-            msg = (
-                f"a VM named {spec.name!r} already exists in resource group {group!r} "
-                f"({existing['id']}); choose another name, or destroy that VM first"
-            )
-            raise InvalidStateError(msg, code="VMAlreadyExists")
+            raise _already_exists(spec.name, group, existing)
+        token = uuid.uuid4().hex
+        body["tags"] = {**body.get("tags", {}), CREATE_TAG: token}
         action = f"create VM {spec.name!r}"
         try:
             created = await self._call(
                 action,
                 lambda c: self._finish(
                     c.virtual_machines.begin_create_or_update(
-                        group, spec.name, VirtualMachine(body), polling=wait
+                        group,
+                        spec.name,
+                        VirtualMachine(body),
+                        polling=wait,
+                        headers={"If-None-Match": "*"},
                     ),
                     action,
                 ),
@@ -283,7 +298,13 @@ class AzureDriver(CloudDriver):
         except DriverError as exc:
             if exc.code == "OperationTimeout":  # not failed: still running, maybe fine
                 raise
-            raise await self._clean_up_failed_create(group, spec.name, exc) from exc
+            if exc.code in ("PreconditionFailed", "412"):
+                existing = await self._find(group, spec.name)
+                if existing is None or (existing.get("tags") or {}).get(CREATE_TAG) != token:
+                    raise _already_exists(spec.name, group, existing) from exc
+                created = None  # an earlier attempt of ours created it; its response was lost
+            else:
+                raise await self._clean_up_failed_create(group, spec.name, exc) from exc
         vm = vm_from_arm(created.as_dict()) if created is not None else None
         return await self.settle(
             await self.get_vm(vm.id if vm else spec.name), VMState.RUNNING, self.config

@@ -315,6 +315,16 @@ def _make_handler(state: FakeArmState) -> type[BaseHTTPRequestHandler]:
             key = (rg.lower(), name.lower())
             exists = key in state.vms
             if self.command == "PUT" and action is None:
+                if exists and self.headers.get("If-None-Match") == "*":
+                    self._send(
+                        412,
+                        _error(
+                            "PreconditionFailed",
+                            f"The VM '{name}' already exists; If-None-Match: * allows only "
+                            "a create.",
+                        ),
+                    )
+                    return
                 self._create(rg, name, key, body)
                 return
             if not exists:
