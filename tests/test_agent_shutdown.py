@@ -25,6 +25,7 @@ from novacron_sdk.config.sections import AgentSettings
 from novacron_sdk.errors import NotFoundError
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import build_plugin_manager
+from novacron_sdk.testing.faults import hold_sink_step
 from novacron_sdk.testing.waiting import eventually
 
 DEST_URL = "http://host-b.test"
@@ -39,21 +40,7 @@ async def agents(
     src = SimDriver({"host_name": "a"})
     dst = SimDriver({"host_name": "b"})
     verifying = asyncio.Event()
-    open_sink = dst.open_migration_sink
-
-    async def slow_sink(info: Any) -> Any:
-        sink = await open_sink(info)
-        real = sink.page_digests
-
-        async def page_digests(indices: Any) -> Any:
-            verifying.set()
-            await asyncio.sleep(CHECK_S)
-            return await real(indices)
-
-        sink.page_digests = page_digests  # type: ignore[method-assign]
-        return sink
-
-    dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    hold_sink_step(dst, "page_digests", reached=verifying, delay_s=CHECK_S)
     plugins = build_plugin_manager(autoload=False)
     source = AgentService(plugins=plugins, driver=src, name="a")
     destination = AgentService(plugins=plugins, driver=dst, name="b")

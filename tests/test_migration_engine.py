@@ -29,6 +29,7 @@ from novacron_sdk.plugin import hookimpl
 from novacron_sdk.plugin.manager import build_plugin_manager
 from novacron_sdk.prediction.interface import BandwidthEstimate
 from novacron_sdk.testing.codec import ForwardingEncoder, WrappingCodec
+from novacron_sdk.testing.faults import hold_sink_step
 from novacron_sdk.testing.waiting import eventually, running
 from novacron_sdk.transport.interface import Endpoint
 
@@ -320,24 +321,10 @@ async def test_cancel_after_commit_completes_the_hand_over(plugins, drivers) -> 
     """Once VERIFY is sent the VM moves even if the caller cancels: it never runs twice."""
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
-    open_sink = dst.open_migration_sink
     activating, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def slow_sink(info: Any) -> Any:
-        sink = await open_sink(info)
-        real = sink.activate
-
-        async def activate() -> Any:
-            # The destination resumes only once the cancel below was issued: it lands while
-            # the destination resumes, however slow the machine.
-            activating.set()
-            await cancelled.wait()
-            return await real()
-
-        sink.activate = activate  # type: ignore[method-assign]
-        return sink
-
-    dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    # The destination resumes only once the cancel below was issued: it lands while the
+    # destination resumes, however slow the machine.
+    hold_sink_step(dst, "activate", reached=activating, release=cancelled)
     committed = asyncio.Event()
 
     def on_event(event: MigrationEvent) -> None:
@@ -368,22 +355,10 @@ async def test_cancel_while_the_destination_verifies_completes_the_hand_over(
     lands while it checks cannot roll the source back, or the VM would run twice."""
     src, dst = drivers
     vm = await src.create_vm(busy_spec(pattern="idle"))
-    open_sink = dst.open_migration_sink
     checking, cancelled = asyncio.Event(), asyncio.Event()
-
-    async def slow_sink(info: Any) -> Any:
-        sink = await open_sink(info)
-        real = sink.page_digests
-
-        async def page_digests(indices: Any) -> Any:
-            checking.set()  # VERIFY has arrived: the source sent it
-            await cancelled.wait()  # the check goes on once the cancel below was issued
-            return await real(indices)
-
-        sink.page_digests = page_digests  # type: ignore[method-assign]
-        return sink
-
-    dst.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    # checking: VERIFY has arrived (the source sent it); the check goes on once the cancel
+    # below was issued.
+    hold_sink_step(dst, "page_digests", reached=checking, release=cancelled)
     migration = migrate_between(src, dst, vm.id, plugins=plugins, settings=tcp_settings())
     async with running(migration) as task:
         try:

@@ -24,6 +24,7 @@ from novacron_sdk.migration.planner import MigrationPlan, plan_migration
 from novacron_sdk.migration.protocol import Msg
 from novacron_sdk.models import VMSpec
 from novacron_sdk.plugin.manager import NovaCronPluginManager, build_plugin_manager
+from novacron_sdk.testing.faults import hold_sink_step
 from novacron_sdk.testing.waiting import eventually, running
 from novacron_sdk.transport.interface import Channel, ChannelStats, Endpoint
 
@@ -142,27 +143,19 @@ def _slow_check(
     """The destination's check of the pages takes 0.5 s, or lasts until ``release`` is set
     (VERIFY has arrived when ``started`` is set); with ``corrupt`` the sink reports a page
     stored wrongly (a deliberate fault)."""
-    open_sink = driver.open_migration_sink
 
-    async def slow_sink(info: Any) -> Any:
-        sink = await open_sink(info)
-        real = sink.page_digests
+    def corrupted(digests: Any) -> Any:
+        digests[0] = bytes(16)
+        return digests
 
-        async def page_digests(indices: Any) -> Any:
-            started.set()
-            if release is None:
-                await asyncio.sleep(0.5)
-            else:
-                await release.wait()
-            digests = await real(indices)
-            if corrupt:
-                digests[0] = bytes(16)
-            return digests
-
-        sink.page_digests = page_digests  # type: ignore[method-assign]
-        return sink
-
-    driver.open_migration_sink = slow_sink  # type: ignore[method-assign]
+    hold_sink_step(
+        driver,
+        "page_digests",
+        reached=started,
+        release=release,
+        delay_s=0.5 if release is None else 0.0,
+        alter=corrupted if corrupt else None,
+    )
 
 
 async def test_lost_activated_after_the_resume_never_runs_the_vm_twice(drivers) -> None:

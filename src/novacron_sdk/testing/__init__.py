@@ -34,7 +34,9 @@ fixture it names; every implementation of a contract must pass its suite:
 ``waiting.eventually(check, what)`` waits for a condition in an async test (instead of a fixed
 sleep followed by an assertion, which fails on a slow machine); ``waiting.running(coro)`` runs a
 coroutine as a task for a block and cancels and awaits it on the way out, even when the test
-fails half way.
+fails half way. ``faults.hold_sink_step(driver, step, reached=..., release=...)`` holds a step
+of a migration destination (its page check, its resume) so that a race with a cancel or a
+shutdown happens for certain.
 
 For example::
 
