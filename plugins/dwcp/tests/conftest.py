@@ -141,5 +141,6 @@ from novacron_dwcp.consensus.testing import (  # noqa: E402, F401 - fixtures, by
     etcd_cluster,
     etcd_fresh_cluster,
     etcd_store_factory,
+    etcd_tls_cluster,
 )
 from novacron_dwcp.sync.testing import sync_regions  # noqa: E402, F401 - fixture, by name

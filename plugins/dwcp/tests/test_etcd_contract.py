@@ -44,8 +44,9 @@ def test_registered_lazily_and_never_the_default() -> None:
         ({"client": "carrier-pigeon"}, "grpc"),
         ({"endpoints": " , "}, "empty"),
         ({"timeout_s": 0}, "must be > 0"),
-        ({"endpoints": ["https://10.0.0.1:2379"], "client": "grpc"}, "plain http"),
+        ({"endpoints": ["ftp://10.0.0.1:2379"], "client": "grpc"}, "http:// or https://"),
         ({"endpoints": ["etcd-a:2379", "etcd-b:2379"], "client": "grpc"}, "IPv4"),
+        ({"ca_fle": "/etc/ca.pem"}, "ca_fle: unknown setting .*did you mean 'ca_file'"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(settings: dict[str, object], message: str) -> None:

@@ -3,11 +3,15 @@ and the failures the store retries."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from novacron_sdk.consensus.interface import Compare, KeyValue, Op, TxnResult, WatchEvent
-from novacron_sdk.errors import StateStoreError
+from novacron_sdk.errors import ConfigError, StateStoreError
 
 # etcd answers these while it cannot serve at all, before applying anything: safe to retry
 # even for a transaction.
@@ -42,6 +46,135 @@ def unavailable(detail: str) -> EtcdUnavailableError:
     text = detail.lower()
     safe = any(marker in text for marker in _NOT_APPLIED)
     return EtcdUnavailableError(f"etcd unavailable: {detail}", applied_unknown=not safe)
+
+
+# What a failed TLS handshake says (OpenSSL through Python's ssl module, or gRPC's BoringSSL).
+_VERIFY_FAILED = (
+    "certificate_verify_failed",
+    "certificate verify failed",
+    "certificate signature failure",
+    "unable to get local issuer",
+    "self signed certificate",
+    "self-signed certificate",
+    "hostname mismatch",
+    "verification check failed",
+    "ip address mismatch",
+    "peer name",
+)
+_HANDSHAKE_FAILED = (
+    "ssl handshake failed",
+    "tls handshake failed",
+    # gRPC, when the member's alert (no client certificate) comes after its own handshake.
+    "unwrap failed (tsi_data_corrupted)",
+    "sslv3_alert",
+    "sslv3 alert",
+    "tlsv13 alert",
+    "tlsv1 alert",
+    "certificate required",
+    "wrong version number",
+    "[ssl:",
+)
+
+
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS to the members (``https://`` endpoints): the CA that signed their certificates
+    (``ca_file``; the system's CAs when None) and a client certificate with its key for
+    members started with ``--client-cert-auth`` (``cert_file``, ``key_file``), all PEM files.
+    """
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that verifies the members and presents the client certificate."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+    def pem(self) -> tuple[bytes | None, bytes | None, bytes | None]:
+        """The CA, key and certificate bytes (what gRPC's channel credentials take)."""
+
+        def read(path: str | None) -> bytes | None:
+            return Path(path).read_bytes() if path is not None else None
+
+        return read(self.ca_file), read(self.key_file), read(self.cert_file)
+
+
+def tls_settings(settings: dict[str, object], endpoints: Sequence[str]) -> EtcdTls | None:
+    """The TLS settings of ``state.settings`` for ``endpoints``, checked: every endpoint
+    ``https://`` or none, the files readable, a certificate with its key; None without TLS."""
+    schemes = {urlsplit(e if "://" in e else f"http://{e}").scheme for e in endpoints}
+    files = {name: settings.get(name) for name in ("ca_file", "cert_file", "key_file")}
+    given = {name: value for name, value in files.items() if value is not None}
+    if schemes - {"http", "https"}:
+        msg = (
+            f"state.settings.endpoints: {', '.join(endpoints)}: use http:// or https:// URLs "
+            "of the members' client ports"
+        )
+        raise ConfigError(msg)
+    if len(schemes) > 1:
+        msg = (
+            "state.settings.endpoints mixes http:// and https:// members: a cluster's client "
+            "ports are all TLS or none"
+        )
+        raise ConfigError(msg)
+    if schemes == {"http"}:
+        if given:
+            msg = (
+                f"state.settings.{next(iter(given))} is set but the endpoints are http://: "
+                "use the members' https:// client URLs"
+            )
+            raise ConfigError(msg)
+        return None
+    for name, value in given.items():
+        if not isinstance(value, str) or not Path(value).is_file():
+            msg = f"state.settings.{name}: {value!r} is not a readable file (a PEM file)"
+            raise ConfigError(msg)
+    if ("cert_file" in given) != ("key_file" in given):
+        msg = (
+            "state.settings.cert_file and key_file go together: the client certificate and "
+            "its private key (PEM)"
+        )
+        raise ConfigError(msg)
+    tls = EtcdTls(
+        ca_file=files["ca_file"],  # type: ignore[arg-type]  # checked above: str or None
+        cert_file=files["cert_file"],  # type: ignore[arg-type]
+        key_file=files["key_file"],  # type: ignore[arg-type]
+    )
+    try:
+        tls.ssl_context()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        msg = (
+            f"state.settings: the TLS files do not load ({exc}): ca_file must hold PEM CA "
+            "certificates, cert_file a PEM certificate and key_file its PEM private key"
+        )
+        raise ConfigError(msg) from exc
+    return tls
+
+
+def tls_failure(detail: str, endpoint: str) -> StateStoreError | None:
+    """The error for a TLS handshake with ``endpoint`` that failed as ``detail`` says, saying
+    which setting to fix; None when ``detail`` is not about TLS. Not retried: another
+    attempt fails the same way."""
+    text = detail.lower()
+    if any(marker in text for marker in _VERIFY_FAILED):
+        msg = (
+            f"etcd at {endpoint}: its TLS certificate failed verification ({detail}); set "
+            "state.settings.ca_file to the CA that signed the members' certificates (and use "
+            "the host name or IP address the certificates name)"
+        )
+        return StateStoreError(msg)
+    if any(marker in text for marker in _HANDSHAKE_FAILED):
+        msg = (
+            f"etcd at {endpoint}: the TLS handshake failed ({detail}); if the members require "
+            "client certificates (--client-cert-auth), set state.settings.cert_file and "
+            "key_file to a certificate signed by their --trusted-ca-file"
+        )
+        return StateStoreError(msg)
+    return None
 
 
 def prefix_end(prefix: bytes) -> bytes:

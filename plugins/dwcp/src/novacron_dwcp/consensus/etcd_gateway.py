@@ -12,12 +12,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import httpx
 
-from novacron_dwcp.consensus.etcd_common import EtcdUnavailableError, prefix_end, unavailable
+from novacron_dwcp.consensus.etcd_common import (
+    EtcdTls,
+    EtcdUnavailableError,
+    prefix_end,
+    tls_failure,
+    unavailable,
+)
 from novacron_sdk.consensus.interface import Compare, KeyValue, Op, TxnResult, WatchEvent
 from novacron_sdk.errors import StateStoreError
 
@@ -99,12 +106,32 @@ def _op(op: Op) -> dict[str, Any]:
 class GatewayClient:
     """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on etcd's JSON gateway."""
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(self, endpoints: Sequence[str], tls: EtcdTls | None = None) -> None:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
         self._http = httpx.AsyncClient(
-            headers=_HEADERS, limits=httpx.Limits(max_keepalive_connections=32)
+            headers=_HEADERS,
+            limits=httpx.Limits(max_keepalive_connections=32),
+            verify=tls.ssl_context() if tls is not None else True,
         )
+
+    def _broken(
+        self, index: int, url: str, exc: httpx.TransportError | ssl.SSLError
+    ) -> StateStoreError:
+        """The error for a request to member ``index`` that failed in transport: a TLS
+        failure says which setting to fix; anything else moves on to the next member.
+        (httpcore lets an ``ssl.SSLError`` raised while reading through unwrapped: the
+        member's alert for a missing client certificate arrives after the TLS 1.3
+        handshake.)"""
+        detail = f"{exc!r}"
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None:
+            detail += f" ({cause!r})"
+        failed = tls_failure(detail, self.endpoints[index])
+        if failed is not None:
+            return failed
+        self._rotate(index)
+        return unavailable(f"{url}: {detail}")
 
     def _rotate(self, failed: int) -> None:
         """Move on from endpoint ``failed``, unless a concurrent call already did."""
@@ -123,9 +150,8 @@ class GatewayClient:
             # A hung member accepts connections and never answers: try the next one.
             self._rotate(index)
             raise TimeoutError(f"etcd at {url} did not answer within {timeout_s} s") from exc
-        except httpx.TransportError as exc:
-            self._rotate(index)
-            raise unavailable(f"{url}: {exc!r}") from exc
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            raise self._broken(index, url, exc) from exc
         try:
             data = response.json()
         except ValueError as exc:
@@ -250,9 +276,8 @@ class GatewayClient:
                         yield self._watch_batch(index, url, json.loads(line))
             finally:
                 await response.aclose()
-        except httpx.TransportError as exc:
-            self._rotate(index)
-            raise unavailable(f"watch on {url}: {exc!r}") from exc
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            raise self._broken(index, f"watch on {url}", exc) from exc
         self._rotate(index)
         raise EtcdUnavailableError(f"watch on {url} ended", applied_unknown=False)
 
@@ -282,10 +307,8 @@ class GatewayClient:
         body = {"key": _b64(b"\0"), "count_only": True}
         try:
             response = await self._http.post(url, json=body, timeout=WATCH_CHECK_TIMEOUT_S)
-        except httpx.TransportError as exc:
-            self._rotate(index)
-            msg = f"watch at {self.endpoints[index]}: the member did not answer a check: {exc!r}"
-            raise unavailable(msg) from exc
+        except (httpx.TransportError, ssl.SSLError) as exc:
+            raise self._broken(index, f"watch check at {url}", exc) from exc
         if response.status_code != httpx.codes.OK:
             self._rotate(index)
             msg = f"watch at {self.endpoints[index]}: a check answered {response.status_code}"

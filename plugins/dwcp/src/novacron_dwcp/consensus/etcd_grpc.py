@@ -17,7 +17,13 @@ from urllib.parse import urlsplit
 import grpc  # type: ignore[import-untyped, unused-ignore]
 from aetcd import rpc  # type: ignore[import-untyped, unused-ignore]  # no type hints shipped
 
-from novacron_dwcp.consensus.etcd_common import EtcdUnavailableError, prefix_end, unavailable
+from novacron_dwcp.consensus.etcd_common import (
+    EtcdTls,
+    EtcdUnavailableError,
+    prefix_end,
+    tls_failure,
+    unavailable,
+)
 from novacron_sdk.consensus.interface import Compare, KeyValue, Op, TxnResult, WatchEvent
 from novacron_sdk.errors import StateStoreError
 
@@ -59,8 +65,8 @@ def grpc_target(endpoints: Sequence[str]) -> str:
     hosts = []
     for endpoint in endpoints:
         parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
-        if parts.scheme not in ("http", ""):
-            msg = f"etcd endpoint {endpoint!r}: only plain http is supported by this client"
+        if parts.scheme not in ("http", "https"):
+            msg = f"etcd endpoint {endpoint!r}: use an http:// or https:// URL"
             raise StateStoreError(msg)
         hosts.append((parts.hostname or "127.0.0.1", parts.port or 2379))
     if all(h.replace(".", "").isdigit() for h, _ in hosts):
@@ -74,9 +80,20 @@ def grpc_target(endpoints: Sequence[str]) -> str:
 class _Member:
     """The channel and stubs of one member."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, tls: EtcdTls | None) -> None:
+        self.endpoint = endpoint
         self.target = grpc_target([endpoint])
-        self.channel = rpc.insecure_channel(self.target, options=_OPTIONS)
+        if tls is None:
+            self.channel = rpc.insecure_channel(self.target, options=_OPTIONS)
+        else:
+            ca, key, cert = tls.pem()
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=ca, private_key=key, certificate_chain=cert
+            )
+            # The certificate is checked against the endpoint's host, as over https.
+            host = urlsplit(endpoint).hostname or "127.0.0.1"
+            options = (*_OPTIONS, ("grpc.default_authority", host))
+            self.channel = rpc.secure_channel(self.target, credentials, options=options)
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watcher = rpc.WatchStub(self.channel)
@@ -142,13 +159,13 @@ def _translate(exc: Any, what: str) -> Exception:
 class GrpcClient:
     """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on aetcd's gRPC stubs."""
 
-    def __init__(self, endpoints: Sequence[str]) -> None:
+    def __init__(self, endpoints: Sequence[str], tls: EtcdTls | None = None) -> None:
         if not endpoints:
             msg = "the gRPC etcd client needs at least one endpoint"
             raise StateStoreError(msg)
         # Validates every endpoint first (plain http; several members as IPv4 addresses).
         grpc_target(endpoints)
-        self.members = [_Member(e) for e in endpoints]
+        self.members = [_Member(e, tls) for e in endpoints]
         self._current = 0
 
     def _pick(self) -> tuple[int, _Member]:
@@ -157,10 +174,14 @@ class GrpcClient:
     def _failed(self, index: int, exc: Any, what: str) -> Exception:
         """The error to raise for ``exc``; moves on from member ``index`` when it may be the
         member's fault (unless a concurrent call already moved on)."""
+        member = self.members[index]
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            failed = tls_failure(str(exc.details()), member.endpoint)
+            if failed is not None:
+                return failed
         if exc.code() in _ROTATE_ON and self._current == index:
             self._current = (index + 1) % len(self.members)
-        target = self.members[index].target
-        return _translate(exc, f"{what} at {target}")
+        return _translate(exc, f"{what} at {member.target}")
 
     async def _unary(
         self, method: Callable[[_Member], Any], request: Any, timeout_s: float, what: str

@@ -15,6 +15,11 @@ Settings (all optional):
   election timeouts); giving up on it sooner and retrying keeps writes flowing.
 - ``watch_reconnect_s`` (default 30): how long a watch keeps trying to resume on another
   member before it fails.
+- ``ca_file``, ``cert_file``, ``key_file``: TLS, with ``https://`` endpoints: the CA that
+  signed the members' certificates (default: the system's CAs), and a client certificate and
+  its key for members that require one (``--client-cert-auth``); PEM files. A certificate
+  that fails verification, or a handshake the member refuses, is a StateStoreError that says
+  which setting to fix (not retried).
 
 Retries: reads, puts, deletes and lease calls are retried (on another member) until
 ``timeout_s``; a put whose connection broke mid-flight may thus apply twice, with the same
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -35,7 +41,9 @@ from typing import Any, ClassVar, TypeVar
 from novacron_dwcp.consensus.etcd_common import (
     EtcdClient,
     EtcdOutcomeUnknownError,
+    EtcdTls,
     EtcdUnavailableError,
+    tls_settings,
 )
 from novacron_sdk.consensus.interface import (
     Compare,
@@ -63,8 +71,9 @@ def _endpoints(value: object) -> list[str]:
     return endpoints
 
 
-def make_client(kind: str, endpoints: Sequence[str]) -> EtcdClient:
-    """The etcd client ``kind`` (``grpc``, ``gateway`` or ``auto``) for ``endpoints``."""
+def make_client(kind: str, endpoints: Sequence[str], tls: EtcdTls | None = None) -> EtcdClient:
+    """The etcd client ``kind`` (``grpc``, ``gateway`` or ``auto``) for ``endpoints``, over
+    TLS when ``tls`` is given."""
     if kind not in ("auto", "grpc", "gateway"):
         msg = f"state.settings.client is {kind!r}; use 'grpc', 'gateway' or 'auto'"
         raise ConfigError(msg)
@@ -76,10 +85,10 @@ def make_client(kind: str, endpoints: Sequence[str]) -> EtcdClient:
                 msg = f"the gRPC etcd client needs aetcd: pip install 'novacron-dwcp[etcd]' ({exc})"
                 raise ConfigError(msg) from exc
         else:
-            return GrpcClient(endpoints)
+            return GrpcClient(endpoints, tls)
     from novacron_dwcp.consensus.etcd_gateway import GatewayClient
 
-    return GatewayClient(endpoints)
+    return GatewayClient(endpoints, tls)
 
 
 class EtcdStore(StateStore):
@@ -87,8 +96,22 @@ class EtcdStore(StateStore):
 
     name: ClassVar[str] = "etcd"
 
+    SETTINGS: ClassVar[tuple[str, ...]] = (
+        "endpoints", "client", "namespace", "timeout_s", "attempt_timeout_s",
+        "watch_reconnect_s", "ca_file", "cert_file", "key_file",
+    )  # fmt: skip
+
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
+        for key in self.settings:
+            if key not in self.SETTINGS:
+                close = difflib.get_close_matches(str(key), self.SETTINGS, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                msg = (
+                    f"state.settings.{key}: unknown setting of the etcd store{hint}; known: "
+                    f"{', '.join(self.SETTINGS)}"
+                )
+                raise ConfigError(msg)
         self.endpoints = _endpoints(self.settings.get("endpoints"))
         self.namespace = str(self.settings.get("namespace", ""))
         self.timeout_s = float(self.settings.get("timeout_s", 5.0))
@@ -97,7 +120,10 @@ class EtcdStore(StateStore):
         if not (self.timeout_s > 0 and self.attempt_timeout_s > 0 and self.watch_reconnect_s > 0):
             msg = "state.settings: timeout_s, attempt_timeout_s and watch_reconnect_s must be > 0"
             raise ConfigError(msg)
-        self.client = make_client(str(self.settings.get("client", "auto")), self.endpoints)
+        self.tls = tls_settings(dict(self.settings), self.endpoints)
+        self.client = make_client(
+            str(self.settings.get("client", "auto")), self.endpoints, self.tls
+        )
         self._lease_ttl: dict[int, int] = {}
 
     def _full(self, key: str) -> str:

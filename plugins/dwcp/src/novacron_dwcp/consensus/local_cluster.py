@@ -7,17 +7,25 @@ can be killed (SIGKILL, as a crash) and restarted on their data. Usage::
     with LocalEtcdCluster(members=3) as cluster:
         store = EtcdStore({"endpoints": cluster.client_urls})
 
-or ``python -m novacron_dwcp.consensus.local_cluster`` to run one until Ctrl-C.
+or ``python -m novacron_dwcp.consensus.local_cluster`` to run one until Ctrl-C. With
+``tls=LocalEtcdTls(...)`` the client ports speak TLS (``https://`` URLs) with the given server
+certificate, and require client certificates signed by the CA when ``client_ca_file`` is set
+(``--client-cert-auth``); peers stay plain http on 127.0.0.1. ``make_certificates(directory)``
+makes a CA, a server certificate for 127.0.0.1 and a client certificate for a trial (it needs
+``cryptography``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -53,6 +61,38 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
+@dataclass(frozen=True)
+class LocalEtcdTls:
+    """TLS on the members' client ports: the server certificate and key every member uses
+    (it must name 127.0.0.1), the CA that signed it (for the cluster's own health checks),
+    and optionally the CA of client certificates (then required) with a client certificate
+    and key for the health checks."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    def flags(self) -> list[str]:
+        """etcd's command-line flags for this."""
+        flags = [f"--cert-file={self.cert_file}", f"--key-file={self.key_file}"]
+        if self.client_ca_file is not None:
+            flags += ["--client-cert-auth", f"--trusted-ca-file={self.client_ca_file}"]
+        return flags
+
+    def context(self) -> ssl.SSLContext:
+        """A client context for the cluster's own requests (health, status, leases): the CA
+        is checked, the name is not (its own processes on 127.0.0.1; a test may give them a
+        certificate for another name)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        context.check_hostname = False
+        if self.client_cert_file is not None:
+            context.load_cert_chain(str(self.client_cert_file), str(self.client_key_file))
+        return context
+
+
 @dataclass
 class Member:
     """One etcd member: its name, ports, data directory and process (None when down)."""
@@ -63,11 +103,12 @@ class Member:
     data_dir: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    scheme: str = "http"
 
     @property
     def client_url(self) -> str:
-        """``http://127.0.0.1:<client port>``."""
-        return f"http://127.0.0.1:{self.client_port}"
+        """``http://127.0.0.1:<client port>`` (``https`` with TLS)."""
+        return f"{self.scheme}://127.0.0.1:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
@@ -83,7 +124,13 @@ class Member:
 class LocalEtcdCluster:
     """A local etcd cluster of ``members`` processes; a context manager that removes its data."""
 
-    def __init__(self, members: int = 3, *, base_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        members: int = 3,
+        *,
+        base_dir: str | Path | None = None,
+        tls: LocalEtcdTls | None = None,
+    ) -> None:
         binary = etcd_binary()
         if binary is None:
             msg = "etcd is not installed: apt-get install etcd-server, or set NOVACRON_ETCD_BINARY"
@@ -100,9 +147,12 @@ class LocalEtcdCluster:
                 peer_port=ports[2 * i + 1],
                 data_dir=self.root / f"m{i}",
                 log_path=self.root / f"m{i}.log",
+                scheme="https" if tls is not None else "http",
             )
             for i in range(members)
         ]
+        self.tls = tls
+        self._context = tls.context() if tls is not None else None
         self.token = self.root.name
 
     @property
@@ -127,6 +177,7 @@ class LocalEtcdCluster:
             f"--election-timeout={ELECTION_MS}",
             "--logger=zap",
             "--log-level=warn",
+            *(self.tls.flags() if self.tls is not None else []),
         ]
 
     def start_member(self, index: int) -> None:
@@ -162,7 +213,7 @@ class LocalEtcdCluster:
         for index, member in enumerate(self.members):
             if not member.running:
                 continue
-            status = _post_json(f"{member.client_url}/v3/maintenance/status", {})
+            status = _post_json(f"{member.client_url}/v3/maintenance/status", {}, self._context)
             if status is None:
                 continue
             ids[str(status.get("header", {}).get("member_id"))] = index
@@ -173,10 +224,10 @@ class LocalEtcdCluster:
         """Revoke every lease in the cluster (tests: no expiry from one test bumps the next's
         revisions); returns how many were revoked."""
         url = next(m.client_url for m in self.members if m.running)
-        listing = _post_json(f"{url}/v3/lease/leases", {}) or {}
+        listing = _post_json(f"{url}/v3/lease/leases", {}, self._context) or {}
         leases = [str(item["ID"]) for item in listing.get("leases", ())]
         for lease in leases:
-            _post_json(f"{url}/v3/lease/revoke", {"ID": lease})
+            _post_json(f"{url}/v3/lease/revoke", {"ID": lease}, self._context)
         return len(leases)
 
     def wait_healthy(self, indexes: list[int] | None = None, *, timeout_s: float = 20.0) -> None:
@@ -187,7 +238,7 @@ class LocalEtcdCluster:
         deadline = time.monotonic() + timeout_s
         for index in chosen:
             member = self.members[index]
-            while not _healthy(member.client_url):
+            while not _healthy(member.client_url, self._context):
                 if not member.running:
                     msg = f"etcd member {member.name} exited: {self._tail(member)}"
                     raise StateStoreError(msg)
@@ -233,21 +284,112 @@ class LocalEtcdCluster:
         self.stop()
 
 
-def _post_json(url: str, body: dict[str, Any], timeout_s: float = 1.0) -> dict[str, Any] | None:
+def make_certificates(directory: Path, *, server_dns: str | None = None) -> LocalEtcdTls:
+    """A CA, a server certificate for 127.0.0.1 and localhost (for the DNS name ``server_dns``
+    alone when given), and a client certificate (``CN=novacron``) signed by it, as PEM files
+    in ``directory`` (needs ``cryptography``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{stem}-key.pem").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    def issue(
+        common: str,
+        issuer: tuple[ec.EllipticCurvePrivateKey, x509.Name] | None,
+        usage: list[x509.ObjectIdentifier],
+        names: list[x509.GeneralName],
+    ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer, issuer_name = issuer if issuer is not None else (key, name(common))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(common))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), True)
+        )
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), False)
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
+        if issuer is None:
+            builder = builder.add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                True,
+            )  # fmt: skip
+        return key, builder.sign(signer, hashes.SHA256())
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca = issue("novacron test CA", None, [], [])
+    write("ca", ca_key, ca)
+    server_names: list[x509.GeneralName] = (
+        [x509.DNSName(server_dns)]
+        if server_dns is not None
+        else [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+    )
+    server_key, server = issue(
+        "etcd",
+        (ca_key, ca.subject),
+        # Client too: etcd 3.4's JSON gateway connects to its own gRPC server with it.
+        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+        server_names,
+    )
+    write("server", server_key, server)
+    client_key, client = issue(
+        "novacron", (ca_key, ca.subject), [ExtendedKeyUsageOID.CLIENT_AUTH], []
+    )
+    write("client", client_key, client)
+    return LocalEtcdTls(
+        ca_file=directory / "ca.pem",
+        cert_file=directory / "server.pem",
+        key_file=directory / "server-key.pem",
+        client_ca_file=directory / "ca.pem",
+        client_cert_file=directory / "client.pem",
+        client_key_file=directory / "client-key.pem",
+    )
+
+
+def _post_json(
+    url: str, body: dict[str, Any], context: ssl.SSLContext | None, timeout_s: float = 1.0
+) -> dict[str, Any] | None:
     request = urllib.request.Request(  # noqa: S310 - http URL built from our own member
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:  # noqa: S310
             data = json.loads(response.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def _healthy(client_url: str) -> bool:
+def _healthy(client_url: str, context: ssl.SSLContext | None) -> bool:
     try:
-        with urllib.request.urlopen(f"{client_url}/health", timeout=1.0) as response:  # noqa: S310
+        with urllib.request.urlopen(  # noqa: S310 - our own member's URL
+            f"{client_url}/health", timeout=1.0, context=context
+        ) as response:
             return bool(json.loads(response.read()).get("health") == "true")
     except (OSError, ValueError):
         return False

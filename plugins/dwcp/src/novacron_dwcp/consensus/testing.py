@@ -2,7 +2,8 @@
 
 Imports pytest: only tests import this module. ``etcd_cluster`` is one 3-member cluster for
 the session; ``etcd_fresh_cluster`` is a cluster of one test's own, free to be killed;
-``etcd_store_factory`` makes stores in the test's own key namespace. Without an ``etcd``
+``etcd_store_factory`` makes stores in the test's own key namespace; ``etcd_tls_cluster`` is one
+TLS member (client certificates required) for the session. Without an ``etcd``
 binary every test that uses them is skipped, saying why.
 """
 
@@ -15,7 +16,11 @@ from typing import Any
 import pytest
 
 from novacron_dwcp.consensus.etcd_store import EtcdStore
-from novacron_dwcp.consensus.local_cluster import LocalEtcdCluster, etcd_binary
+from novacron_dwcp.consensus.local_cluster import (
+    LocalEtcdCluster,
+    etcd_binary,
+    make_certificates,
+)
 
 ETCD_SKIP_REASON = "etcd is not installed (apt-get install etcd-server); CI installs it"
 
@@ -69,3 +74,17 @@ async def etcd_store_factory(etcd_cluster: LocalEtcdCluster) -> AsyncIterator[Et
     for store in stores:
         await store.close()
     etcd_cluster.revoke_all_leases()
+
+
+@pytest.fixture(scope="session")
+def etcd_tls_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[LocalEtcdCluster]:
+    """A 1-member etcd cluster whose client port speaks TLS and requires client certificates
+    (``cluster.tls`` holds the CA, and the client certificate and key to use)."""
+    if etcd_binary() is None:
+        pytest.skip(ETCD_SKIP_REASON)
+    pytest.importorskip("cryptography", reason="the TLS tests make certificates with it")
+    tls = make_certificates(tmp_path_factory.mktemp("etcd-tls"))
+    with LocalEtcdCluster(members=1, tls=tls) as cluster:
+        yield cluster
