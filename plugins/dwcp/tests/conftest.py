@@ -138,6 +138,7 @@ def placement_openb_dir():
 
 # etcd_* and sync_* fixtures (the consensus and sync work): real etcd clusters and sync regions.
 from novacron_dwcp.consensus.testing import (  # noqa: E402, F401 - fixtures, by name
+    etcd_auth_cluster,
     etcd_cluster,
     etcd_fresh_cluster,
     etcd_store_factory,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -172,6 +172,78 @@ def tls_failure(detail: str, endpoint: str) -> StateStoreError | None:
             f"etcd at {endpoint}: the TLS handshake failed ({detail}); if the members require "
             "client certificates (--client-cert-auth), set state.settings.cert_file and "
             "key_file to a certificate signed by their --trusted-ca-file"
+        )
+        return StateStoreError(msg)
+    return None
+
+
+@dataclass(frozen=True)
+class EtcdAuth:
+    """etcd's user/password authentication: the clients get a token with these and send it
+    with every request, and get a new one when etcd says it is no longer valid."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+def auth_settings(settings: dict[str, object]) -> EtcdAuth | None:
+    """``username`` with ``password`` or ``password_file`` from ``state.settings``, checked;
+    None when no user is set."""
+    username = settings.get("username")
+    password = settings.get("password")
+    password_file = settings.get("password_file")
+    if username is None:
+        if password is not None or password_file is not None:
+            msg = "state.settings.password is set without state.settings.username"
+            raise ConfigError(msg)
+        return None
+    if not isinstance(username, str) or not username:
+        msg = f"state.settings.username must be a non-empty string, got {username!r}"
+        raise ConfigError(msg)
+    if (password is None) == (password_file is None):
+        msg = (
+            f"state.settings.username {username!r} needs exactly one of password and "
+            "password_file (a file holding the password, e.g. a mounted secret)"
+        )
+        raise ConfigError(msg)
+    if password_file is not None:
+        try:
+            password = Path(str(password_file)).read_text().rstrip("\r\n")
+        except OSError as exc:
+            msg = f"state.settings.password_file: cannot read {password_file!r} ({exc})"
+            raise ConfigError(msg) from exc
+    if not isinstance(password, str):
+        msg = "state.settings.password must be a string (quote it in YAML)"
+        raise ConfigError(msg)
+    return EtcdAuth(username, password)
+
+
+INVALID_TOKEN = "invalid auth token"  # noqa: S105 - etcd's error text, not a secret
+
+
+def auth_failure(detail: str, auth: EtcdAuth | None, namespace_hint: str) -> StateStoreError | None:
+    """The error for an authentication or permission refusal that ``detail`` describes,
+    saying what to set or grant; None for anything else (an expired token included: the
+    clients authenticate again)."""
+    text = detail.lower()
+    who = f"user {auth.username!r}" if auth is not None else "no user"
+    if "user name is empty" in text:
+        msg = (
+            f"etcd requires authentication ({detail}): set state.settings.username and password "
+            "(or password_file)"
+        )
+        return StateStoreError(msg)
+    if "authentication failed" in text:
+        msg = (
+            f"etcd refused {who} ({detail}): check state.settings.username and password (or "
+            "password_file)"
+        )
+        return StateStoreError(msg)
+    if "permission denied" in text:
+        msg = (
+            f"etcd refused {who} access to {namespace_hint} ({detail}): grant the user's role "
+            "readwrite on those keys (etcdctl role grant-permission ROLE --prefix=true "
+            "readwrite PREFIX)"
         )
         return StateStoreError(msg)
     return None

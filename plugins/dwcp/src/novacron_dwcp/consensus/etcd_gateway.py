@@ -19,8 +19,11 @@ from typing import Any
 import httpx
 
 from novacron_dwcp.consensus.etcd_common import (
+    INVALID_TOKEN,
+    EtcdAuth,
     EtcdTls,
     EtcdUnavailableError,
+    auth_failure,
     prefix_end,
     tls_failure,
     unavailable,
@@ -103,10 +106,19 @@ def _op(op: Op) -> dict[str, Any]:
     return {"request_range": _range_fields(op.key, op.prefix)}
 
 
+class _InvalidTokenError(EtcdUnavailableError):
+    """etcd no longer takes the client's token (refused before anything applied)."""
+
+
 class GatewayClient:
     """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on etcd's JSON gateway."""
 
-    def __init__(self, endpoints: Sequence[str], tls: EtcdTls | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        tls: EtcdTls | None = None,
+        auth: EtcdAuth | None = None,
+    ) -> None:
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self._current = 0
         self._http = httpx.AsyncClient(
@@ -114,6 +126,30 @@ class GatewayClient:
             limits=httpx.Limits(max_keepalive_connections=32),
             verify=tls.ssl_context() if tls is not None else True,
         )
+        self._auth = auth
+        self._token: str | None = None
+        self._token_lock = asyncio.Lock()
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"Authorization": self._token} if self._token is not None else {}
+
+    async def _ensure_token(self, timeout_s: float, stale: str | None = None) -> None:
+        """With a user: authenticate when there is no token yet, or it is still ``stale``
+        (the one etcd just called invalid; concurrent callers authenticate once)."""
+        if self._auth is None:
+            return
+        async with self._token_lock:
+            if self._token is not None and self._token != stale:
+                return
+            self._token = None
+            body = {"name": self._auth.username, "password": self._auth.password}
+            data = await self._post("/v3/auth/authenticate", body, timeout_s)
+            self._token = str(data["token"])
+
+    def _forget_token(self, token: str | None) -> None:
+        """Drop ``token`` (etcd no longer takes it) unless another one replaced it already."""
+        if token is not None and self._token == token:
+            self._token = None
 
     def _broken(
         self, index: int, url: str, exc: httpx.TransportError | ssl.SSLError
@@ -139,10 +175,25 @@ class GatewayClient:
             self._current = (failed + 1) % len(self.endpoints)
 
     async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """POST to the current member; with a user, once more with a new token when etcd
+        says the token expired (simple tokens do after 5 minutes without use)."""
+        if self._auth is None:
+            return await self._post(path, body, timeout_s)
+        await self._ensure_token(timeout_s)
+        token = self._token
+        try:
+            return await self._post(path, body, timeout_s)
+        except _InvalidTokenError:
+            await self._ensure_token(timeout_s, stale=token)
+            return await self._post(path, body, timeout_s)
+
+    async def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         index = self._current
         url = self.endpoints[index] + path
         try:
-            response = await self._http.post(url, json=body, timeout=timeout_s)
+            response = await self._http.post(
+                url, json=body, timeout=timeout_s, headers=self._auth_headers()
+            )
         except httpx.ConnectTimeout as exc:
             self._rotate(index)
             raise unavailable(f"{url}: failed to connect in time") from exc
@@ -170,6 +221,11 @@ class GatewayClient:
         if code == _GRPC_DEADLINE:
             self._rotate(index)
             raise TimeoutError(f"etcd at {url}: {detail}")
+        if INVALID_TOKEN in str(detail):
+            raise _InvalidTokenError(f"{url}: {detail}", applied_unknown=False)
+        refused = auth_failure(str(detail), self._auth, url)
+        if refused is not None:
+            raise refused
         msg = f"etcd at {url} refused the request: {detail}"
         raise StateStoreError(msg)
 
@@ -253,10 +309,16 @@ class GatewayClient:
         create: dict[str, Any] = _range_fields(key, prefix)
         if start_revision is not None:
             create["start_revision"] = str(start_revision)
+        await self._ensure_token(WATCH_CHECK_TIMEOUT_S)
+        token = self._token
         index = self._current
         url = self.endpoints[index] + "/v3/watch"
         request = self._http.build_request(
-            "POST", url, json={"create_request": create}, timeout=httpx.Timeout(10.0, read=None)
+            "POST",
+            url,
+            json={"create_request": create},
+            timeout=httpx.Timeout(10.0, read=None),
+            headers=self._auth_headers(),
         )
         try:
             try:
@@ -268,12 +330,15 @@ class GatewayClient:
                 msg = f"watch on {url}: the member did not answer in {WATCH_CHECK_TIMEOUT_S} s"
                 raise unavailable(msg) from None
             try:
+                if response.status_code == httpx.codes.UNAUTHORIZED:
+                    self._forget_token(token)  # the next attempt authenticates again
+                    raise unavailable(f"watch on {url}: etcd took the token no more")
                 if response.status_code != httpx.codes.OK:
                     self._rotate(index)
                     raise unavailable(f"watch on {url} answered {response.status_code}")
                 async for line in self._lines(index, response):
                     if line.strip():
-                        yield self._watch_batch(index, url, json.loads(line))
+                        yield self._watch_batch(index, url, json.loads(line), token)
             finally:
                 await response.aclose()
         except (httpx.TransportError, ssl.SSLError) as exc:
@@ -306,18 +371,32 @@ class GatewayClient:
         url = self.endpoints[index] + "/v3/kv/range"
         body = {"key": _b64(b"\0"), "count_only": True}
         try:
-            response = await self._http.post(url, json=body, timeout=WATCH_CHECK_TIMEOUT_S)
+            response = await self._http.post(
+                url, json=body, timeout=WATCH_CHECK_TIMEOUT_S, headers=self._auth_headers()
+            )
         except (httpx.TransportError, ssl.SSLError) as exc:
             raise self._broken(index, f"watch check at {url}", exc) from exc
+        if response.status_code == httpx.codes.UNAUTHORIZED:
+            return  # it answered: alive (an expired token matters only to new requests)
         if response.status_code != httpx.codes.OK:
             self._rotate(index)
             msg = f"watch at {self.endpoints[index]}: a check answered {response.status_code}"
             raise unavailable(msg)
 
-    def _watch_batch(self, index: int, url: str, message: dict[str, Any]) -> list[WatchEvent]:
+    def _watch_batch(
+        self, index: int, url: str, message: dict[str, Any], token: str | None
+    ) -> list[WatchEvent]:
         if "error" in message:
-            self._rotate(index)
-            raise unavailable(f"watch on {url}: {message['error']}")
+            error = message["error"]
+            detail = str(error.get("message", error) if isinstance(error, dict) else error)
+            refused = auth_failure(detail, self._auth, url)
+            if refused is not None:
+                raise refused
+            if INVALID_TOKEN in detail:
+                self._forget_token(token)
+            else:
+                self._rotate(index)
+            raise unavailable(f"watch on {url}: {detail}")
         result = message.get("result", {})
         if result.get("compact_revision") and result.get("canceled"):
             msg = (
@@ -326,8 +405,15 @@ class GatewayClient:
             )
             raise StateStoreError(msg)
         if result.get("canceled"):
-            self._rotate(index)
-            raise unavailable(f"watch on {url} canceled: {result.get('cancel_reason', '')}")
+            reason = str(result.get("cancel_reason", ""))
+            refused = auth_failure(reason, self._auth, url)
+            if refused is not None:
+                raise refused
+            if INVALID_TOKEN in reason:
+                self._forget_token(token)
+            else:
+                self._rotate(index)
+            raise unavailable(f"watch on {url} canceled: {reason}")
         return [
             WatchEvent(
                 kind="delete" if event.get("type") == "DELETE" else "put",

@@ -10,6 +10,7 @@ a transaction whose outcome is unknown stays an error. A single channel listing 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,8 +19,11 @@ import grpc  # type: ignore[import-untyped, unused-ignore]
 from aetcd import rpc  # type: ignore[import-untyped, unused-ignore]  # no type hints shipped
 
 from novacron_dwcp.consensus.etcd_common import (
+    INVALID_TOKEN,
+    EtcdAuth,
     EtcdTls,
     EtcdUnavailableError,
+    auth_failure,
     prefix_end,
     tls_failure,
     unavailable,
@@ -97,6 +101,7 @@ class _Member:
         self.kv = rpc.KVStub(self.channel)
         self.lease = rpc.LeaseStub(self.channel)
         self.watcher = rpc.WatchStub(self.channel)
+        self.auth = rpc.AuthStub(self.channel)
 
 
 def _kv(raw: Any) -> KeyValue:
@@ -156,10 +161,23 @@ def _translate(exc: Any, what: str) -> Exception:
     return StateStoreError(f"etcd refused {detail}")
 
 
+class _InvalidTokenError(EtcdUnavailableError):
+    """etcd no longer takes the client's token (refused before anything applied)."""
+
+
+# A watch authenticates (when it must) within this time; the store retries after it.
+_WATCH_AUTH_TIMEOUT_S = 5.0
+
+
 class GrpcClient:
     """An :class:`~novacron_dwcp.consensus.etcd_common.EtcdClient` on aetcd's gRPC stubs."""
 
-    def __init__(self, endpoints: Sequence[str], tls: EtcdTls | None = None) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        tls: EtcdTls | None = None,
+        auth: EtcdAuth | None = None,
+    ) -> None:
         if not endpoints:
             msg = "the gRPC etcd client needs at least one endpoint"
             raise StateStoreError(msg)
@@ -167,6 +185,38 @@ class GrpcClient:
         grpc_target(endpoints)
         self.members = [_Member(e, tls) for e in endpoints]
         self._current = 0
+        self._auth = auth
+        self._token: str | None = None
+        self._token_lock = asyncio.Lock()
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return _METADATA if self._token is None else (*_METADATA, ("token", self._token))
+
+    async def _ensure_token(self, timeout_s: float, stale: str | None = None) -> None:
+        """With a user: authenticate when there is no token yet, or it is still ``stale``
+        (the one etcd just called invalid; concurrent callers authenticate once)."""
+        if self._auth is None:
+            return
+        async with self._token_lock:
+            if self._token is not None and self._token != stale:
+                return
+            self._token = None
+            index, member = self._pick()
+            request = rpc.AuthenticateRequest(
+                name=self._auth.username, password=self._auth.password
+            )
+            try:
+                response = await member.auth.Authenticate(
+                    request, timeout=timeout_s, metadata=_METADATA
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise self._failed(index, exc, "authenticate") from exc
+            self._token = str(response.token)
+
+    def _forget_token(self, token: str | None) -> None:
+        """Drop ``token`` (etcd no longer takes it) unless another one replaced it already."""
+        if token is not None and self._token == token:
+            self._token = None
 
     def _pick(self) -> tuple[int, _Member]:
         return self._current, self.members[self._current]
@@ -179,6 +229,11 @@ class GrpcClient:
             failed = tls_failure(str(exc.details()), member.endpoint)
             if failed is not None:
                 return failed
+        refused = auth_failure(str(exc.details()), self._auth, f"{what} at {member.endpoint}")
+        if refused is not None:
+            return refused
+        if INVALID_TOKEN in str(exc.details()):
+            return _InvalidTokenError(f"{what}: {exc.details()}", applied_unknown=False)
         if exc.code() in _ROTATE_ON and self._current == index:
             self._current = (index + 1) % len(self.members)
         return _translate(exc, f"{what} at {member.target}")
@@ -186,11 +241,24 @@ class GrpcClient:
     async def _unary(
         self, method: Callable[[_Member], Any], request: Any, timeout_s: float, what: str
     ) -> Any:
+        """One call; with a user, once more with a new token when etcd says the token
+        expired (simple tokens do after 5 minutes without use)."""
+        await self._ensure_token(timeout_s)
+        token = self._token
+        try:
+            return await self._unary_once(method, request, timeout_s, what)
+        except _InvalidTokenError:
+            await self._ensure_token(timeout_s, stale=token)
+            return await self._unary_once(method, request, timeout_s, what)
+
+    async def _unary_once(
+        self, method: Callable[[_Member], Any], request: Any, timeout_s: float, what: str
+    ) -> Any:
         index, member = self._pick()
         try:
             # Not wait_for_ready: a member that cannot be reached fails at once (UNAVAILABLE)
             # and the next attempt goes to the next member.
-            return await method(member)(request, timeout=timeout_s, metadata=_METADATA)
+            return await method(member)(request, timeout=timeout_s, metadata=self._metadata())
         except grpc.aio.AioRpcError as exc:
             raise self._failed(index, exc, what) from exc
 
@@ -255,17 +323,22 @@ class GrpcClient:
 
     async def keepalive(self, lease: int, *, timeout_s: float) -> int:
         """Refresh over a short-lived keep-alive stream; the remaining ttl."""
+        await self._ensure_token(timeout_s)
+        token = self._token
         index, member = self._pick()
         call = member.lease.LeaseKeepAlive(
             iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
             timeout=timeout_s,
-            metadata=_METADATA,
+            metadata=self._metadata(),
         )
         try:
             async for response in call:
                 return int(response.TTL)
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(index, exc, f"lease keep-alive {lease}") from exc
+            failed = self._failed(index, exc, f"lease keep-alive {lease}")
+            if isinstance(failed, _InvalidTokenError):
+                self._forget_token(token)  # the store's next attempt authenticates again
+            raise failed from exc
         finally:
             call.cancel()
         raise EtcdUnavailableError("lease keep-alive stream closed early", applied_unknown=False)
@@ -293,10 +366,12 @@ class GrpcClient:
             range_end=prefix_end(raw) if prefix else b"",
             start_revision=start_revision or 0,
         )
+        await self._ensure_token(_WATCH_AUTH_TIMEOUT_S)
+        token = self._token
         index, member = self._pick()
         call = member.watcher.Watch(
             iter([rpc.WatchRequest(create_request=create)]),
-            metadata=_METADATA,
+            metadata=self._metadata(),
         )
         try:
             async for response in call:
@@ -307,9 +382,15 @@ class GrpcClient:
                     )
                     raise StateStoreError(msg)
                 if response.canceled:
-                    if self._current == index:
+                    reason = str(response.cancel_reason)
+                    refused = auth_failure(reason, self._auth, f"watch on {key!r}")
+                    if refused is not None:
+                        raise refused
+                    if INVALID_TOKEN in reason:
+                        self._forget_token(token)
+                    elif self._current == index:
                         self._current = (index + 1) % len(self.members)
-                    raise unavailable(f"watch on {key!r} canceled: {response.cancel_reason}")
+                    raise unavailable(f"watch on {key!r} canceled: {reason}")
                 yield [
                     WatchEvent(
                         kind="delete" if event.type == rpc.Event.DELETE else "put",
@@ -320,7 +401,10 @@ class GrpcClient:
                     for event in response.events
                 ]
         except grpc.aio.AioRpcError as exc:
-            raise self._failed(index, exc, f"watch on {key!r}") from exc
+            failed = self._failed(index, exc, f"watch on {key!r}")
+            if isinstance(failed, _InvalidTokenError):
+                self._forget_token(token)
+            raise failed from exc
         finally:
             call.cancel()
         raise EtcdUnavailableError(f"watch on {key!r} ended", applied_unknown=False)

@@ -20,6 +20,10 @@ Settings (all optional):
   its key for members that require one (``--client-cert-auth``); PEM files. A certificate
   that fails verification, or a handshake the member refuses, is a StateStoreError that says
   which setting to fix (not retried).
+- ``username`` with ``password`` or ``password_file`` (a file holding it): etcd's user
+  authentication. The client gets a token and sends it with every request, and gets a new one
+  when etcd says it expired. A wrong password, a missing user and a permission etcd refuses
+  are StateStoreErrors that say what to set or grant (not retried).
 
 Retries: reads, puts, deletes and lease calls are retried (on another member) until
 ``timeout_s``; a put whose connection broke mid-flight may thus apply twice, with the same
@@ -39,10 +43,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, ClassVar, TypeVar
 
 from novacron_dwcp.consensus.etcd_common import (
+    EtcdAuth,
     EtcdClient,
     EtcdOutcomeUnknownError,
     EtcdTls,
     EtcdUnavailableError,
+    auth_settings,
     tls_settings,
 )
 from novacron_sdk.consensus.interface import (
@@ -71,9 +77,14 @@ def _endpoints(value: object) -> list[str]:
     return endpoints
 
 
-def make_client(kind: str, endpoints: Sequence[str], tls: EtcdTls | None = None) -> EtcdClient:
+def make_client(
+    kind: str,
+    endpoints: Sequence[str],
+    tls: EtcdTls | None = None,
+    auth: EtcdAuth | None = None,
+) -> EtcdClient:
     """The etcd client ``kind`` (``grpc``, ``gateway`` or ``auto``) for ``endpoints``, over
-    TLS when ``tls`` is given."""
+    TLS when ``tls`` is given, authenticating as ``auth``'s user when given."""
     if kind not in ("auto", "grpc", "gateway"):
         msg = f"state.settings.client is {kind!r}; use 'grpc', 'gateway' or 'auto'"
         raise ConfigError(msg)
@@ -85,10 +96,10 @@ def make_client(kind: str, endpoints: Sequence[str], tls: EtcdTls | None = None)
                 msg = f"the gRPC etcd client needs aetcd: pip install 'novacron-dwcp[etcd]' ({exc})"
                 raise ConfigError(msg) from exc
         else:
-            return GrpcClient(endpoints, tls)
+            return GrpcClient(endpoints, tls, auth)
     from novacron_dwcp.consensus.etcd_gateway import GatewayClient
 
-    return GatewayClient(endpoints, tls)
+    return GatewayClient(endpoints, tls, auth)
 
 
 class EtcdStore(StateStore):
@@ -98,7 +109,8 @@ class EtcdStore(StateStore):
 
     SETTINGS: ClassVar[tuple[str, ...]] = (
         "endpoints", "client", "namespace", "timeout_s", "attempt_timeout_s",
-        "watch_reconnect_s", "ca_file", "cert_file", "key_file",
+        "watch_reconnect_s", "ca_file", "cert_file", "key_file", "username", "password",
+        "password_file",
     )  # fmt: skip
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
@@ -121,8 +133,9 @@ class EtcdStore(StateStore):
             msg = "state.settings: timeout_s, attempt_timeout_s and watch_reconnect_s must be > 0"
             raise ConfigError(msg)
         self.tls = tls_settings(dict(self.settings), self.endpoints)
+        self.auth = auth_settings(dict(self.settings))
         self.client = make_client(
-            str(self.settings.get("client", "auto")), self.endpoints, self.tls
+            str(self.settings.get("client", "auto")), self.endpoints, self.tls, self.auth
         )
         self._lease_ttl: dict[int, int] = {}
 

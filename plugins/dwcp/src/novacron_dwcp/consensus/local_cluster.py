@@ -17,6 +17,7 @@ makes a CA, a server certificate for 127.0.0.1 and a client certificate for a tr
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -130,6 +131,7 @@ class LocalEtcdCluster:
         *,
         base_dir: str | Path | None = None,
         tls: LocalEtcdTls | None = None,
+        auth_token_ttl_s: int | None = None,
     ) -> None:
         binary = etcd_binary()
         if binary is None:
@@ -153,6 +155,8 @@ class LocalEtcdCluster:
         ]
         self.tls = tls
         self._context = tls.context() if tls is not None else None
+        self.auth_token_ttl_s = auth_token_ttl_s
+        self._root: tuple[str, str] | None = None  # after enable_auth: root's name, password
         self.token = self.root.name
 
     @property
@@ -178,6 +182,7 @@ class LocalEtcdCluster:
             "--logger=zap",
             "--log-level=warn",
             *(self.tls.flags() if self.tls is not None else []),
+            *([f"--auth-token-ttl={self.auth_token_ttl_s}"] if self.auth_token_ttl_s else []),
         ]
 
     def start_member(self, index: int) -> None:
@@ -213,7 +218,7 @@ class LocalEtcdCluster:
         for index, member in enumerate(self.members):
             if not member.running:
                 continue
-            status = _post_json(f"{member.client_url}/v3/maintenance/status", {}, self._context)
+            status = self._post(f"{member.client_url}/v3/maintenance/status", {})
             if status is None:
                 continue
             ids[str(status.get("header", {}).get("member_id"))] = index
@@ -224,11 +229,53 @@ class LocalEtcdCluster:
         """Revoke every lease in the cluster (tests: no expiry from one test bumps the next's
         revisions); returns how many were revoked."""
         url = next(m.client_url for m in self.members if m.running)
-        listing = _post_json(f"{url}/v3/lease/leases", {}, self._context) or {}
+        listing = self._post(f"{url}/v3/lease/leases", {}) or {}
         leases = [str(item["ID"]) for item in listing.get("leases", ())]
         for lease in leases:
-            _post_json(f"{url}/v3/lease/revoke", {"ID": lease}, self._context)
+            self._post(f"{url}/v3/lease/revoke", {"ID": lease})
         return len(leases)
+
+    def enable_auth(self, root_password: str, users: dict[str, tuple[str, str]]) -> None:
+        """Turn etcd's authentication on: user ``root`` (role ``root``) with ``root_password``,
+        and per item of ``users`` (name: (password, key prefix)) a user whose role of the same
+        name may read and write the keys under that prefix. The cluster's own requests
+        (status, leases) authenticate as root from then on."""
+        url = next(m.client_url for m in self.members if m.running)
+
+        def call(path: str, body: dict[str, Any]) -> None:
+            if _post_json(f"{url}{path}", body, self._context) is None:
+                msg = f"etcd at {url} refused {path} while enabling authentication"
+                raise StateStoreError(msg)
+
+        call("/v3/auth/user/add", {"name": "root", "password": root_password})
+        call("/v3/auth/role/add", {"name": "root"})
+        call("/v3/auth/user/grant", {"user": "root", "role": "root"})
+        for name, (password, prefix) in users.items():
+            raw = prefix.encode()
+            end = raw[:-1] + bytes([raw[-1] + 1]) if raw else b"\0"
+            call("/v3/auth/user/add", {"name": name, "password": password})
+            call("/v3/auth/role/add", {"name": name})
+            permission = {
+                "permType": "READWRITE",
+                "key": _b64(raw or b"\0"),
+                "range_end": _b64(end),
+            }
+            call("/v3/auth/role/grant", {"name": name, "perm": permission})
+            call("/v3/auth/user/grant", {"user": name, "role": name})
+        call("/v3/auth/enable", {})
+        self._root = ("root", root_password)
+
+    def _post(self, url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """``_post_json`` as root once authentication is on."""
+        token = None
+        if self._root is not None:
+            name, password = self._root
+            base = url.split("/v3/", 1)[0]
+            answer = _post_json(
+                f"{base}/v3/auth/authenticate", {"name": name, "password": password}, self._context
+            )
+            token = str(answer["token"]) if answer and "token" in answer else None
+        return _post_json(url, body, self._context, token=token)
 
     def wait_healthy(self, indexes: list[int] | None = None, *, timeout_s: float = 20.0) -> None:
         """Wait until the given members (default: all running ones) report a healthy cluster."""
@@ -371,11 +418,23 @@ def make_certificates(directory: Path, *, server_dns: str | None = None) -> Loca
     )
 
 
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _post_json(
-    url: str, body: dict[str, Any], context: ssl.SSLContext | None, timeout_s: float = 1.0
+    url: str,
+    body: dict[str, Any],
+    context: ssl.SSLContext | None,
+    timeout_s: float = 1.0,
+    *,
+    token: str | None = None,
 ) -> dict[str, Any] | None:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = token
     request = urllib.request.Request(  # noqa: S310 - http URL built from our own member
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url, data=json.dumps(body).encode(), headers=headers
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout_s, context=context) as response:  # noqa: S310

@@ -3,7 +3,8 @@
 Imports pytest: only tests import this module. ``etcd_cluster`` is one 3-member cluster for
 the session; ``etcd_fresh_cluster`` is a cluster of one test's own, free to be killed;
 ``etcd_store_factory`` makes stores in the test's own key namespace; ``etcd_tls_cluster`` is one
-TLS member (client certificates required) for the session. Without an ``etcd``
+TLS member (client certificates required) and ``etcd_auth_cluster`` one member with user
+authentication on, both for the session. Without an ``etcd``
 binary every test that uses them is skipped, saying why.
 """
 
@@ -87,4 +88,19 @@ def etcd_tls_cluster(
     pytest.importorskip("cryptography", reason="the TLS tests make certificates with it")
     tls = make_certificates(tmp_path_factory.mktemp("etcd-tls"))
     with LocalEtcdCluster(members=1, tls=tls) as cluster:
+        yield cluster
+
+
+AUTH_USERS = {"novacron": ("s3cret-pass", "/auth/"), "other": ("other-pass", "/elsewhere/")}
+"""Users of ``etcd_auth_cluster``: name: (password, the key prefix it may read and write)."""
+
+
+@pytest.fixture(scope="session")
+def etcd_auth_cluster() -> Iterator[LocalEtcdCluster]:
+    """A 1-member etcd cluster with authentication on (root and ``AUTH_USERS``), whose simple
+    tokens expire after 2 s without use (etcd's default is 300 s), so that tests meet expiry."""
+    if etcd_binary() is None:
+        pytest.skip(ETCD_SKIP_REASON)
+    with LocalEtcdCluster(members=1, auth_token_ttl_s=2) as cluster:
+        cluster.enable_auth("root-pass", AUTH_USERS)
         yield cluster
