@@ -272,6 +272,32 @@ def test_config_validate_checks_the_names_and_settings_it_refers_to(novacron_cli
     assert good.stdout.strip() == f"valid: {fixed}"
 
 
+def test_config_validate_checks_the_state_store_and_its_settings(novacron_cli, tmp_path: Path):
+    """``state.store`` must name an installed store, and the store checks its settings
+    (without opening anything: the sqlite file is not created)."""
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("state:\n  store: sqlit\n")
+    result = novacron_cli("config", "validate", str(typo))
+    assert result.exit_code == 2
+    assert "line 2: state.store: no state store named 'sqlit' (did you mean 'sqlite'?)" in (
+        result.stderr
+    )
+    database = tmp_path / "state.db"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"state:\n  settings:\n    path: {database}\n    history_revisions: 0\n")
+    result = novacron_cli("config", "validate", str(bad))
+    assert result.exit_code == 2
+    assert "state.settings: state.settings.history_revisions must be a whole number" in (
+        result.stderr
+    )
+    assert not database.exists()
+    good = tmp_path / "good.yaml"
+    good.write_text(f"state:\n  store: sqlite\n  settings:\n    path: {database}\n")
+    result = novacron_cli("config", "validate", str(good))
+    assert result.exit_code == 0, result.stderr
+    assert not database.exists()
+
+
 def test_validation_problems_name_unknown_keys_and_the_closest_one():
     """Plugin settings errors read as key: problem, with no pydantic URLs."""
     from pydantic import BaseModel, ConfigDict, ValidationError

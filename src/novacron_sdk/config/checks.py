@@ -20,6 +20,7 @@ from novacron_sdk.config.sections import (
     AgentSettings,
     CodecsSettings,
     DriversSettings,
+    StateSettings,
     TransportsSettings,
 )
 from novacron_sdk.errors import ConfigError, NovaCronError
@@ -28,6 +29,7 @@ M = TypeVar("M", bound=BaseModel)
 
 if TYPE_CHECKING:
     from novacron_sdk.config.loader import NovaCronConfig
+    from novacron_sdk.consensus.interface import StateStore
     from novacron_sdk.encoding.interface import PageCodec
     from novacron_sdk.plugin.manager import NovaCronPluginManager
     from novacron_sdk.plugin.registry import Registry
@@ -72,6 +74,11 @@ def plugin_problems(
         if check.name(key, name, "transport", plugins.transports.names()):
             # get() imports a lazy reference: inside builds(), so a missing SDK is one problem.
             check.builds(key, partial(_transport, plugins.transports, name, settings))
+    if "state" in config.sections:
+        state = config.get("state", StateSettings)
+        if check.name("state.store", state.store, "state store", plugins.state_stores.names()):
+            store = partial(_store_settings, plugins.state_stores, state.store, state.settings)
+            check.builds("state.settings", store)
     codecs = config.get("codecs", CodecsSettings).settings
     for name, settings in codecs.items():
         key = f"codecs.settings.{name}"
@@ -85,6 +92,12 @@ def _transport(
     registry: Registry[type[Transport]], name: str, settings: Mapping[str, Any]
 ) -> object:
     return registry.get(name)(settings)
+
+
+def _store_settings(
+    registry: Registry[type[StateStore]], name: str, settings: Mapping[str, Any]
+) -> None:
+    registry.get(name).check_settings(settings)
 
 
 def _encoder(registry: Registry[type[PageCodec]], name: str, settings: Mapping[str, Any]) -> object:

@@ -84,6 +84,13 @@ class StateStore(ABC):
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings: dict[str, Any] = dict(settings or {})
 
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Raise ConfigError when ``settings`` cannot work, saying which one to fix, without
+        touching the store (``novacron config validate`` calls it). The default makes a
+        store and drops it: override it when making a store connects or opens files."""
+        cls(settings)
+
     @abstractmethod
     async def get(self, key: str) -> KeyValue | None:
         """The key, or None."""

@@ -77,6 +77,25 @@ def _endpoints(value: object) -> list[str]:
     return endpoints
 
 
+def client_kind(kind: object, endpoints: Sequence[str]) -> str:
+    """``grpc`` or ``gateway``: the client that ``state.settings.client`` (``grpc``,
+    ``gateway`` or ``auto``: grpc when aetcd imports) gives for ``endpoints``, checked."""
+    if kind not in ("auto", "grpc", "gateway"):
+        msg = f"state.settings.client is {kind!r}; use 'grpc', 'gateway' or 'auto'"
+        raise ConfigError(msg)
+    if kind == "gateway":
+        return "gateway"
+    try:
+        from novacron_dwcp.consensus.etcd_grpc import grpc_target
+    except ImportError as exc:
+        if kind == "grpc":
+            msg = f"the gRPC etcd client needs aetcd: pip install 'novacron-dwcp[etcd]' ({exc})"
+            raise ConfigError(msg) from exc
+        return "gateway"
+    grpc_target(endpoints)  # several members must be IPv4 addresses for it
+    return "grpc"
+
+
 def make_client(
     kind: str,
     endpoints: Sequence[str],
@@ -85,21 +104,21 @@ def make_client(
 ) -> EtcdClient:
     """The etcd client ``kind`` (``grpc``, ``gateway`` or ``auto``) for ``endpoints``, over
     TLS when ``tls`` is given, authenticating as ``auth``'s user when given."""
-    if kind not in ("auto", "grpc", "gateway"):
-        msg = f"state.settings.client is {kind!r}; use 'grpc', 'gateway' or 'auto'"
-        raise ConfigError(msg)
-    if kind in ("auto", "grpc"):
-        try:
-            from novacron_dwcp.consensus.etcd_grpc import GrpcClient
-        except ImportError as exc:
-            if kind == "grpc":
-                msg = f"the gRPC etcd client needs aetcd: pip install 'novacron-dwcp[etcd]' ({exc})"
-                raise ConfigError(msg) from exc
-        else:
-            return GrpcClient(endpoints, tls, auth)
+    if client_kind(kind, endpoints) == "grpc":
+        from novacron_dwcp.consensus.etcd_grpc import GrpcClient
+
+        return GrpcClient(endpoints, tls, auth)
     from novacron_dwcp.consensus.etcd_gateway import GatewayClient
 
     return GatewayClient(endpoints, tls, auth)
+
+
+def _seconds(settings: Mapping[str, Any], key: str, default: float) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        msg = f"state.settings.{key} must be a number of seconds > 0, got {value!r}"
+        raise ConfigError(msg)
+    return float(value)
 
 
 class EtcdStore(StateStore):
@@ -115,6 +134,20 @@ class EtcdStore(StateStore):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
+        self._read_settings()
+        self.client = make_client(self.client_kind, self.endpoints, self.tls, self.auth)
+        self._lease_ttl: dict[int, int] = {}
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, Any]) -> None:
+        """Every setting checked as the store would use it, without a client or connection
+        (``novacron config validate``)."""
+        store = cls.__new__(cls)
+        StateStore.__init__(store, settings)
+        store._read_settings()
+
+    def _read_settings(self) -> None:
+        """Read and check ``self.settings``; ConfigError naming the first that cannot work."""
         for key in self.settings:
             if key not in self.SETTINGS:
                 close = difflib.get_close_matches(str(key), self.SETTINGS, n=1)
@@ -126,18 +159,12 @@ class EtcdStore(StateStore):
                 raise ConfigError(msg)
         self.endpoints = _endpoints(self.settings.get("endpoints"))
         self.namespace = str(self.settings.get("namespace", ""))
-        self.timeout_s = float(self.settings.get("timeout_s", 5.0))
-        self.attempt_timeout_s = float(self.settings.get("attempt_timeout_s", 2.0))
-        self.watch_reconnect_s = float(self.settings.get("watch_reconnect_s", 30.0))
-        if not (self.timeout_s > 0 and self.attempt_timeout_s > 0 and self.watch_reconnect_s > 0):
-            msg = "state.settings: timeout_s, attempt_timeout_s and watch_reconnect_s must be > 0"
-            raise ConfigError(msg)
+        self.timeout_s = _seconds(self.settings, "timeout_s", 5.0)
+        self.attempt_timeout_s = _seconds(self.settings, "attempt_timeout_s", 2.0)
+        self.watch_reconnect_s = _seconds(self.settings, "watch_reconnect_s", 30.0)
         self.tls = tls_settings(dict(self.settings), self.endpoints)
         self.auth = auth_settings(dict(self.settings))
-        self.client = make_client(
-            str(self.settings.get("client", "auto")), self.endpoints, self.tls, self.auth
-        )
-        self._lease_ttl: dict[int, int] = {}
+        self.client_kind = client_kind(self.settings.get("client", "auto"), self.endpoints)
 
     def _full(self, key: str) -> str:
         return self.namespace + key
