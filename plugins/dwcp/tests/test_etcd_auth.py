@@ -119,11 +119,11 @@ async def test_an_expired_token_is_replaced(
     write, a lease and a watch still work, on a new token."""
     store = auth_store_factory(client)
     await store.put("k", b"1")
-    first = store.client._token  # type: ignore[attr-defined]  # the client's own token
+    first = store.client.token.value  # type: ignore[attr-defined]  # the client's own token
     assert first is not None
     await asyncio.sleep(3.0)  # the token's lifetime (2 s) has passed: etcd dropped it
     start = await store.put("k", b"2")
-    assert store.client._token not in (None, first)  # type: ignore[attr-defined]
+    assert store.client.token.value not in (None, first)  # type: ignore[attr-defined]
     kv = await store.get("k")
     assert kv is not None
     assert kv.value == b"2"

@@ -222,6 +222,15 @@ async def test_standby_waits_although_the_holders_revision_was_compacted(
         await b.resign()
 
 
+def _watcher_and_writer(
+    cluster: LocalEtcdCluster, factory: Callable[..., EtcdStore], client: str
+) -> tuple[EtcdStore, EtcdStore]:
+    """A store of ``client`` that starts on member 0, and a writer that never uses member 0
+    (so that only the watch meets its fault)."""
+    writer = factory("gateway", cluster=cluster, endpoints=cluster.client_urls[1:], timeout_s=15.0)
+    return factory(client, cluster=cluster), writer
+
+
 async def _follow(store: EtcdStore, start: int, received: list[str], count: int) -> None:
     async for event in store.watch("w/", start_revision=start):
         received.append(event.key)
@@ -240,10 +249,7 @@ async def test_a_watch_whose_member_hangs_resumes_on_another(
     waited for the hung member's next line for ever; the gRPC client's pings timed out only after
     gRPC's own ping timeout (60 s by default), not the 5 s its keep-alive setting says."""
     cluster = etcd_fresh_cluster
-    watcher = etcd_store_factory(client, cluster=cluster)
-    writer = etcd_store_factory(
-        "gateway", cluster=cluster, endpoints=cluster.client_urls[1:], timeout_s=15.0
-    )
+    watcher, writer = _watcher_and_writer(cluster, etcd_store_factory, client)
     start = await writer.put("w/00", b"0")
     received: list[str] = []
     task = asyncio.create_task(_follow(watcher, start, received, 10))
@@ -269,10 +275,7 @@ async def test_a_watch_started_on_a_hung_member_resumes_on_another(
     The gateway client waited for the hung member's response headers for ever (the gRPC
     client already gave up when its connection attempt timed out)."""
     cluster = etcd_fresh_cluster
-    watcher = etcd_store_factory(client, cluster=cluster)
-    writer = etcd_store_factory(
-        "gateway", cluster=cluster, endpoints=cluster.client_urls[1:], timeout_s=15.0
-    )
+    watcher, writer = _watcher_and_writer(cluster, etcd_store_factory, client)
     start = await writer.put("w/00", b"0")
     received: list[str] = []
     with hung(cluster, 0):

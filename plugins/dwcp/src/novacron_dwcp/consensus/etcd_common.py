@@ -3,8 +3,9 @@ and the failures the store retries."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -216,6 +217,40 @@ def auth_settings(settings: dict[str, object]) -> EtcdAuth | None:
         msg = "state.settings.password must be a string (quote it in YAML)"
         raise ConfigError(msg)
     return EtcdAuth(username, password)
+
+
+class AuthToken:
+    """A client's etcd token, shared by its concurrent calls: ``value`` (None before the first
+    authentication, or without a user), made by ``authenticate(auth, timeout_s)`` when a call
+    needs one, and dropped when etcd says it is no longer valid."""
+
+    def __init__(
+        self,
+        auth: EtcdAuth | None,
+        authenticate: Callable[[EtcdAuth, float], Awaitable[str]],
+    ) -> None:
+        self.auth = auth
+        self.value: str | None = None
+        self._authenticate = authenticate
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, timeout_s: float, stale: str | None = None) -> str | None:
+        """The token to send (None without a user): authenticate when there is none yet, or
+        it is still ``stale`` (the one etcd just refused; concurrent callers authenticate
+        once)."""
+        if self.auth is None:
+            return None
+        async with self._lock:
+            if self.value is None or self.value == stale:
+                self.value = None
+                self.value = await self._authenticate(self.auth, timeout_s)
+            return self.value
+
+    def forget(self, token: str | None) -> None:
+        """Drop ``token`` (etcd no longer takes it) unless another one replaced it already;
+        the next call authenticates again."""
+        if token is not None and self.value == token:
+            self.value = None
 
 
 INVALID_TOKEN = "invalid auth token"  # noqa: S105 - etcd's error text, not a secret

@@ -20,6 +20,7 @@ import httpx
 
 from novacron_dwcp.consensus.etcd_common import (
     INVALID_TOKEN,
+    AuthToken,
     EtcdAuth,
     EtcdTls,
     EtcdUnavailableError,
@@ -126,30 +127,16 @@ class GatewayClient:
             limits=httpx.Limits(max_keepalive_connections=32),
             verify=tls.ssl_context() if tls is not None else True,
         )
-        self._auth = auth
-        self._token: str | None = None
-        self._token_lock = asyncio.Lock()
+        self.token = AuthToken(auth, self._authenticate)
 
     def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": self._token} if self._token is not None else {}
+        token = self.token.value
+        return {"Authorization": token} if token is not None else {}
 
-    async def _ensure_token(self, timeout_s: float, stale: str | None = None) -> None:
-        """With a user: authenticate when there is no token yet, or it is still ``stale``
-        (the one etcd just called invalid; concurrent callers authenticate once)."""
-        if self._auth is None:
-            return
-        async with self._token_lock:
-            if self._token is not None and self._token != stale:
-                return
-            self._token = None
-            body = {"name": self._auth.username, "password": self._auth.password}
-            data = await self._post("/v3/auth/authenticate", body, timeout_s)
-            self._token = str(data["token"])
-
-    def _forget_token(self, token: str | None) -> None:
-        """Drop ``token`` (etcd no longer takes it) unless another one replaced it already."""
-        if token is not None and self._token == token:
-            self._token = None
+    async def _authenticate(self, auth: EtcdAuth, timeout_s: float) -> str:
+        body = {"name": auth.username, "password": auth.password}
+        data = await self._post("/v3/auth/authenticate", body, timeout_s)
+        return str(data["token"])
 
     def _broken(
         self, index: int, url: str, exc: httpx.TransportError | ssl.SSLError
@@ -177,14 +164,11 @@ class GatewayClient:
     async def _call(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         """POST to the current member; with a user, once more with a new token when etcd
         says the token expired (simple tokens do after 5 minutes without use)."""
-        if self._auth is None:
-            return await self._post(path, body, timeout_s)
-        await self._ensure_token(timeout_s)
-        token = self._token
+        token = await self.token.ensure(timeout_s)
         try:
             return await self._post(path, body, timeout_s)
         except _InvalidTokenError:
-            await self._ensure_token(timeout_s, stale=token)
+            await self.token.ensure(timeout_s, stale=token)
             return await self._post(path, body, timeout_s)
 
     async def _post(self, path: str, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
@@ -223,7 +207,7 @@ class GatewayClient:
             raise TimeoutError(f"etcd at {url}: {detail}")
         if INVALID_TOKEN in str(detail):
             raise _InvalidTokenError(f"{url}: {detail}", applied_unknown=False)
-        refused = auth_failure(str(detail), self._auth, url)
+        refused = auth_failure(str(detail), self.token.auth, url)
         if refused is not None:
             raise refused
         msg = f"etcd at {url} refused the request: {detail}"
@@ -309,8 +293,7 @@ class GatewayClient:
         create: dict[str, Any] = _range_fields(key, prefix)
         if start_revision is not None:
             create["start_revision"] = str(start_revision)
-        await self._ensure_token(WATCH_CHECK_TIMEOUT_S)
-        token = self._token
+        token = await self.token.ensure(WATCH_CHECK_TIMEOUT_S)
         index = self._current
         url = self.endpoints[index] + "/v3/watch"
         request = self._http.build_request(
@@ -331,7 +314,7 @@ class GatewayClient:
                 raise unavailable(msg) from None
             try:
                 if response.status_code == httpx.codes.UNAUTHORIZED:
-                    self._forget_token(token)  # the next attempt authenticates again
+                    self.token.forget(token)  # the next attempt authenticates again
                     raise unavailable(f"watch on {url}: etcd took the token no more")
                 if response.status_code != httpx.codes.OK:
                     self._rotate(index)
@@ -389,11 +372,11 @@ class GatewayClient:
         if "error" in message:
             error = message["error"]
             detail = str(error.get("message", error) if isinstance(error, dict) else error)
-            refused = auth_failure(detail, self._auth, url)
+            refused = auth_failure(detail, self.token.auth, url)
             if refused is not None:
                 raise refused
             if INVALID_TOKEN in detail:
-                self._forget_token(token)
+                self.token.forget(token)
             else:
                 self._rotate(index)
             raise unavailable(f"watch on {url}: {detail}")
@@ -406,11 +389,11 @@ class GatewayClient:
             raise StateStoreError(msg)
         if result.get("canceled"):
             reason = str(result.get("cancel_reason", ""))
-            refused = auth_failure(reason, self._auth, url)
+            refused = auth_failure(reason, self.token.auth, url)
             if refused is not None:
                 raise refused
             if INVALID_TOKEN in reason:
-                self._forget_token(token)
+                self.token.forget(token)
             else:
                 self._rotate(index)
             raise unavailable(f"watch on {url} canceled: {reason}")

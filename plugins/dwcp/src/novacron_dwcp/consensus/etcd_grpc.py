@@ -10,7 +10,6 @@ a transaction whose outcome is unknown stays an error. A single channel listing 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +19,7 @@ from aetcd import rpc  # type: ignore[import-untyped, unused-ignore]  # no type 
 
 from novacron_dwcp.consensus.etcd_common import (
     INVALID_TOKEN,
+    AuthToken,
     EtcdAuth,
     EtcdTls,
     EtcdUnavailableError,
@@ -185,38 +185,22 @@ class GrpcClient:
         grpc_target(endpoints)
         self.members = [_Member(e, tls) for e in endpoints]
         self._current = 0
-        self._auth = auth
-        self._token: str | None = None
-        self._token_lock = asyncio.Lock()
+        self.token = AuthToken(auth, self._authenticate)
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return _METADATA if self._token is None else (*_METADATA, ("token", self._token))
+        token = self.token.value
+        return _METADATA if token is None else (*_METADATA, ("token", token))
 
-    async def _ensure_token(self, timeout_s: float, stale: str | None = None) -> None:
-        """With a user: authenticate when there is no token yet, or it is still ``stale``
-        (the one etcd just called invalid; concurrent callers authenticate once)."""
-        if self._auth is None:
-            return
-        async with self._token_lock:
-            if self._token is not None and self._token != stale:
-                return
-            self._token = None
-            index, member = self._pick()
-            request = rpc.AuthenticateRequest(
-                name=self._auth.username, password=self._auth.password
+    async def _authenticate(self, auth: EtcdAuth, timeout_s: float) -> str:
+        index, member = self._pick()
+        request = rpc.AuthenticateRequest(name=auth.username, password=auth.password)
+        try:
+            response = await member.auth.Authenticate(
+                request, timeout=timeout_s, metadata=_METADATA
             )
-            try:
-                response = await member.auth.Authenticate(
-                    request, timeout=timeout_s, metadata=_METADATA
-                )
-            except grpc.aio.AioRpcError as exc:
-                raise self._failed(index, exc, "authenticate") from exc
-            self._token = str(response.token)
-
-    def _forget_token(self, token: str | None) -> None:
-        """Drop ``token`` (etcd no longer takes it) unless another one replaced it already."""
-        if token is not None and self._token == token:
-            self._token = None
+        except grpc.aio.AioRpcError as exc:
+            raise self._failed(index, exc, "authenticate") from exc
+        return str(response.token)
 
     def _pick(self) -> tuple[int, _Member]:
         return self._current, self.members[self._current]
@@ -229,7 +213,7 @@ class GrpcClient:
             failed = tls_failure(str(exc.details()), member.endpoint)
             if failed is not None:
                 return failed
-        refused = auth_failure(str(exc.details()), self._auth, f"{what} at {member.endpoint}")
+        refused = auth_failure(str(exc.details()), self.token.auth, f"{what} at {member.endpoint}")
         if refused is not None:
             return refused
         if INVALID_TOKEN in str(exc.details()):
@@ -243,12 +227,11 @@ class GrpcClient:
     ) -> Any:
         """One call; with a user, once more with a new token when etcd says the token
         expired (simple tokens do after 5 minutes without use)."""
-        await self._ensure_token(timeout_s)
-        token = self._token
+        token = await self.token.ensure(timeout_s)
         try:
             return await self._unary_once(method, request, timeout_s, what)
         except _InvalidTokenError:
-            await self._ensure_token(timeout_s, stale=token)
+            await self.token.ensure(timeout_s, stale=token)
             return await self._unary_once(method, request, timeout_s, what)
 
     async def _unary_once(
@@ -323,8 +306,7 @@ class GrpcClient:
 
     async def keepalive(self, lease: int, *, timeout_s: float) -> int:
         """Refresh over a short-lived keep-alive stream; the remaining ttl."""
-        await self._ensure_token(timeout_s)
-        token = self._token
+        token = await self.token.ensure(timeout_s)
         index, member = self._pick()
         call = member.lease.LeaseKeepAlive(
             iter([rpc.LeaseKeepAliveRequest(ID=lease)]),
@@ -337,7 +319,7 @@ class GrpcClient:
         except grpc.aio.AioRpcError as exc:
             failed = self._failed(index, exc, f"lease keep-alive {lease}")
             if isinstance(failed, _InvalidTokenError):
-                self._forget_token(token)  # the store's next attempt authenticates again
+                self.token.forget(token)  # the store's next attempt authenticates again
             raise failed from exc
         finally:
             call.cancel()
@@ -366,8 +348,7 @@ class GrpcClient:
             range_end=prefix_end(raw) if prefix else b"",
             start_revision=start_revision or 0,
         )
-        await self._ensure_token(_WATCH_AUTH_TIMEOUT_S)
-        token = self._token
+        token = await self.token.ensure(_WATCH_AUTH_TIMEOUT_S)
         index, member = self._pick()
         call = member.watcher.Watch(
             iter([rpc.WatchRequest(create_request=create)]),
@@ -383,11 +364,11 @@ class GrpcClient:
                     raise StateStoreError(msg)
                 if response.canceled:
                     reason = str(response.cancel_reason)
-                    refused = auth_failure(reason, self._auth, f"watch on {key!r}")
+                    refused = auth_failure(reason, self.token.auth, f"watch on {key!r}")
                     if refused is not None:
                         raise refused
                     if INVALID_TOKEN in reason:
-                        self._forget_token(token)
+                        self.token.forget(token)
                     elif self._current == index:
                         self._current = (index + 1) % len(self.members)
                     raise unavailable(f"watch on {key!r} canceled: {reason}")
@@ -403,7 +384,7 @@ class GrpcClient:
         except grpc.aio.AioRpcError as exc:
             failed = self._failed(index, exc, f"watch on {key!r}")
             if isinstance(failed, _InvalidTokenError):
-                self._forget_token(token)
+                self.token.forget(token)
             raise failed from exc
         finally:
             call.cancel()
