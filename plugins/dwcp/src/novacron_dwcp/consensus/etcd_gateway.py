@@ -366,20 +366,28 @@ class GatewayClient:
             msg = f"watch at {self.endpoints[index]}: a check answered {response.status_code}"
             raise unavailable(msg)
 
+    def _watch_ended(
+        self, index: int, what: str, detail: str, token: str | None
+    ) -> StateStoreError:
+        """The error for a watch that etcd ended saying ``detail``: a refused user or
+        permission says what to fix; an expired token is dropped and anything else moves on
+        to the next member (both retried by the store)."""
+        refused = auth_failure(detail, self.token.auth, what)
+        if refused is not None:
+            return refused
+        if INVALID_TOKEN in detail:
+            self.token.forget(token)
+        else:
+            self._rotate(index)
+        return unavailable(f"{what}: {detail}")
+
     def _watch_batch(
         self, index: int, url: str, message: dict[str, Any], token: str | None
     ) -> list[WatchEvent]:
         if "error" in message:
             error = message["error"]
             detail = str(error.get("message", error) if isinstance(error, dict) else error)
-            refused = auth_failure(detail, self.token.auth, url)
-            if refused is not None:
-                raise refused
-            if INVALID_TOKEN in detail:
-                self.token.forget(token)
-            else:
-                self._rotate(index)
-            raise unavailable(f"watch on {url}: {detail}")
+            raise self._watch_ended(index, f"watch on {url}", detail, token)
         result = message.get("result", {})
         if result.get("compact_revision") and result.get("canceled"):
             msg = (
@@ -389,14 +397,7 @@ class GatewayClient:
             raise StateStoreError(msg)
         if result.get("canceled"):
             reason = str(result.get("cancel_reason", ""))
-            refused = auth_failure(reason, self.token.auth, url)
-            if refused is not None:
-                raise refused
-            if INVALID_TOKEN in reason:
-                self.token.forget(token)
-            else:
-                self._rotate(index)
-            raise unavailable(f"watch on {url} canceled: {reason}")
+            raise self._watch_ended(index, f"watch on {url} canceled", reason, token)
         return [
             WatchEvent(
                 kind="delete" if event.get("type") == "DELETE" else "put",
