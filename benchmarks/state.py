@@ -8,6 +8,9 @@ All in one run, on this machine:
 - etcd: a 3-member cluster on 127.0.0.1 (data on /dev/shm), ``EtcdStore`` (gRPC client)
   against the bare aetcd client on the same member; both sequential (latency p50/p99) and
   with 32 writers at once (throughput). Target: SDK >= 0.8x the bare client's writes/s.
+- etcd security: ``EtcdStore`` (gRPC) on a member with TLS and client certificates, and on a
+  member with a user and password (a token on every request), each against the same store on
+  a plain member (one member each), sequential writes. No target: what they cost.
 - Multi-region sync, 3 regions under the WAN emulator (the headline): each region a process
   (its own replica and HTTP endpoint) in its own network namespace, the regions joined
   pairwise by ``WanMesh`` links of 100 ms RTT; each region writes 20 VM records/s,
@@ -198,6 +201,80 @@ async def bench_etcd(count: int) -> list[Figure]:
         "bare aetcd",
         target=True,
     )
+
+
+async def bench_etcd_security(count: int) -> list[Figure]:
+    """What TLS with client certificates, and a user with a token, cost an EtcdStore (gRPC
+    client): one member each, against the same store on a plain member, in the same run."""
+    from novacron_dwcp.consensus.etcd_store import EtcdStore
+    from novacron_dwcp.consensus.local_cluster import LocalEtcdCluster, make_certificates
+
+    try:
+        import cryptography  # noqa: F401 - make_certificates needs it
+    except ImportError:
+        print("cryptography is not installed: etcd TLS figures skipped")
+        return []
+    figures: list[Figure] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tls = make_certificates(Path(tmp))
+        users = {"bench": ("bench-pass", "")}  # every key
+        with (
+            LocalEtcdCluster(members=1) as plain_cluster,
+            LocalEtcdCluster(members=1, tls=tls) as tls_cluster,
+            LocalEtcdCluster(members=1) as auth_cluster,
+        ):
+            auth_cluster.enable_auth("root-pass", users)
+            plain = EtcdStore({"endpoints": plain_cluster.client_urls, "client": "grpc"})
+            secured = {
+                "TLS + client certificate": EtcdStore(
+                    {
+                        "endpoints": tls_cluster.client_urls,
+                        "client": "grpc",
+                        "ca_file": str(tls.ca_file),
+                        "cert_file": str(tls.client_cert_file),
+                        "key_file": str(tls.client_key_file),
+                    }
+                ),
+                "user and password": EtcdStore(
+                    {
+                        "endpoints": auth_cluster.client_urls,
+                        "client": "grpc",
+                        "username": "bench",
+                        "password": "bench-pass",
+                    }
+                ),
+            }
+
+            def putter(store: EtcdStore) -> Callable[[str], Awaitable[object]]:
+                async def put(key: str) -> object:
+                    return await store.put(key, VALUE)
+
+                return put
+
+            for label, store in secured.items():
+                await store.put("warm", VALUE)
+                await plain.put("warm", VALUE)
+                runs, plain_runs = [], []
+                for _ in range(ROUNDS):  # alternating, best of each
+                    runs.append(await _sequential(putter(store), count))
+                    plain_runs.append(await _sequential(putter(plain), count))
+                rate, latencies = max(runs, key=lambda r: r[0])
+                plain_rate, plain_latencies = max(plain_runs, key=lambda r: r[0])
+                system = f"etcd 1 member, {label}"
+                base = "same store, plain http, no user"
+                figures += [
+                    Figure(f"{system}: sequential writes/s", rate, "writes/s", base, plain_rate),
+                    Figure(
+                        f"{system}: write latency p50",
+                        _percentile(latencies, 0.5) * 1000,
+                        "ms",
+                        base,
+                        _percentile(plain_latencies, 0.5) * 1000,
+                    ),
+                ]
+                await store.close()
+            await plain.close()
+    return figures
 
 
 async def bench_sync(
@@ -438,6 +515,7 @@ async def main_async(quick: bool, *, sync_only: bool = False) -> list[Figure]:
         print("etcd is not installed (apt-get install etcd-server): etcd figures skipped")
     else:
         figures += await bench_etcd(count)
+        figures += await bench_etcd_security(count // 2)
     figures += await asyncio.to_thread(bench_sync_wan, 8.0 if quick else 30.0)
     if not quick:
         lossy = functools.partial(bench_sync_wan, 30.0, rate_bps=10e6, loss=0.01)
