@@ -14,6 +14,7 @@ import pytest
 from novacron_sdk.builtin.sqlite_store import SqliteStore
 from novacron_sdk.consensus.election import Election
 from novacron_sdk.errors import StateStoreError
+from novacron_sdk.testing.waiting import eventually
 
 KEPT_TTL_S = 3.0
 """The ttl of a lease that the keep-alive (every ttl/3) must keep: leadership survives a stall
@@ -162,6 +163,45 @@ async def test_crashed_leader_is_replaced_after_its_ttl(store: SqliteStore) -> N
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_campaign_cancelled_while_its_claim_applies_leaves_no_leader(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injector: the store's txn is held once it has started (it applies anyway, as a
+    request in flight or a store call in a worker thread does), and the campaign is cancelled
+    meanwhile (an agent stopping). The claim is then made, but the cancelled candidate never
+    learned it leads: the key used to stay until its lease ran out (no one kept it alive), so
+    nobody could lead for a whole ttl. Found by the controller fail-over test in CI."""
+    real_txn = store.txn
+    in_flight, release = asyncio.Event(), asyncio.Event()
+    applied: list[asyncio.Task[object]] = []
+
+    async def held_txn(*args: object, **kwargs: object) -> object:
+        applied.append(asyncio.ensure_future(real_txn(*args, **kwargs)))  # type: ignore[arg-type]
+        in_flight.set()
+        await release.wait()
+        return await applied[0]
+
+    monkeypatch.setattr(store, "txn", held_txn)
+    candidate = Election(store, "scheduler", "node-a", ttl_s=60)
+    campaign = asyncio.create_task(candidate.campaign())
+    await asyncio.wait_for(in_flight.wait(), 20)
+    await asyncio.wait_for(asyncio.shield(applied[0]), 20)  # the claim is in the store
+    campaign.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await campaign
+    monkeypatch.undo()
+    assert not candidate.is_leader
+
+    async def free() -> bool:
+        return await candidate.leader() is None
+
+    await eventually(free, "the cancelled candidate's claim is withdrawn (not after 60 s)")
+    other = Election(store, "scheduler", "node-b", ttl_s=5)
+    await asyncio.wait_for(other.campaign(), 20)
+    assert await other.leader() == "node-b"
+    await other.resign()
 
 
 def test_ttl_must_be_positive(tmp_path: Path) -> None:

@@ -86,11 +86,19 @@ class Election:
         while True:
             sent = loop.time()
             lease = await self.store.grant_lease(self.ttl_s)
-            result = await self.store.txn(
-                [Compare(key=self.key, target="version", op="==", value=0)],
-                [Op(kind="put", key=self.key, value=value, lease=lease)],
-                [Op(kind="get", key=self.key)],
-            )
+            try:
+                result = await self.store.txn(
+                    [Compare(key=self.key, target="version", op="==", value=0)],
+                    [Op(kind="put", key=self.key, value=value, lease=lease)],
+                    [Op(kind="get", key=self.key)],
+                )
+            except BaseException:
+                # Cancelled (an agent stopping) or failed while the claim was in flight: it
+                # may still apply, and no one would keep its lease alive or know it leads, so
+                # nobody could lead for a whole ttl. Revoking the lease withdraws the claim
+                # whichever comes first (a claim on a revoked lease fails).
+                await asyncio.shield(loop.create_task(self._revoke_quietly(lease)))
+                raise
             if result.succeeded:
                 self._won(lease, sent + self.lease_s, result.revision)
                 return
@@ -105,6 +113,10 @@ class Election:
                         raise
                     # History moved on while we watched: read the key again.
                     log.info("election %r: watch restarted (%s)", self.name, exc)
+
+    async def _revoke_quietly(self, lease: int) -> None:
+        with contextlib.suppress(StateStoreError):
+            await self.store.revoke_lease(lease)
 
     def _won(self, lease: int, deadline: float, term: int) -> None:
         self._lease = lease
