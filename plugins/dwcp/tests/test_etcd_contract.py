@@ -47,7 +47,7 @@ def test_registered_lazily_and_never_the_default() -> None:
         ({"attempt_timeout_s": "2s"}, "attempt_timeout_s must be a number of seconds > 0"),
         ({"endpoints": ["ftp://10.0.0.1:2379"], "client": "grpc"}, "http:// or https://"),
         ({"endpoints": ["etcd-a:2379", "etcd-b:2379"], "client": "grpc"}, "IPv4"),
-        ({"ca_fle": "/etc/ca.pem"}, "ca_fle: unknown setting .*did you mean 'ca_file'"),
+        ({"ca_fle": "/etc/ca.pem"}, "ca_fle: unknown key .*did you mean 'ca_file'"),
     ],
 )
 def test_bad_settings_are_refused_with_a_reason(settings: dict[str, object], message: str) -> None:
@@ -72,9 +72,7 @@ def test_config_validate_reports_etcd_settings(novacron_cli, tmp_path) -> None:
     )
     result = novacron_cli("config", "validate", str(bad))
     assert result.exit_code == 2
-    assert "state.settings.ca_fle: unknown setting of the etcd store (did you mean 'ca_file'?)" in (
-        result.stderr
-    )
+    assert "state.settings.ca_fle: unknown key (did you mean 'ca_file'?)" in (result.stderr)
     missing = tmp_path / "missing.yaml"
     missing.write_text(
         "state:\n  store: etcd\n  settings:\n    endpoints: [https://127.0.0.1:1]\n"

@@ -139,6 +139,27 @@ def parse_settings(model: type[M], settings: Mapping[str, Any], *, prefix: str, 
         raise ConfigError(msg) from exc
 
 
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean 'closest'?)`` for the known name closest to ``key``, or ``""``."""
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_key_problem(
+    settings: Mapping[str, Any], known: Iterable[str], prefix: str
+) -> str | None:
+    """``<prefix><key>: unknown key (did you mean ...?); known: ...`` for the first key of
+    ``settings`` not in ``known`` (for settings read without a pydantic model), or None."""
+    names = list(known)
+    for key in settings:
+        if key not in names:
+            return (
+                f"{prefix}{key}: unknown key{did_you_mean(str(key), names)}; "
+                f"known: {', '.join(names)}"
+            )
+    return None
+
+
 def validation_problems(
     exc: ValidationError, model: type[BaseModel] | None = None, prefix: str = ""
 ) -> str:
@@ -154,9 +175,7 @@ def validation_problems(
         key = prefix + (".".join(str(part) for part in error["loc"]) or "settings")
         if error["type"] == "extra_forbidden":
             last = str(error["loc"][-1]) if error["loc"] else ""
-            close = difflib.get_close_matches(last, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            items.append(f"{key}: unknown key{hint}")
+            items.append(f"{key}: unknown key{did_you_mean(last, known)}")
             continue
         text = f"{key}: {error['msg']}"
         if error["type"] != "missing":

@@ -7,7 +7,6 @@ everywhere; it never runs guest code. See docs/sim.md.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import logging
 import secrets
 import socket
@@ -22,6 +21,7 @@ from novacron_sdk.builtin.sim.memory import GuestMemory
 from novacron_sdk.builtin.sim.migration import SimMigrationSink, SimMigrationSource
 from novacron_sdk.builtin.sim.store import Inventory, SimVMRecord, parse_extra
 from novacron_sdk.builtin.sim.workloads import Workload, WorkloadSpec
+from novacron_sdk.config.checks import unknown_key_problem
 from novacron_sdk.errors import DriverError, InvalidStateError, NotFoundError
 from novacron_sdk.hypervisors.interface import (
     HypervisorDriver,
@@ -87,15 +87,9 @@ class SimDriver(HypervisorDriver):
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         super().__init__(settings)
-        for key in self.settings:
-            if key not in self.SETTINGS:
-                close = difflib.get_close_matches(str(key), self.SETTINGS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                msg = (
-                    f"invalid sim driver settings: drivers.settings.sim.{key}: unknown key{hint}; "
-                    f"known: {', '.join(self.SETTINGS)}"
-                )
-                raise DriverError(msg)
+        problem = unknown_key_problem(self.settings, self.SETTINGS, "drivers.settings.sim.")
+        if problem is not None:
+            raise DriverError(f"invalid sim driver settings: {problem}")
         try:
             self.host_name = str(self.settings.get("host_name") or f"sim-{socket.gethostname()}")
             self.capacity_vcpus = int(self.settings.get("vcpus", 64))

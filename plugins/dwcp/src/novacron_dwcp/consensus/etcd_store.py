@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -51,6 +50,7 @@ from novacron_dwcp.consensus.etcd_common import (
     auth_settings,
     tls_settings,
 )
+from novacron_sdk.config.checks import unknown_key_problem
 from novacron_sdk.consensus.interface import (
     Compare,
     KeyValue,
@@ -148,15 +148,9 @@ class EtcdStore(StateStore):
 
     def _read_settings(self) -> None:
         """Read and check ``self.settings``; ConfigError naming the first that cannot work."""
-        for key in self.settings:
-            if key not in self.SETTINGS:
-                close = difflib.get_close_matches(str(key), self.SETTINGS, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                msg = (
-                    f"state.settings.{key}: unknown setting of the etcd store{hint}; known: "
-                    f"{', '.join(self.SETTINGS)}"
-                )
-                raise ConfigError(msg)
+        problem = unknown_key_problem(self.settings, self.SETTINGS, "state.settings.")
+        if problem is not None:
+            raise ConfigError(f"etcd store: {problem}")
         self.endpoints = _endpoints(self.settings.get("endpoints"))
         self.namespace = str(self.settings.get("namespace", ""))
         self.timeout_s = _seconds(self.settings, "timeout_s", 5.0)
